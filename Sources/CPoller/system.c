@@ -1,0 +1,92 @@
+// Small system helpers: the futex parker, clocks, thread ids and descriptor checks.
+#include "cpoller.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+void cpoller_parker_init(cpoller_parker *p) { __atomic_store_n(&p->state, 0, __ATOMIC_SEQ_CST); }
+
+int cpoller_parker_park(cpoller_parker *p, int64_t timeout_ns) {
+    int64_t deadline = timeout_ns >= 0 ? cpoller_now_ns() + timeout_ns : -1;
+    for (;;) {
+        uint32_t one = 1;
+        if (__atomic_compare_exchange_n(&p->state, &one, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+        struct timespec ts, *tsp = NULL;
+        if (deadline >= 0) {
+            int64_t left = deadline - cpoller_now_ns();
+            if (left <= 0) return 0;
+            ts.tv_sec = left / 1000000000;
+            ts.tv_nsec = left % 1000000000;
+            tsp = &ts;
+        }
+        // Sleeps only while the word is still 0; an unpark in between makes this return.
+        syscall(SYS_futex, &p->state, FUTEX_WAIT_PRIVATE, 0, tsp, NULL, 0);
+    }
+}
+
+void cpoller_parker_unpark(cpoller_parker *p) {
+    __atomic_store_n(&p->state, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &p->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+int64_t cpoller_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t cpoller_thread_id(void) { return (uint64_t)pthread_self(); }
+
+int cpoller_check_pollable(int fd) {
+    if (fd < 0) return EBADF;
+    struct stat st;
+    if (fstat(fd, &st) < 0) return errno;
+    if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return EPERM;
+    return 0;
+}
+
+int cpoller_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    if (flags & O_NONBLOCK) return 0;
+    return fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? -errno : 0;
+}
+
+int cpoller_count_open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -errno;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.') n++;
+    }
+    closedir(d);
+    return n - 1;  // the directory stream's own descriptor
+}
+
+int cpoller_thread_start(uint64_t *thread, void *(*fn)(void *), void *arg) {
+    pthread_t t;
+    int r = pthread_create(&t, NULL, fn, arg);
+    if (r == 0) *thread = (uint64_t)t;
+    return r;
+}
+
+int cpoller_thread_join(uint64_t thread) { return pthread_join((pthread_t)thread, NULL); }
+
+void cpoller_thread_set_name(const char *name) {
+    char buf[16];
+    size_t i = 0;
+    for (; name[i] && i < sizeof buf - 1; i++) buf[i] = name[i];
+    buf[i] = 0;
+    pthread_setname_np(pthread_self(), buf);
+}

@@ -1,0 +1,68 @@
+import CPoller
+import Glibc
+
+/// The epoll backend: one edge-triggered registration per descriptor for IN | OUT | RDHUP,
+/// never modified, deleted at close (Go's netpoll_epoll.go). Timeouts have nanosecond
+/// precision through epoll_pwait2 where the kernel has it.
+///
+/// Thread safety: epoll_ctl is safe from any thread, so `register` and `deregister` call the
+/// kernel directly; only `poll` is confined to the poller thread.
+final class EpollBackend: PollerBackend {
+    let kind = BackendKind.epoll
+    let epollFD: Int32
+    let wakeChannel: WakeChannel
+
+    init(forcePipeWake: Bool = false) throws(PollerError) {
+        let fd = cpoller_epoll_create()
+        guard fd >= 0 else { throw .system(call: "epoll_create1", errno: -fd) }
+        let channel: WakeChannel
+        do {
+            channel = try WakeChannel(forcePipe: forcePipeWake)
+        } catch {
+            _ = Glibc.close(fd)
+            throw error
+        }
+        // The wake-up channel is level-triggered: it stays reported until drained.
+        let r = cpoller_epoll_add_level_in(fd, channel.readFD, PollToken.wake.raw)
+        guard r == 0 else {
+            channel.close()
+            _ = Glibc.close(fd)
+            throw .system(call: "epoll_ctl(ADD wake)", errno: -r)
+        }
+        epollFD = fd
+        wakeChannel = channel
+    }
+
+    func register(fd: Int32, token: PollToken) -> Int32 {
+        -cpoller_epoll_add(epollFD, fd, token.raw)
+    }
+
+    func deregister(fd: Int32, token: PollToken) -> Int32 {
+        -cpoller_epoll_del(epollFD, fd)
+    }
+
+    func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
+        let n = Int(cpoller_epoll_wait(epollFD, events.baseAddress, Int32(events.count), timeoutNanos))
+        guard n > 0 else { return 0 }
+        // Compact out the wake-up channel's event.
+        var kept = 0
+        for i in 0..<n {
+            if events[i].token == PollToken.wake.raw {
+                wakeChannel.drain()
+            } else {
+                if kept != i { events[kept] = events[i] }
+                kept += 1
+            }
+        }
+        return kept
+    }
+
+    func isPollerDescriptor(_ fd: Int32) -> Bool {
+        fd == epollFD || wakeChannel.isOwnDescriptor(fd)
+    }
+
+    func shutdown() {
+        wakeChannel.close()
+        _ = Glibc.close(epollFD)
+    }
+}

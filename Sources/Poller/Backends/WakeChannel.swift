@@ -1,0 +1,66 @@
+import CPoller
+import Glibc
+import Synchronization
+
+/// The channel that interrupts a blocked poll: Go's netpollBreak.
+///
+/// An eventfd, or a non-blocking self-pipe where eventfd cannot be created. Registered with
+/// the backend under ``PollToken/wake``.
+///
+/// Invariant (Go's netpollWakeSig): `pending` is true from the first `signal()` until the
+/// poller drains the channel, so concurrent signals coalesce into one write. The poller
+/// drains first and clears `pending` second, and re-reads all shared state (run queue,
+/// deadlines, commands) before it blocks again; a signal that lost the race to set `pending`
+/// therefore always finds its state read by the poller. Anyone who signals must publish the
+/// state change before calling `signal()`.
+final class WakeChannel: Sendable {
+    let readFD: Int32
+    let writeFD: Int32
+    /// True when a self-pipe is used because eventfd could not be created (or was refused).
+    let isPipe: Bool
+    private let pending = Atomic<Bool>(false)
+    /// True once closed. Held across the write in `signal()` so a write never reaches a
+    /// descriptor number that `close()` has released (and the kernel may have reused).
+    private let closed = Mutex<Bool>(false)
+    /// Writes made by `signal()` (coalesced signals are not counted). For tests.
+    let writes = Atomic<Int>(0)
+
+    init(forcePipe: Bool = false) throws(PollerError) {
+        var fds: (Int32, Int32) = (-1, -1)
+        let r = withUnsafeMutableBytes(of: &fds) { raw in
+            cpoller_wake_create(raw.baseAddress!.assumingMemoryBound(to: Int32.self), forcePipe ? 1 : 0)
+        }
+        if r < 0 { throw .system(call: "eventfd/pipe2", errno: -r) }
+        readFD = fds.0
+        writeFD = fds.1
+        isPipe = r == 1
+    }
+
+    func signal() {
+        guard pending.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+        else { return }
+        closed.withLock { closed in
+            guard !closed else { return }
+            writes.add(1, ordering: .relaxed)
+            _ = cpoller_wake_signal(writeFD, isPipe ? 1 : 0)
+        }
+    }
+
+    /// Poller thread only.
+    func drain() {
+        _ = cpoller_wake_drain(readFD, isPipe ? 1 : 0)
+        pending.store(false, ordering: .sequentiallyConsistent)
+    }
+
+    func isOwnDescriptor(_ fd: Int32) -> Bool { fd == readFD || fd == writeFD }
+
+    /// Closes the descriptors once; later signals are ignored.
+    func close() {
+        closed.withLock { closed in
+            guard !closed else { return }
+            closed = true
+            _ = Glibc.close(readFD)
+            if writeFD != readFD { _ = Glibc.close(writeFD) }
+        }
+    }
+}

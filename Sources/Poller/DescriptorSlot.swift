@@ -1,0 +1,186 @@
+import Synchronization
+
+/// How a parked waiter was woken.
+enum WakeReason: UInt8, Sendable {
+    /// The kernel reported readiness for the waiter's direction (Go: netpollblock returned true).
+    case ready
+    /// A deadline, an unblock or a shutdown woke it: the waiter re-checks the error state
+    /// and, if there is none (the deadline moved meanwhile), waits again (Go's pollWait loop).
+    case interrupted
+    /// The waiting Task was cancelled.
+    case cancelled
+    /// Another waiter already held this direction; the new one never parked.
+    case doubleWait
+}
+
+/// A thread blocked in ``PollDescriptor/waitBlocking(for:)``.
+final class BlockingWaiter: Sendable {
+    let parker = ParkerBox()
+    let reason = Atomic<UInt8>(WakeReason.interrupted.rawValue)
+}
+
+/// Whoever is parked on one direction of a descriptor.
+enum Waiter: @unchecked Sendable {
+    // @unchecked: an UnsafeContinuation is resumed exactly once, by whoever removed the
+    // waiter from its semaphore under the slot's lock.
+    case task(UnsafeContinuation<WakeReason, Never>)
+    case thread(BlockingWaiter)
+
+    func resume(_ reason: WakeReason) {
+        switch self {
+        case .task(let continuation):
+            continuation.resume(returning: reason)
+        case .thread(let waiter):
+            waiter.reason.store(reason.rawValue, ordering: .sequentiallyConsistent)
+            waiter.parker.unpark()
+        }
+    }
+}
+
+/// One direction's semaphore: Go's `rg` / `wg`.
+///
+/// Go has four states: nil, pdReady, pdWait (a waiter announced it will park but has not
+/// committed) and a parked G. Go needs pdWait because it checks the state and commits the
+/// park in two lock-free steps. Here the check and the commit happen in one critical section
+/// of the slot's mutex, inside `withUnsafeContinuation`'s body, where the continuation
+/// already exists and may be resumed before the task has finished suspending. The window
+/// that pdWait guards (readiness or an error arriving between "check" and "park") therefore
+/// cannot open, and three states suffice:
+///
+///   empty  --readiness-->  ready            (latched; nobody is woken)
+///   ready  --wait-->       empty            (consumed; the wait returns at once)
+///   empty  --wait-->       parked(waiter)
+///   parked --readiness-->  empty, waiter resumed with .ready
+///   parked --deadline, unblock, cancel--> empty, waiter resumed (.interrupted / .cancelled)
+///   ready  --deadline, unblock-->  ready    (an error never clears latched readiness)
+///   ready  --reset-->      empty            (Go's pollReset, only when no error is pending)
+enum Semaphore {
+    case empty
+    case ready
+    case parked(Waiter, id: UInt64)
+
+    var isParked: Bool {
+        if case .parked = self { return true }
+        return false
+    }
+}
+
+/// The state of one descriptor slot (Go's pollDesc), guarded by the slot's mutex.
+struct SlotState {
+    /// Bumped when the slot is closed; handles and kernel tokens carry the generation they
+    /// were made with, and anything that does not match is stale.
+    var generation: UInt32 = 1
+    /// Between a successful open and close.
+    var isOpen = false
+    var fd: Int32 = -1
+    /// Set by unblock: every wait and reset fails with `.closing` from then on.
+    var closing = false
+    /// The last event for this descriptor was an error and nothing else (Go's eventErr).
+    var eventErr = false
+    /// Deadlines in CLOCK_MONOTONIC nanoseconds: 0 none, > 0 pending, < 0 expired.
+    var readDeadline: Int64 = 0
+    var writeDeadline: Int64 = 0
+    /// Timer sequence numbers (Go's rseq/wseq). A heap entry armed with an older value is
+    /// stale. Bumped on every deadline change, on unblock and on reopen.
+    var readSequence: UInt64 = 0
+    var writeSequence: UInt64 = 0
+    /// Whether the read/write timer was armed (it may have fired since; Go keeps the flag).
+    var readTimerArmed = false
+    var writeTimerArmed = false
+    var readSemaphore = Semaphore.empty
+    var writeSemaphore = Semaphore.empty
+    var nextWaiterID: UInt64 = 0
+
+    func isCurrent(_ generation: UInt32) -> Bool { isOpen && self.generation == generation }
+
+    /// Go's netpollcheckerr: closing first, then this direction's deadline, then (reads
+    /// only) an error event.
+    func pendingError(_ mode: PollMode) -> PollError? {
+        if closing { return .closing }
+        if mode.contains(.read) && readDeadline < 0 { return .timeout }
+        if mode.contains(.write) && writeDeadline < 0 { return .timeout }
+        if mode.contains(.read) && eventErr { return .notPollable }
+        return nil
+    }
+
+    subscript(semaphore mode: PollMode) -> Semaphore {
+        get { mode == .read ? readSemaphore : writeSemaphore }
+        set {
+            if mode == .read { readSemaphore = newValue } else { writeSemaphore = newValue }
+        }
+    }
+
+    /// Go's netpollunblock. With `ioReady`, latches readiness (or hands it to the parked
+    /// waiter); without, only takes a parked waiter (an error-type wake-up) and leaves latched
+    /// readiness alone. Returns the waiter to resume after the lock is released.
+    mutating func unblock(_ mode: PollMode, ioReady: Bool) -> Waiter? {
+        switch self[semaphore: mode] {
+        case .ready:
+            return nil
+        case .empty:
+            if ioReady { self[semaphore: mode] = .ready }
+            return nil
+        case .parked(let waiter, _):
+            self[semaphore: mode] = .empty
+            return waiter
+        }
+    }
+}
+
+/// A type-stable descriptor slot: allocated once, never freed while its poller lives, and
+/// reused LIFO across opens (Go's pollCache), so a late kernel event or timer can always look
+/// it up and compare generations.
+final class DescriptorSlot: Sendable {
+    let index: UInt32
+    let state: Mutex<SlotState>
+
+    init(index: UInt32) {
+        self.index = index
+        state = Mutex(SlotState())
+    }
+}
+
+/// The slots of one poller and the free list.
+final class DescriptorTable: Sendable {
+    private struct Storage {
+        var slots: [DescriptorSlot] = []
+        var free: [UInt32] = []
+        var openCount = 0
+    }
+
+    private let storage = Mutex(Storage())
+
+    /// A free slot, reusing the most recently freed one.
+    func allocate() -> DescriptorSlot {
+        storage.withLock { s in
+            s.openCount += 1
+            if let index = s.free.popLast() { return s.slots[Int(index)] }
+            let slot = DescriptorSlot(index: UInt32(s.slots.count))
+            s.slots.append(slot)
+            return slot
+        }
+    }
+
+    func release(_ slot: DescriptorSlot) {
+        storage.withLock { s in
+            s.openCount -= 1
+            s.free.append(slot.index)
+        }
+    }
+
+    func slot(at index: UInt32) -> DescriptorSlot? {
+        storage.withLock { s in Int(index) < s.slots.count ? s.slots[Int(index)] : nil }
+    }
+
+    /// Resolves many indices under one lock acquisition (the poller's event batches).
+    func resolve(_ indices: UnsafeBufferPointer<UInt32>, into out: inout [DescriptorSlot?]) {
+        storage.withLock { s in
+            for index in indices {
+                out.append(Int(index) < s.slots.count ? s.slots[Int(index)] : nil)
+            }
+        }
+    }
+
+    var allSlots: [DescriptorSlot] { storage.withLock { $0.slots } }
+    var openCount: Int { storage.withLock { $0.openCount } }
+}

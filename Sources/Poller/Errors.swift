@@ -1,0 +1,43 @@
+import CPoller
+import Glibc
+
+/// Errors from creating or configuring a ``Poller``.
+public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The requested backend cannot run in this process; `reason` says why (for example
+    /// "EPERM: io_uring is forbidden for this process (sysctl kernel.io_uring_disabled, or a
+    /// seccomp profile such as Docker's default)").
+    case backendUnavailable(BackendKind, reason: String)
+    /// `POLLER_BACKEND` (or a `--backend` flag) holds a value that is not
+    /// `epoll`, `io_uring` or `auto`.
+    case invalidBackendName(String)
+    /// A system call failed while setting the poller up.
+    case system(call: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .backendUnavailable(let kind, let reason):
+            return "backend \(kind) is unavailable: \(reason)"
+        case .invalidBackendName(let name):
+            return "unknown backend '\(name)': expected epoll, io_uring or auto"
+        case .system(let call, let errno):
+            return "\(call) failed: \(ErrnoName.describe(errno))"
+        }
+    }
+}
+
+/// Errno names for messages: "EBADF (Bad file descriptor)".
+enum ErrnoName {
+    static func describe(_ code: Int32) -> String {
+        let message = String(cString: strerror(code))
+        if let name = names[code] { return "\(name) (\(message))" }
+        return "errno \(code) (\(message))"
+    }
+
+    private static let names: [Int32: String] = [
+        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EBADF: "EBADF", EAGAIN: "EAGAIN",
+        ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL", ENFILE: "ENFILE",
+        EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE", ENOSYS: "ENOSYS",
+        EOPNOTSUPP: "EOPNOTSUPP", ECONNRESET: "ECONNRESET", ECONNREFUSED: "ECONNREFUSED",
+        ETIMEDOUT: "ETIMEDOUT", ECANCELED: "ECANCELED", EBUSY: "EBUSY", ENOTSOCK: "ENOTSOCK",
+    ]
+}

@@ -1,0 +1,656 @@
+import CPoller
+import Glibc
+import Synchronization
+
+/// A network poller: one thread that waits for readiness on many descriptors and wakes the
+/// tasks or threads parked on them, with Go's netpoll semantics.
+///
+/// Create one with a chosen backend, or use the process-wide ``shared()`` poller that the
+/// `runtime_poll*` functions use. Register descriptors with ``register(_:)`` and wait on the
+/// returned ``PollDescriptor``.
+///
+/// The poller thread also runs tasks: see ``executor``. A poller lives until
+/// ``shutdown()``; the shared one lives for the whole process.
+///
+/// ```swift
+/// let poller = try Poller(backend: .auto)
+/// let pd = try poller.register(fd)
+/// try await pd.wait(for: .read)      // parks until fd is readable
+/// ```
+public final class Poller: Sendable {
+    /// The backend in use.
+    public let backendKind: BackendKind
+    /// Why this backend was chosen ("auto: epoll (…)", "io_uring requested").
+    public let backendReason: String
+    /// The poller thread as a `TaskExecutor`.
+    public let executor: PollerExecutor
+
+    let backend: any PollerBackend
+    let table = DescriptorTable()
+    let timers = Mutex(TimerState())
+    let runQueue: RunQueue
+    /// The pthread id of the poller thread.
+    let threadID: UInt64
+    private let parked = Atomic<Int>(0)
+    private let loopExited: ParkerBox
+    private let shutdownStarted = Atomic<Bool>(false)
+
+    struct TimerState {
+        var heap = DeadlineHeap()
+        /// When the sleeping poller will wake up by itself: `.min` while it is awake (it will
+        /// look at the heap before sleeping), `.max` when it sleeps with no timeout. A new
+        /// deadline earlier than this must wake it.
+        var sleepUntil: Int64 = .min
+    }
+
+    /// Starts a poller thread with the given backend choice.
+    ///
+    /// - Throws: ``PollerError/backendUnavailable(_:reason:)`` when `.ioUring` is forced
+    ///   where io_uring cannot work (the reason names the errno and the likely cause), or
+    ///   ``PollerError/system(call:errno:)``.
+    public convenience init(backend choice: BackendChoice) throws(PollerError) {
+        try self.init(backend: choice, options: Options())
+    }
+
+    /// Starts a poller with the backend named by `POLLER_BACKEND` (`auto` when unset).
+    public convenience init() throws(PollerError) {
+        try self.init(backend: try BackendChoice.fromEnvironment())
+    }
+
+    /// Set-up knobs for tests and tools.
+    struct Options {
+        var forcePipeWake = false
+        var autoPrefersIOUring = BackendChoice.autoPrefersIOUring
+        var threadName = "poller"
+    }
+
+    init(backend choice: BackendChoice, options: Options) throws(PollerError) {
+        let (kind, reason) = try choice.resolve(autoPrefersIOUring: options.autoPrefersIOUring)
+        // The backend is created on the poller thread itself: an io_uring ring set up with
+        // SINGLE_ISSUER may only ever be used by the thread that created it.
+        let start = PollerThreadStart(kind: kind, options: options)
+        var thread: UInt64 = 0
+        let context = Unmanaged.passRetained(start).toOpaque()
+        let err = cpoller_thread_start(&thread, pollerThreadMain, context)
+        guard err == 0 else {
+            Unmanaged<PollerThreadStart>.fromOpaque(context).release()
+            throw .system(call: "pthread_create", errno: err)
+        }
+        start.created.park()
+        let backend: any PollerBackend
+        switch start.result.withLock({ $0 }) {
+        case .success(let b)?:
+            backend = b
+        case .failure(let error)?:
+            _ = cpoller_thread_join(thread)
+            throw error
+        case nil:
+            _ = cpoller_thread_join(thread)
+            throw .system(call: "poller thread start", errno: EINVAL)
+        }
+        self.backend = backend
+        backendKind = kind
+        backendReason = reason
+        runQueue = RunQueue(backend: backend)
+        executor = PollerExecutor(runQueue: runQueue)
+        threadID = thread
+        loopExited = start.exited
+        start.poller.withLock { $0 = self }
+        start.go.unpark()
+        if PollerLog.enabled {
+            PollerLog.write("poller: backend \(kind) (\(reason))")
+        }
+    }
+
+    /// The process-wide poller used by the `runtime_poll*` functions, started on first use
+    /// with the backend named by `POLLER_BACKEND`. Thread-safe; every call returns the same
+    /// poller or the same error.
+    public static func shared() throws(PollerError) -> Poller {
+        try sharedPoller.withLock { result throws(PollerError) -> Poller in
+            if result == nil {
+                do throws(PollerError) {
+                    result = .success(try Poller())
+                } catch {
+                    result = .failure(error)
+                }
+            }
+            return try result!.get()
+        }
+    }
+
+    /// The shared poller if it has been started.
+    static var sharedIfStarted: Poller? {
+        sharedPoller.withLock { result in
+            if case .success(let poller)? = result { return poller }
+            return nil
+        }
+    }
+
+    /// Registers `fd` for readiness in both directions (Go's `runtime_pollOpen`).
+    ///
+    /// The descriptor should be non-blocking. Readiness that is already there is reported.
+    /// Close it with ``PollDescriptor/unblock()`` then ``PollDescriptor/close()`` before
+    /// closing `fd` itself.
+    ///
+    /// - Throws: ``PollError/registrationFailed(errno:)``: EBADF for a negative or closed
+    ///   descriptor, EPERM for a regular file or directory, EINVAL for the poller's own
+    ///   descriptors, EEXIST if `fd` is already registered here, EBADF after shutdown.
+    public func register(_ fd: Int32) throws(PollError) -> PollDescriptor {
+        guard fd >= 0 else { throw .registrationFailed(errno: EBADF) }
+        if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
+        if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
+        let slot = table.allocate()
+        let generation: UInt32 = slot.state.withLock { s in
+            // Go's pollOpen: reinitialise, bumping (not resetting) the timer sequences so a
+            // timer left by the previous user of this slot is stale.
+            precondition(!s.readSemaphore.isParked && !s.writeSemaphore.isParked,
+                         "poller: waiter on a free descriptor slot")
+            s.isOpen = true
+            s.fd = fd
+            s.closing = false
+            s.eventErr = false
+            s.readDeadline = 0
+            s.writeDeadline = 0
+            s.readSequence &+= 1
+            s.writeSequence &+= 1
+            s.readTimerArmed = false
+            s.writeTimerArmed = false
+            s.readSemaphore = .empty
+            s.writeSemaphore = .empty
+            return s.generation
+        }
+        let token = PollToken(slot: slot.index, generation: generation)
+        let r = backend.register(fd: fd, token: token)
+        guard r == 0 else {
+            retire(slot)
+            throw .registrationFailed(errno: r)
+        }
+        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
+    }
+
+    /// The number of waiters (tasks and threads) currently parked on this poller's
+    /// descriptors. Zero whenever nobody waits; tests check it to prove nobody is stranded.
+    public var parkedWaiterCount: Int { parked.load(ordering: .sequentiallyConsistent) }
+
+    /// The number of registered (open) descriptors.
+    public var openDescriptorCount: Int { table.openCount }
+
+    /// Whether `fd` is one of the poller's own descriptors (the epoll or io_uring descriptor,
+    /// the wake-up eventfd or pipe): Go's `runtime_isPollServerDescriptor`.
+    public func isPollerDescriptor(_ fd: Int32) -> Bool { backend.isPollerDescriptor(fd) }
+
+    /// Whether the wake-up channel is a self-pipe (eventfd was unavailable).
+    public var usesSelfPipeWakeup: Bool { backend.wakeChannel.isPipe }
+
+    /// Stops the poller thread: every descriptor still open is unblocked (its waiters return
+    /// ``PollError/closing``), the thread exits, and the backend's descriptors are closed.
+    /// Tasks that prefer ``executor`` afterwards run on the global executor. Idempotent.
+    /// Called from a task running on ``executor``, it requests the stop and returns at once
+    /// instead of waiting for the thread (which would wait for itself).
+    public func shutdown() {
+        guard shutdownStarted.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent)
+            .exchanged
+        else {
+            loopExited.park()
+            loopExited.unpark()
+            return
+        }
+        runQueue.state.withLock { $0.stopRequested = true }
+        backend.wake()
+        guard cpoller_thread_id() != threadID else { return }
+        _ = cpoller_thread_join(threadID)
+    }
+
+    // MARK: The loop
+
+    /// The poller thread's loop: poll the backend (without blocking while jobs are queued),
+    /// hand readiness to the parked waiters, fire due deadlines, run the queued jobs.
+    fileprivate func runLoop() {
+        let capacity = 256
+        let events = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        var batch: [UnownedJob] = []
+        var slots: [DescriptorSlot?] = []
+        var indices: [UInt32] = []
+        var woken: [(Waiter, WakeReason)] = []
+        var expired: [DeadlineHeap.Timer] = []
+        let taskExecutor = executor.asUnownedTaskExecutor()
+        while true {
+            var timeout: Int64 = 0
+            var slept = false
+            if runQueue.prepareToSleep() {
+                slept = true
+                timeout = timeoutUntilNextDeadline()
+            } else if runQueue.state.withLock({ $0.stopRequested }) {
+                break
+            }
+            let n = backend.poll(into: events, timeoutNanos: timeout)
+            if slept {
+                runQueue.awake()
+                timers.withLock { $0.sleepUntil = .min }
+            }
+            if n > 0 {
+                dispatch(UnsafeBufferPointer(rebasing: events[0..<n]), &indices, &slots, &woken)
+            }
+            fireDeadlines(&expired, &woken)
+            runQueue.takeAll(into: &batch)
+            for job in batch { job.runSynchronously(on: taskExecutor) }
+            batch.removeAll(keepingCapacity: true)
+        }
+        closeEverything()
+    }
+
+    /// Timeout for the next blocking poll, recording when the poller will wake by itself.
+    private func timeoutUntilNextDeadline() -> Int64 {
+        timers.withLock { t in
+            guard let earliest = t.heap.earliest else {
+                t.sleepUntil = .max
+                return -1
+            }
+            let now = MonotonicClock.now()
+            if earliest <= now { return 0 }
+            t.sleepUntil = earliest
+            return earliest - now
+        }
+    }
+
+    /// Go's netpoll event processing: readiness from the kernel to the semaphores.
+    private func dispatch(
+        _ events: UnsafeBufferPointer<cpoller_event>,
+        _ indices: inout [UInt32],
+        _ slots: inout [DescriptorSlot?],
+        _ woken: inout [(Waiter, WakeReason)]
+    ) {
+        indices.removeAll(keepingCapacity: true)
+        for event in events { indices.append(event.pollToken.slot) }
+        slots.removeAll(keepingCapacity: true)
+        indices.withUnsafeBufferPointer { table.resolve($0, into: &slots) }
+        for (i, event) in events.enumerated() {
+            guard let slot = slots[i] else { continue }
+            let token = event.pollToken
+            slot.state.withLock { s in
+                // A stale event: the registration was closed, maybe reopened for another fd.
+                guard s.isCurrent(token.generation) else { return }
+                s.eventErr = event.isError
+                if event.isReadable, let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
+                if event.isWritable, let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
+            }
+        }
+        resume(&woken)
+    }
+
+    /// Runs the deadline timers that are due (Go's netpolldeadlineimpl).
+    private func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)]) {
+        let now = MonotonicClock.now()
+        let due = timers.withLock { t -> Bool in
+            guard let earliest = t.heap.earliest, earliest <= now else { return false }
+            t.heap.popExpired(now: now, into: &expired)
+            return true
+        }
+        guard due else { return }
+        // The heap's lock is released: a timer callback takes the slot's lock (Go #35532).
+        for timer in expired {
+            guard let slot = table.slot(at: timer.slot) else { continue }
+            slot.state.withLock { s in
+                let current = timer.isWrite ? s.writeSequence : s.readSequence
+                guard s.isOpen, current == timer.sequence else { return }  // stale timer
+                if timer.isWrite {
+                    s.writeDeadline = -1
+                } else {
+                    s.readDeadline = -1
+                    if timer.expiresBoth { s.writeDeadline = -1 }
+                }
+                if !timer.isWrite, let w = s.unblock(.read, ioReady: false) { woken.append((w, .interrupted)) }
+                if timer.isWrite || timer.expiresBoth, let w = s.unblock(.write, ioReady: false) {
+                    woken.append((w, .interrupted))
+                }
+            }
+        }
+        expired.removeAll(keepingCapacity: true)
+        resume(&woken)
+    }
+
+    /// Resumes waiters taken out of their semaphores; always called with no lock held.
+    func resume(_ woken: inout [(Waiter, WakeReason)]) {
+        guard !woken.isEmpty else { return }
+        parked.subtract(woken.count, ordering: .sequentiallyConsistent)
+        for (waiter, reason) in woken { waiter.resume(reason) }
+        woken.removeAll(keepingCapacity: true)
+    }
+
+    func didPark() { parked.add(1, ordering: .sequentiallyConsistent) }
+    func didUnpark(_ count: Int = 1) { parked.subtract(count, ordering: .sequentiallyConsistent) }
+
+    /// Poller thread, after the loop: unblock what is still open, close the backend, and
+    /// route later jobs to the global executor.
+    private func closeEverything() {
+        for slot in table.allSlots {
+            let generation: UInt32? = slot.state.withLock { s in s.isOpen ? s.generation : nil }
+            if let generation { unblock(slot, generation: generation) }
+        }
+        var leftover: [UnownedJob] = []
+        runQueue.state.withLock { s in
+            s.stopped = true
+            swap(&s.jobs, &leftover)
+        }
+        backend.shutdown()
+        for job in leftover { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+        loopExited.unpark()
+    }
+
+    // MARK: Descriptor operations (Go's runtime_poll* bodies)
+
+    /// Frees a slot after open failed or close: stale handles and kernel tokens for the old
+    /// generation stop matching.
+    func retire(_ slot: DescriptorSlot) {
+        slot.state.withLock { s in
+            s.isOpen = false
+            s.fd = -1
+            s.generation = PollToken.nextGeneration(after: s.generation)
+        }
+        table.release(slot)
+    }
+
+    /// Go's pollUnblock: mark closing, wake both waiters, stop the timers. Later waits fail
+    /// with `.closing`. Idempotent (Go throws on a second unblock).
+    func unblock(_ slot: DescriptorSlot, generation: UInt32) {
+        var woken: [(Waiter, WakeReason)] = []
+        slot.state.withLock { s in
+            guard s.isCurrent(generation), !s.closing else { return }
+            s.closing = true
+            s.readSequence &+= 1
+            s.writeSequence &+= 1
+            if let w = s.unblock(.read, ioReady: false) { woken.append((w, .interrupted)) }
+            if let w = s.unblock(.write, ioReady: false) { woken.append((w, .interrupted)) }
+            if s.readTimerArmed || s.writeTimerArmed {
+                timers.withLock { t in
+                    t.heap.cancel(slot: slot.index, isWrite: false)
+                    t.heap.cancel(slot: slot.index, isWrite: true)
+                }
+                s.readTimerArmed = false
+                s.writeTimerArmed = false
+            }
+        }
+        resume(&woken)
+    }
+
+    /// Go's pollClose: deregister and recycle. Requires a prior unblock and no parked waiter.
+    func close(_ slot: DescriptorSlot, generation: UInt32) throws(PollError) {
+        let fd: Int32 = try slot.state.withLock { s throws(PollError) -> Int32 in
+            guard s.isCurrent(generation) else { throw .closing }
+            guard s.closing else { throw .notUnblocked }
+            guard !s.readSemaphore.isParked, !s.writeSemaphore.isParked else { throw .waiterParked }
+            let fd = s.fd
+            // Retire the generation first: from here on, kernel events and handles for it
+            // are stale.
+            s.isOpen = false
+            s.fd = -1
+            s.readSemaphore = .empty
+            s.writeSemaphore = .empty
+            s.generation = PollToken.nextGeneration(after: s.generation)
+            return fd
+        }
+        // Deregister before the caller closes fd: a DEL on a closed (maybe reused) number
+        // could hit someone else's registration.
+        _ = backend.deregister(fd: fd, token: PollToken(slot: slot.index, generation: generation))
+        table.release(slot)
+    }
+
+    /// Go's pollReset: fail on a pending error, else forget latched readiness.
+    func reset(_ slot: DescriptorSlot, generation: UInt32, mode: PollMode) -> PollError? {
+        guard mode == .read || mode == .write || mode == .readWrite else { return .invalidMode }
+        return slot.state.withLock { s -> PollError? in
+            guard s.isCurrent(generation) else { return .closing }
+            if let error = s.pendingError(mode) { return error }
+            if mode.contains(.read), case .ready = s.readSemaphore { s.readSemaphore = .empty }
+            if mode.contains(.write), case .ready = s.writeSemaphore { s.writeSemaphore = .empty }
+            return nil
+        }
+    }
+
+    /// Go's pollSetDeadline with an absolute deadline: 0 none, < 0 already expired, > 0 a
+    /// CLOCK_MONOTONIC instant in nanoseconds.
+    func setDeadline(_ slot: DescriptorSlot, generation: UInt32, deadline d: Int64, mode: PollMode) {
+        var woken: [(Waiter, WakeReason)] = []
+        var wakePoller = false
+        slot.state.withLock { s in
+            guard s.isCurrent(generation), !s.closing else { return }
+            let rd0 = s.readDeadline, wd0 = s.writeDeadline
+            let combo0 = rd0 > 0 && rd0 == wd0
+            if mode.contains(.read) { s.readDeadline = d }
+            if mode.contains(.write) { s.writeDeadline = d }
+            let rd = s.readDeadline, wd = s.writeDeadline
+            // Equal read and write deadlines share one timer: the read timer, expiring both.
+            let combo = rd > 0 && rd == wd
+            if !s.readTimerArmed && rd > 0 {
+                s.readTimerArmed = true
+                wakePoller = schedule(slot, when: rd, isWrite: false, both: combo, sequence: s.readSequence)
+                    || wakePoller
+            } else if s.readTimerArmed && (rd != rd0 || combo != combo0) {
+                s.readSequence &+= 1
+                if rd > 0 {
+                    wakePoller = schedule(slot, when: rd, isWrite: false, both: combo, sequence: s.readSequence)
+                        || wakePoller
+                } else {
+                    s.readTimerArmed = false
+                    timers.withLock { $0.heap.cancel(slot: slot.index, isWrite: false) }
+                }
+            }
+            if !s.writeTimerArmed && wd > 0 && !combo {
+                s.writeTimerArmed = true
+                wakePoller = schedule(slot, when: wd, isWrite: true, both: false, sequence: s.writeSequence)
+                    || wakePoller
+            } else if s.writeTimerArmed && (wd != wd0 || combo != combo0) {
+                s.writeSequence &+= 1
+                if wd > 0 && !combo {
+                    wakePoller = schedule(slot, when: wd, isWrite: true, both: false, sequence: s.writeSequence)
+                        || wakePoller
+                } else {
+                    s.writeTimerArmed = false
+                    timers.withLock { $0.heap.cancel(slot: slot.index, isWrite: true) }
+                }
+            }
+            // A deadline in the past wakes the waiters now, with a timeout.
+            if rd < 0, let w = s.unblock(.read, ioReady: false) { woken.append((w, .interrupted)) }
+            if wd < 0, let w = s.unblock(.write, ioReady: false) { woken.append((w, .interrupted)) }
+        }
+        resume(&woken)
+        if wakePoller { backend.wake() }
+    }
+
+    /// Arms a timer; true if the sleeping poller must be woken to honour it.
+    private func schedule(_ slot: DescriptorSlot, when: Int64, isWrite: Bool, both: Bool, sequence: UInt64) -> Bool {
+        timers.withLock { t in
+            t.heap.schedule(.init(when: when, slot: slot.index, isWrite: isWrite, expiresBoth: both, sequence: sequence))
+            return when < t.sleepUntil
+        }
+    }
+
+    /// Go's pollWait (and, with `ignoringErrors`, pollWaitCanceled): returns nil once the
+    /// direction is ready, or the error that ended the wait.
+    func wait(
+        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, cancellable: Bool, ignoringErrors: Bool = false
+    ) async -> PollError? {
+        guard mode == .read || mode == .write else { return .invalidMode }
+        while true {
+            // Fast path: pending error, or latched readiness, without suspending.
+            let step: WaitStep = slot.state.withLock { s in
+                guard s.isCurrent(generation) else { return .fail(.closing) }
+                if !ignoringErrors, let error = s.pendingError(mode) { return .fail(error) }
+                switch s[semaphore: mode] {
+                case .ready:
+                    s[semaphore: mode] = .empty
+                    return .done
+                case .parked:
+                    return .fail(.doubleWait)
+                case .empty:
+                    s.nextWaiterID &+= 1
+                    return .park(id: s.nextWaiterID)
+                }
+            }
+            guard case .park(let id) = step else {
+                if case .fail(let error) = step { return error }
+                return nil
+            }
+            let reason: WakeReason
+            if cancellable {
+                reason = await withTaskCancellationHandler {
+                    await park(slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors)
+                } onCancel: {
+                    cancelWaiter(slot, mode: mode, id: id)
+                }
+            } else {
+                reason = await park(slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors)
+            }
+            switch reason {
+            case .ready: return nil
+            case .cancelled: return .cancelled
+            case .doubleWait: return .doubleWait
+            case .interrupted: continue  // re-check: a deadline may have been extended meanwhile
+            }
+        }
+    }
+
+    private enum WaitStep {
+        case done
+        case fail(PollError)
+        case park(id: UInt64)
+    }
+
+    /// Parks the current task on one direction. The check and the commit happen under the
+    /// slot's lock, with the continuation already created, so nothing can slip in between.
+    private func park(
+        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool
+    ) async -> WakeReason {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in
+            let immediate: WakeReason? = slot.state.withLock { s in
+                guard s.isCurrent(generation) else { return .interrupted }
+                if !ignoringErrors && s.pendingError(mode) != nil { return .interrupted }
+                switch s[semaphore: mode] {
+                case .ready:
+                    s[semaphore: mode] = .empty
+                    return .ready
+                case .parked:
+                    return .doubleWait
+                case .empty:
+                    // Cancelled before parking: onCancel has run or will find nothing.
+                    if Task.isCancelled { return .cancelled }
+                    s[semaphore: mode] = .parked(.task(continuation), id: id)
+                    didPark()
+                    return nil
+                }
+            }
+            if let immediate { continuation.resume(returning: immediate) }
+        }
+    }
+
+    private func cancelWaiter(_ slot: DescriptorSlot, mode: PollMode, id: UInt64) {
+        let waiter: Waiter? = slot.state.withLock { s in
+            guard case .parked(let waiter, let parkedID) = s[semaphore: mode], parkedID == id else { return nil }
+            s[semaphore: mode] = .empty
+            return waiter
+        }
+        if let waiter {
+            didUnpark()
+            waiter.resume(.cancelled)
+        }
+    }
+
+    /// The blocking form of ``wait(_:generation:mode:cancellable:ignoringErrors:)`` for plain
+    /// threads.
+    func waitBlocking(_ slot: DescriptorSlot, generation: UInt32, mode: PollMode) -> PollError? {
+        guard mode == .read || mode == .write else { return .invalidMode }
+        // Blocking the poller thread would stop the very loop that has to wake it.
+        if cpoller_thread_id() == threadID { return .wouldBlockPollerThread }
+        var blocker: BlockingWaiter?
+        while true {
+            let step: WaitStep = slot.state.withLock { s in
+                guard s.isCurrent(generation) else { return .fail(.closing) }
+                if let error = s.pendingError(mode) { return .fail(error) }
+                switch s[semaphore: mode] {
+                case .ready:
+                    s[semaphore: mode] = .empty
+                    return .done
+                case .parked:
+                    return .fail(.doubleWait)
+                case .empty:
+                    let waiter = blocker ?? BlockingWaiter()
+                    blocker = waiter
+                    s.nextWaiterID &+= 1
+                    s[semaphore: mode] = .parked(.thread(waiter), id: s.nextWaiterID)
+                    didPark()
+                    return .park(id: s.nextWaiterID)
+                }
+            }
+            guard case .park = step, let waiter = blocker else {
+                if case .fail(let error) = step { return error }
+                return nil
+            }
+            waiter.parker.park()
+            let reason = WakeReason(rawValue: waiter.reason.load(ordering: .sequentiallyConsistent))
+            if reason == .ready { return nil }
+        }
+    }
+}
+
+/// The process-wide poller, started on first use.
+private let sharedPoller = Mutex<Result<Poller, PollerError>?>(nil)
+
+/// Hand-off between `Poller.init` and the poller thread it starts.
+private final class PollerThreadStart: Sendable {
+    let kind: BackendKind
+    let options: Poller.Options
+    let created = ParkerBox()
+    let go = ParkerBox()
+    let exited = ParkerBox()
+    let result = Mutex<Result<any PollerBackend, PollerError>?>(nil)
+    let poller = Mutex<Poller?>(nil)
+
+    init(kind: BackendKind, options: Poller.Options) {
+        self.kind = kind
+        self.options = options
+    }
+
+    func makeBackend() throws(PollerError) -> any PollerBackend {
+        switch kind {
+        case .epoll: try EpollBackend(forcePipeWake: options.forcePipeWake)
+        case .ioUring: try URingBackend(forcePipeWake: options.forcePipeWake)
+        }
+    }
+}
+
+extension Poller.Options: Sendable {}
+
+private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    let start = Unmanaged<PollerThreadStart>.fromOpaque(context!).takeRetainedValue()
+    cpoller_thread_set_name(start.options.threadName)
+    let backend: any PollerBackend
+    do {
+        backend = try start.makeBackend()
+    } catch {
+        start.result.withLock { $0 = .failure(error) }
+        start.created.unpark()
+        return nil
+    }
+    start.result.withLock { $0 = .success(backend) }
+    start.created.unpark()
+    start.go.park()
+    guard let poller = start.poller.withLock({ $0 }) else { return nil }
+    start.poller.withLock { $0 = nil }
+    poller.runLoop()
+    return nil
+}
+
+/// Start-up logging, on when `POLLER_LOG` is set to anything but `0`.
+enum PollerLog {
+    static var enabled: Bool {
+        guard let value = getenv("POLLER_LOG") else { return false }
+        return String(cString: value) != "0"
+    }
+
+    static func write(_ line: String) {
+        var text = line
+        text.append("\n")
+        _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+    }
+}

@@ -1,0 +1,76 @@
+import CPoller
+import Synchronization
+
+/// The poller thread as a task executor, the way Go's scheduler runs the goroutines that
+/// netpoll made runnable on the thread that polled.
+///
+/// A task started with this executor as its preference (`Task(executorPreference:)`,
+/// `withTaskExecutorPreference(_:operation:)`, `addTask(executorPreference:)`) runs on the
+/// poller thread. When the poller finds its descriptor ready and resumes it, the task is
+/// enqueued here from the poller thread itself: no other thread is woken, and the task runs
+/// in the same loop iteration. The loop runs ready jobs, polls the kernel without blocking
+/// while jobs remain, and blocks only when it has nothing to run.
+///
+/// Jobs must not block the thread: a task that blocks stalls every descriptor of the poller.
+/// After ``Poller/shutdown()``, jobs enqueued here are handed to the global concurrent
+/// executor, so no task is stranded.
+public final class PollerExecutor: TaskExecutor {
+    let runQueue: RunQueue
+
+    init(runQueue: RunQueue) { self.runQueue = runQueue }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        runQueue.enqueue(UnownedJob(job))
+    }
+}
+
+/// The poller thread's run queue.
+///
+/// Invariant (no lost wake-up): the poller sets `sleeping` under the mutex only after seeing
+/// `jobs` empty under the same mutex, and enqueuers from other threads read `sleeping` in the
+/// critical section that appends; so either the poller sees the job before it blocks, or the
+/// enqueuer sees `sleeping` and wakes it.
+final class RunQueue: Sendable {
+    struct State {
+        var jobs: [UnownedJob] = []
+        var sleeping = false
+        /// The loop has exited: jobs go to the global executor.
+        var stopped = false
+        var stopRequested = false
+    }
+
+    let state = Mutex(State())
+    let backend: any PollerBackend
+
+    init(backend: any PollerBackend) { self.backend = backend }
+
+    func enqueue(_ job: UnownedJob) {
+        let (wake, forward) = state.withLock { s -> (Bool, Bool) in
+            if s.stopped { return (false, true) }
+            s.jobs.append(job)
+            return (s.sleeping, false)
+        }
+        if forward {
+            globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        } else if wake {
+            backend.wake()
+        }
+    }
+
+    /// Poller thread: moves every queued job into `batch` (which must be empty) and leaves
+    /// `batch`'s old storage as the queue, so steady state allocates nothing.
+    func takeAll(into batch: inout [UnownedJob]) {
+        state.withLock { s in swap(&s.jobs, &batch) }
+    }
+
+    /// Poller thread: marks it asleep unless there is work. Returns false when there is work.
+    func prepareToSleep() -> Bool {
+        state.withLock { s in
+            guard s.jobs.isEmpty, !s.stopRequested else { return false }
+            s.sleeping = true
+            return true
+        }
+    }
+
+    func awake() { state.withLock { $0.sleeping = false } }
+}
