@@ -10,9 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Atomic int injected_setup_error = 0;
+// Thread-local so a test can inject a failure without disturbing pollers other tests start.
+static _Thread_local int injected_setup_error = 0;
 
-void cpoller_uring_inject_setup_failure(int err) { atomic_store(&injected_setup_error, err); }
+void cpoller_uring_inject_setup_failure(int err) { injected_setup_error = err; }
 
 #if defined(CPOLLER_IOURING)
 
@@ -31,7 +32,7 @@ struct cpoller_uring {
 int cpoller_uring_compiled(void) { return 1; }
 
 static int setup(struct io_uring *ring, unsigned sq_entries, unsigned cq_entries) {
-    int injected = atomic_load(&injected_setup_error);
+    int injected = injected_setup_error;
     if (injected) return -injected;
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
@@ -237,7 +238,7 @@ int cpoller_uring_wait(cpoller_uring *u, cpoller_event *e, int c, int64_t t) {
 }
 uint64_t cpoller_uring_overflow_count(const cpoller_uring *u) { (void)u; return 0; }
 int cpoller_uring_probe(void) {
-    int injected = atomic_load(&injected_setup_error);
+    int injected = injected_setup_error;
     return injected ? injected : ENOSYS;
 }
 

@@ -8,12 +8,13 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-static _Atomic int inject_eventfd_failure = 0;
+// Thread-local so a test can force the self-pipe without disturbing other tests.
+static _Thread_local int inject_eventfd_failure = 0;
 
-void cpoller_wake_inject_eventfd_failure(int fail) { atomic_store(&inject_eventfd_failure, fail); }
+void cpoller_wake_inject_eventfd_failure(int fail) { inject_eventfd_failure = fail; }
 
 int cpoller_wake_create(int fds[2], int force_pipe) {
-    if (!force_pipe && !atomic_load(&inject_eventfd_failure)) {
+    if (!force_pipe && !inject_eventfd_failure) {
         int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (efd >= 0) {
             fds[0] = fds[1] = efd;

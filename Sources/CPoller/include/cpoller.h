@@ -89,7 +89,8 @@ uint64_t cpoller_uring_overflow_count(const cpoller_uring *ring);
 // Whether io_uring works for this process: a ring can be set up with the flags above and a
 // multishot poll on an eventfd completes. Returns 0 or a positive errno naming the reason.
 int cpoller_uring_probe(void);
-// Test hook: makes cpoller_uring_create and cpoller_uring_probe fail with errno (0 restores).
+// Test hook, for the calling thread only: makes cpoller_uring_create and cpoller_uring_probe
+// fail with errno (0 restores).
 void cpoller_uring_inject_setup_failure(int err);
 // 1 when the package was built with the IOUring trait (liburing linked), else 0.
 int cpoller_uring_compiled(void);
@@ -104,7 +105,7 @@ int cpoller_wake_create(int fds[2], int force_pipe);
 int cpoller_wake_signal(int wfd, int is_pipe);
 // Reads every pending token. Returns 0 or -errno (EAGAIN is not an error).
 int cpoller_wake_drain(int rfd, int is_pipe);
-// Test hook: make the next cpoller_wake_create behave as if eventfd failed (1) or not (0).
+// Test hook, for the calling thread only: cpoller_wake_create behaves as if eventfd failed (1).
 void cpoller_wake_inject_eventfd_failure(int fail);
 
 // MARK: Parker (one blocked thread, woken by another)
