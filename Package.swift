@@ -5,6 +5,8 @@ let package = Package(
     name: "Poller",
     products: [
         .library(name: "Poller", targets: ["Poller"]),
+        .library(name: "PollerNet", targets: ["PollerNet"]),
+        .executable(name: "poller-demo", targets: ["poller-demo"]),
     ],
     traits: [
         .trait(name: "IOUring", description: "Compile the io_uring backend (needs liburing-dev)."),
@@ -22,8 +24,11 @@ let package = Package(
             linkerSettings: [.linkedLibrary("uring", .when(traits: ["IOUring"]))]
         ),
         .target(name: "Poller", dependencies: ["CPoller"]),
+        // Go's internal/poll.FD and net.Conn over the poller: listeners, connections, dial.
+        .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
+        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,110 @@
+import CPoller
+import Glibc
+import Testing
+@testable import Poller
+
+/// Whether io_uring works for this process, and if not, why (computed once).
+let ioUringUnavailableReason: String? = {
+    switch URingBackend.probe() {
+    case .success: return nil
+    case .failure(let error): return "\(error)"
+    }
+}()
+
+/// Skips the current io_uring test case, with the reason, where io_uring cannot be set up.
+/// Every behavioural test calls this (through `makePoller`) so the io_uring cases are
+/// reported as skipped, never as silently passed.
+func skipIfUnavailable(_ kind: BackendKind) throws {
+    if kind == .ioUring, let reason = ioUringUnavailableReason {
+        try Test.cancel("io_uring unavailable here: \(reason)")
+    }
+}
+
+extension BackendKind {
+    var choice: BackendChoice { self == .epoll ? .epoll : .ioUring }
+}
+
+/// A poller on `kind`; skips the test case where that backend cannot run.
+func makePoller(_ kind: BackendKind, forcePipeWake: Bool = false) throws -> Poller {
+    try skipIfUnavailable(kind)
+    var options = Poller.Options()
+    options.forcePipeWake = forcePipeWake
+    options.threadName = "poller-test"
+    return try Poller(backend: kind.choice, options: options)
+}
+
+/// Runs `body` with a fresh poller and checks, afterwards, that no waiter is left parked and
+/// no descriptor left registered, then shuts the poller down.
+func withPoller<R>(
+    _ kind: BackendKind, forcePipeWake: Bool = false, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller) async throws -> R
+) async throws -> R {
+    let poller = try makePoller(kind, forcePipeWake: forcePipeWake)
+    defer { poller.shutdown() }
+    let result = try await body(poller)
+    #expect(poller.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
+    #expect(poller.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    return result
+}
+
+/// A non-blocking, close-on-exec pipe.
+struct Pipe: ~Copyable {
+    let readFD: Int32
+    let writeFD: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0)
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        readFD = fds[0]
+        writeFD = fds[1]
+    }
+
+    deinit {
+        close(readFD)
+        close(writeFD)
+    }
+}
+
+/// A non-blocking AF_UNIX stream socket pair.
+struct SocketPair: ~Copyable {
+    let a: Int32
+    let b: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        a = fds[0]
+        b = fds[1]
+    }
+
+    deinit {
+        close(a)
+        close(b)
+    }
+}
+
+/// Writes `count` bytes of 0x2A to `fd`; returns what write(2) returned.
+@discardableResult
+func writeBytes(_ fd: Int32, count: Int = 1) -> Int {
+    let bytes = [UInt8](repeating: 0x2A, count: count)
+    return bytes.withUnsafeBytes { write(fd, $0.baseAddress, count) }
+}
+
+/// Reads until EAGAIN or EOF; returns the number of bytes read.
+@discardableResult
+func drain(_ fd: Int32) -> Int {
+    var total = 0
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { return total }
+        total += n
+    }
+}
+
+/// The number of open descriptors in this process.
+func openFDCount() -> Int { Int(cpoller_count_open_fds()) }
