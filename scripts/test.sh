@@ -19,16 +19,25 @@ echo "== io_uring on this machine"
 swift run -q poller-demo io_uring >/dev/null 2>&1 && echo "io_uring: available" ||
   echo "io_uring: unavailable here; its test cases will be skipped with the reason"
 
+# Swift Testing prints a line per test start; keep results, skips and failures.
+show() { grep -vE '^(◇|↳) |^Test Suite|^[[:space:]]+Executed' "$1" || true; }
+
 echo "== tests (both backends)"
-swift test --skip-build --no-parallel 2>&1 | tee .test-output.log | grep -vE '^(◇|↳) |^Test Suite|^\s+Executed' || true
-status=${PIPESTATUS[0]}
+set +e
+swift test --skip-build --no-parallel >.test-output.log 2>&1
+status=$?
+set -e
+show .test-output.log
 [ "$status" = 0 ] || { echo "tests failed (exit $status)"; exit "$status"; }
 
 if [ "$quick" = 0 ]; then
   echo "== tests under ThreadSanitizer (both backends)"
-  swift test --sanitize=thread --scratch-path .build-tsan --no-parallel 2>&1 | tee .tsan-output.log |
-    grep -E 'WARNING: ThreadSanitizer|ThreadSanitizer: reported|✘|Test run with' || true
-  status=${PIPESTATUS[0]}
+  set +e
+  swift test --sanitize=thread --scratch-path .build-tsan --no-parallel >.tsan-output.log 2>&1
+  status=$?
+  set -e
+  grep -E 'WARNING: ThreadSanitizer|ThreadSanitizer: reported|SUMMARY|✘|Test run with' .tsan-output.log || true
   [ "$status" = 0 ] || { echo "ThreadSanitizer run failed (exit $status)"; exit "$status"; }
 fi
+echo "== result"
 grep -E 'Test run with' .test-output.log | tail -n 1
