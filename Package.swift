@@ -27,6 +27,7 @@ let package = Package(
         // Go's internal/poll.FD and net.Conn over the poller: listeners, connections, dial.
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
+        .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

@@ -114,3 +114,38 @@ public struct PollDescriptor: Sendable, Hashable {
         try poller.close(slot, generation: generation)
     }
 }
+
+extension PollDescriptor {
+    /// Benchmark seam: latches readiness for `mode` exactly as a kernel event would, so a
+    /// micro-benchmark can time the wait fast path alone. Not for production use.
+    package func _latchReadinessForBenchmark(_ mode: PollMode) {
+        var woken: [(Waiter, WakeReason)] = []
+        slot.state.withLock { s in
+            guard s.isCurrent(generation) else { return }
+            if mode.contains(.read), let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
+            if mode.contains(.write), let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
+        }
+        poller.resume(&woken)
+    }
+
+    /// Benchmark seam: the number of armed deadline timers of this descriptor's poller.
+    package var _armedTimerCountForBenchmark: Int { poller.timers.withLock { $0.heap.count } }
+}
+
+extension Poller {
+    /// Benchmark seam: opens a descriptor slot for `fd` without registering `fd` with the
+    /// kernel, so a benchmark can hold more deadlines than RLIMIT_NOFILE allows descriptors.
+    /// Deadlines and waits work on it as usual; no readiness will ever arrive.
+    package func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
+        let slot = table.allocate()
+        let generation = slot.state.withLock { s in
+            s.isOpen = true
+            s.fd = fd
+            s.closing = false
+            s.readSequence &+= 1
+            s.writeSequence &+= 1
+            return s.generation
+        }
+        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
+    }
+}

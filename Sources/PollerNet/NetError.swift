@@ -1,0 +1,93 @@
+import Glibc
+import Poller
+
+/// Why a network operation failed: the Swift form of the errors Go's `net` package returns.
+///
+/// Every operation in PollerNet throws exactly this type, so callers can `switch` over it.
+/// The descriptions keep Go's wording where programs are known to match on it ("i/o timeout",
+/// "use of closed network connection").
+public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The deadline for the operation's direction has passed (Go's `os.ErrDeadlineExceeded`,
+    /// "i/o timeout"). The connection stays usable: clear or extend the deadline and retry.
+    case timeout
+    /// The connection or listener was closed, before or during the operation (Go's
+    /// `net.ErrClosed`, "use of closed network connection"). Also what a second `close()`
+    /// throws.
+    case closed
+    /// The peer closed its side of a stream: a read returned no bytes (Go's `io.EOF`).
+    case endOfFile
+    /// The task performing the operation was cancelled while it waited. Nothing was consumed
+    /// and the connection stays usable. Go has no counterpart (it uses deadlines).
+    case cancelled
+    /// The peer reset the connection (ECONNRESET).
+    case connectionReset
+    /// `accept` ran out of descriptors (EMFILE for the process, ENFILE for the system). The
+    /// pending connection stays queued; back off and retry, as Go's servers do.
+    case tooManyOpenFiles(errno: Int32)
+    /// A system call failed: `call` names it ("connect", "read", "send", …) and `errno` says
+    /// why. ECONNREFUSED from a dial and EPIPE from a write after the peer left arrive here.
+    case system(call: String, errno: Int32)
+    /// A host, port or path could not be turned into a socket address; the text says which.
+    case invalidAddress(String)
+
+    /// True only for ``timeout``: the one error that means "the deadline passed", as Go's
+    /// `Timeout()` on `os.ErrDeadlineExceeded`.
+    public var isTimeout: Bool { self == .timeout }
+
+    public var description: String {
+        switch self {
+        case .timeout: "i/o timeout"
+        case .closed: "use of closed network connection"
+        case .endOfFile: "end of file"
+        case .cancelled: "operation cancelled"
+        case .connectionReset: "connection reset by peer"
+        case .tooManyOpenFiles(let errno): "accept4: \(Errno.describe(errno))"
+        case .system(let call, let errno): "\(call): \(Errno.describe(errno))"
+        case .invalidAddress(let text): "invalid address: \(text)"
+        }
+    }
+
+    /// The error for a failed system call. ECONNRESET maps to ``connectionReset`` whatever
+    /// the call, so a peer's reset reads the same from `read`, `send` and `connect`.
+    static func fromErrno(_ errno: Int32, call: String) -> NetError {
+        switch errno {
+        case ECONNRESET: .connectionReset
+        default: .system(call: call, errno: errno)
+        }
+    }
+
+    /// The net-level meaning of a poller error. `.notPollable` is handled by the I/O loops
+    /// (they ask the socket for its pending error) and only lands here as a fallback.
+    init(_ error: PollError) {
+        switch error {
+        case .closing: self = .closed
+        case .timeout: self = .timeout
+        case .cancelled: self = .cancelled
+        case .notPollable: self = .system(call: "poll", errno: EIO)
+        case .registrationFailed(let errno): self = .system(call: "poll register", errno: errno)
+        case .doubleWait, .invalidMode, .notUnblocked, .waiterParked, .wouldBlockPollerThread:
+            // The fd's locks make these impossible; report them rather than trap.
+            self = .system(call: "poll (\(error))", errno: EINVAL)
+        }
+    }
+}
+
+/// Errno names for error messages: "ECONNREFUSED (Connection refused)".
+enum Errno {
+    static func describe(_ code: Int32) -> String {
+        let message = String(cString: strerror(code))
+        if let name = names[code] { return "\(name) (\(message))" }
+        return "errno \(code) (\(message))"
+    }
+
+    private static let names: [Int32: String] = [
+        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
+        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL",
+        ENFILE: "ENFILE", EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE",
+        ENOTSOCK: "ENOTSOCK", EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL",
+        ENETUNREACH: "ENETUNREACH", ECONNABORTED: "ECONNABORTED", ECONNRESET: "ECONNRESET",
+        ENOTCONN: "ENOTCONN", ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED",
+        EHOSTUNREACH: "EHOSTUNREACH", EINPROGRESS: "EINPROGRESS", EAFNOSUPPORT: "EAFNOSUPPORT",
+        ENAMETOOLONG: "ENAMETOOLONG",
+    ]
+}

@@ -1,0 +1,183 @@
+// poller-microbench: the costs behind the poller's hot paths, measured in one run.
+//
+//   swift run -c release poller-microbench [--backend epoll|io_uring] [--descriptors 100000]
+//
+// 1. wait when readiness is already latched (the fast path: no suspension);
+// 2. park-and-wake through a pipe: two tasks ping-pong over two pipes, both on the poller's
+//    executor, then both on the global executor (one round trip = two park-and-wakes);
+// 3. set-deadline while N descriptors hold deadlines (the timer heap at size N).
+// Each figure is the median of 5 repetitions.
+import CPoller
+import Glibc
+import Poller
+
+@main
+struct MicroBench {
+    static func main() async throws {
+        var backend: BackendChoice = .epoll
+        var descriptors = 100_000
+        var args = CommandLine.arguments.dropFirst()
+        while let arg = args.popFirst() {
+            switch arg {
+            case "--backend": backend = try BackendChoice(parsing: args.popFirst() ?? "")
+            case "--descriptors": descriptors = Int(args.popFirst() ?? "") ?? descriptors
+            default:
+                print("usage: poller-microbench [--backend epoll|io_uring] [--descriptors N]")
+                exit(2)
+            }
+        }
+        let poller = try Poller(backend: backend)
+        defer { poller.shutdown() }
+        print("backend: \(poller.backendKind)")
+
+        let ready = try await median(5) { try await waitAlreadyReady(poller, iterations: 200_000) }
+        print("wait, readiness already latched:           \(fmt(ready, 1)) ns/op")
+
+        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true) }
+        print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
+        let onGlobal = try await median(5) { try await pingPong(poller, iterations: 5_000, onPoller: false) }
+        print("park-and-wake via pipe, global executor:   \(fmt(onGlobal / 2, 0)) ns  (\(fmt(1e9 / onGlobal, 0)) round trips/s)")
+
+        let deadline = try setDeadlineCost(poller, descriptors: descriptors)
+        print("set-deadline, \(descriptors) descriptors holding deadlines: \(fmt(deadline, 1)) ns/op")
+    }
+
+    static func fmt(_ v: Double, _ decimals: Int) -> String {
+        var buffer = [CChar](repeating: 0, count: 64)
+        _ = withVaList([decimals, v]) { vsnprintf(&buffer, 64, "%10.*f", $0) }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func median(_ runs: Int, _ body: @Sendable () async throws -> Double) async rethrows -> Double {
+        var samples: [Double] = []
+        for _ in 0..<runs { samples.append(try await body()) }
+        samples.sort()
+        return samples[samples.count / 2]
+    }
+
+    static func nanos(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9
+    }
+
+    static func makePipe() -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0)
+        for fd in fds { precondition(cpoller_set_nonblocking(fd) == 0) }
+        return (fds[0], fds[1])
+    }
+
+    /// ns per wait whose readiness is latched (the latch itself included).
+    static func waitAlreadyReady(_ poller: Poller, iterations: Int) async throws -> Double {
+        let (r, w) = makePipe()
+        defer { close(r); close(w) }
+        let pd = try poller.register(r)
+        defer { pd.unblock(); try? pd.close() }
+        let clock = ContinuousClock()
+        let elapsed = try await clock.measure {
+            for _ in 0..<iterations {
+                pd._latchReadinessForBenchmark(.read)
+                try await pd.wait(for: .read)
+            }
+        }
+        return nanos(elapsed) / Double(iterations)
+    }
+
+    /// ns per round trip between two tasks through two pipes.
+    static func pingPong(_ poller: Poller, iterations: Int, onPoller: Bool) async throws -> Double {
+        let (aR, aW) = makePipe()
+        let (bR, bW) = makePipe()
+        defer { for fd in [aR, aW, bR, bW] { close(fd) } }
+        let pa = try poller.register(aR)
+        let pb = try poller.register(bR)
+        defer {
+            for pd in [pa, pb] { pd.unblock(); try? pd.close() }
+        }
+        let executor: (any TaskExecutor)? = onPoller ? poller.executor : nil
+        let clock = ContinuousClock()
+        let start = clock.now
+        async let echo: Void = Task(executorPreference: executor) {
+            var byte: UInt8 = 0
+            for _ in 0..<iterations {
+                try await readOne(aR, pa, &byte)
+                precondition(write(bW, &byte, 1) == 1)
+            }
+        }.value
+        let driver = Task(executorPreference: executor) {
+            var byte: UInt8 = 7
+            for _ in 0..<iterations {
+                precondition(write(aW, &byte, 1) == 1)
+                try await readOne(bR, pb, &byte)
+            }
+        }
+        try await driver.value
+        try await echo
+        return nanos(clock.now - start) / Double(iterations)
+    }
+
+    static func readOne(_ fd: Int32, _ pd: PollDescriptor, _ byte: inout UInt8) async throws {
+        while true {
+            if read(fd, &byte, 1) == 1 { return }
+            precondition(errno == EAGAIN)
+            try await pd.wait(for: .read)
+        }
+    }
+
+    /// ns per setDeadline (moving one descriptor's deadline) while `descriptors` hold one.
+    static func setDeadlineCost(_ poller: Poller, descriptors: Int) throws -> Double {
+        // Real, kernel-registered descriptors as far as RLIMIT_NOFILE allows; the rest are
+        // slots opened without a kernel registration (setDeadline never touches the kernel:
+        // it is the slot's lock plus the timer heap).
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let realCount = min(descriptors, max(0, Int(limit.rlim_cur) - 512))
+        var fds: [Int32] = []
+        var pds: [PollDescriptor] = []
+        fds.reserveCapacity(descriptors)
+        pds.reserveCapacity(descriptors)
+        defer {
+            for pd in pds { pd.unblock(); try? pd.close() }  // deregistering a never-registered fd is ignored
+            for fd in fds { close(fd) }
+        }
+        var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
+            return seed
+        }
+        for i in 0..<descriptors {
+            if i >= realCount {
+                let pd = poller._openWithoutKernelRegistrationForBenchmark(fd: Int32(100_000_000 + i))
+                pds.append(pd)
+                pd.setDeadline(in: .seconds(3600) + .milliseconds(Int64(next() % 3_600_000)), for: PollMode.read)
+                pd.setDeadline(in: .seconds(3600) + .milliseconds(Int64(next() % 3_600_000)), for: PollMode.write)
+                continue
+            }
+            // One descriptor each: a UDP socket is pollable and costs a single fd.
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            precondition(fd >= 0, "socket failed: errno \(errno)")
+            fds.append(fd)
+            let pd = try poller.register(fd)
+            pds.append(pd)
+            // Deadlines spread over 1 to 2 hours, read and write apart (two timers each).
+            pd.setDeadline(in: .seconds(3600) + .milliseconds(Int64(next() % 3_600_000)), for: PollMode.read)
+            pd.setDeadline(in: .seconds(3600) + .milliseconds(Int64(next() % 3_600_000)), for: PollMode.write)
+        }
+        precondition(pds[0]._armedTimerCountForBenchmark == 2 * descriptors)
+        let iterations = 1_000_000
+        let clock = ContinuousClock()
+        var samples: [Double] = []
+        for _ in 0..<5 {
+            let elapsed = clock.measure {
+                for i in 0..<iterations {
+                    let pd = pds[Int(next() % UInt64(descriptors))]
+                    pd.setDeadline(in: .seconds(3600) + .milliseconds(Int64(i % 3_600_000)), for: .read)
+                }
+            }
+            samples.append(nanos(elapsed) / Double(iterations))
+        }
+        samples.sort()
+        print("  (\(realCount) kernel-registered UDP sockets + \(descriptors - realCount) slots without a kernel registration, 2 timers each)")
+        return samples[2]
+    }
+}
