@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Micro-benchmarks of the poller's hot paths on both backends, written to
+# Benchmarks/micro-results.md with the machine's facts and this command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-deps.sh
+swift build -c release --product poller-microbench 2>&1 | tail -n 1
+out=Benchmarks/micro-results.md
+mkdir -p Benchmarks
+{
+  echo "# Micro-benchmarks"
+  echo
+  echo "Command: \`scripts/microbench.sh\` — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(swift --version 2>&1 | head -n 1)"
+  echo
+  for b in epoll io_uring; do
+    echo '```'
+    taskset -c 0 ./.build/release/poller-microbench --backend "$b" 2>&1 || echo "($b unavailable)"
+    echo '```'
+  done
+} | tee "$out"
