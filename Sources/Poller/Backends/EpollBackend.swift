@@ -1,5 +1,6 @@
 import CPoller
 import Glibc
+import Synchronization
 
 /// The epoll backend: one edge-triggered registration per descriptor for IN | OUT | RDHUP,
 /// never modified, deleted at close (Go's netpoll_epoll.go). Timeouts have nanosecond
@@ -11,6 +12,9 @@ final class EpollBackend: PollerBackend {
     let kind = BackendKind.epoll
     let epollFD: Int32
     let wakeChannel: WakeChannel
+    /// True after shutdown. Held across epoll_ctl so a late register or deregister never
+    /// reaches the epoll descriptor's number after it was closed (and maybe reused).
+    private let closed = Mutex(false)
 
     init(forcePipeWake: Bool = false) throws(PollerError) {
         let fd = cpoller_epoll_create()
@@ -34,11 +38,11 @@ final class EpollBackend: PollerBackend {
     }
 
     func register(fd: Int32, token: PollToken) -> Int32 {
-        -cpoller_epoll_add(epollFD, fd, token.raw)
+        closed.withLock { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, token.raw) }
     }
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
-        -cpoller_epoll_del(epollFD, fd)
+        closed.withLock { closed in closed ? 0 : -cpoller_epoll_del(epollFD, fd) }
     }
 
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
@@ -62,7 +66,11 @@ final class EpollBackend: PollerBackend {
     }
 
     func shutdown() {
-        wakeChannel.close()
-        _ = Glibc.close(epollFD)
+        closed.withLock { closed in
+            guard !closed else { return }
+            closed = true
+            wakeChannel.close()
+            _ = Glibc.close(epollFD)
+        }
     }
 }

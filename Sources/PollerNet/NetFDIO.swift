@@ -1,0 +1,183 @@
+import Glibc
+import Poller
+
+/// The outcome of a write that may have been cut short: Go's `(n int, err error)`.
+///
+/// `bytesWritten` counts the bytes the kernel accepted before `error` stopped the write; a
+/// timeout or close in the middle of a large write reports both.
+public struct WriteResult: Sendable, Equatable {
+    /// Bytes handed to the kernel.
+    public var bytesWritten: Int
+    /// Why the write stopped early, or nil when every byte was written.
+    public var error: NetError?
+
+    public init(bytesWritten: Int, error: NetError?) {
+        self.bytesWritten = bytesWritten
+        self.error = error
+    }
+}
+
+/// The largest chunk handed to one system call (Go caps at 1 GiB for streams too).
+private let maxChunk = 1 << 30
+
+extension NetFD {
+    // MARK: Read
+
+    /// Reads at most `buffer.count` bytes: Go's `FD.Read`.
+    ///
+    /// Waits for readiness through the poller when nothing is available. An empty buffer
+    /// returns 0 at once, without a system call (a zero read would look like end of file).
+    ///
+    /// - Returns: the number of bytes read, at least 1 for a non-empty buffer.
+    /// - Throws: ``NetError/endOfFile`` when the peer has closed its side (streams);
+    ///   ``NetError/timeout`` once the read deadline has passed, even if data is waiting;
+    ///   ``NetError/closed`` if the descriptor is or gets closed; ``NetError/cancelled`` if
+    ///   the task is cancelled while waiting (nothing was consumed; the descriptor stays
+    ///   usable); ``NetError/connectionReset``; ``NetError/system(call:errno:)``.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+        try await lockRead()
+        defer { unlockRead() }
+        guard buffer.count > 0, let base = buffer.baseAddress else { return 0 }
+        try prepare(.read)
+        let count = isStream ? min(buffer.count, maxChunk) : buffer.count
+        while true {
+            let n = Glibc.read(fd, base, count)
+            if n > 0 { return n }
+            if n == 0 {
+                if isStream { throw .endOfFile }
+                return 0
+            }
+            let e = errno
+            switch e {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: try await waitReady(.read, call: "read")
+            default: throw NetError.fromErrno(e, call: "read")
+            }
+        }
+    }
+
+    // MARK: Write
+
+    /// Writes every byte of `buffer`, waiting for buffer space as needed: Go's `FD.Write`.
+    ///
+    /// Never throws: the result says how many bytes went out and, if not all did, why (a
+    /// timeout or close mid-way reports the partial count with the error). Sockets are written
+    /// with `send(MSG_NOSIGNAL)`, so a vanished peer gives EPIPE, never SIGPIPE.
+    public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        do throws(NetError) {
+            try await lockWrite()
+        } catch {
+            return WriteResult(bytesWritten: 0, error: error)
+        }
+        defer { unlockWrite() }
+        var written = 0
+        do throws(NetError) {
+            try prepare(.write)
+            guard let base = buffer.baseAddress else { return WriteResult(bytesWritten: 0, error: nil) }
+            while written < buffer.count {
+                let chunk = min(buffer.count - written, maxChunk)
+                let n = isSocket
+                    ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
+                    : Glibc.write(fd, base + written, chunk)
+                if n > 0 {
+                    written += n
+                    continue
+                }
+                if n == 0 {
+                    // A stream accepting nothing without an error: Go's io.ErrUnexpectedEOF.
+                    throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
+                }
+                let e = errno
+                switch e {
+                case EINTR: continue
+                case EAGAIN, EWOULDBLOCK: try await waitReady(.write, call: "write")
+                default: throw NetError.fromErrno(e, call: isSocket ? "send" : "write")
+                }
+            }
+            return WriteResult(bytesWritten: written, error: nil)
+        } catch {
+            return WriteResult(bytesWritten: written, error: error)
+        }
+    }
+
+    // MARK: Accept
+
+    /// Accepts one pending connection: Go's `FD.Accept`.
+    ///
+    /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`. EINTR and ECONNABORTED (a client that
+    /// gave up while queued) are retried silently.
+    ///
+    /// - Returns: the new descriptor, owned by the caller.
+    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` for EMFILE/ENFILE (back off and retry);
+    ///   ``NetError/timeout``, ``NetError/closed``, ``NetError/cancelled`` as for reads;
+    ///   ``NetError/system(call:errno:)`` with call "accept4".
+    public func accept() async throws(NetError) -> Int32 {
+        try await lockRead()
+        defer { unlockRead() }
+        try prepare(.read)
+        let flags = Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        while true {
+            let s = accept4(fd, nil, nil, flags)
+            if s >= 0 { return s }
+            let e = errno
+            switch e {
+            case EINTR, ECONNABORTED: continue
+            case EAGAIN, EWOULDBLOCK: try await waitReady(.read, call: "accept4")
+            case EMFILE, ENFILE: throw .tooManyOpenFiles(errno: e)
+            default: throw .system(call: "accept4", errno: e)
+            }
+        }
+    }
+
+    // MARK: Poller steps
+
+    /// Go's prepareRead/prepareWrite: fails on close or an expired deadline and forgets stale
+    /// readiness. A pending error event (reads) is left to the system call to report.
+    func prepare(_ mode: PollMode) throws(NetError) {
+        do {
+            try pollDescriptor.reset(for: mode)
+        } catch .notPollable {
+            // The kernel flagged an error: let the read/accept itself return it.
+        } catch {
+            throw NetError(error)
+        }
+    }
+
+    /// Waits for `mode`; on an error event reports the socket's pending error (SO_ERROR) so
+    /// the caller gets, say, ECONNRESET rather than "not pollable".
+    func waitReady(_ mode: PollMode, call: String) async throws(NetError) {
+        do {
+            try await pollDescriptor.wait(for: mode)
+        } catch .notPollable {
+            if isSocket, let pending = SocketOptions.pendingError(fd), pending != 0 {
+                throw NetError.fromErrno(pending, call: call)
+            }
+            // Nothing pending: the next attempt reports the state; to avoid spinning on a
+            // sticky error event, give up with a clear message.
+            throw NetError.system(call: call, errno: EIO)
+        } catch {
+            throw NetError(error)
+        }
+    }
+
+    // MARK: Deadlines
+
+    /// Sets (or with nil clears) the deadline for `mode`: Go's `SetDeadline`,
+    /// `SetReadDeadline`, `SetWriteDeadline`. Applies to operations already blocked.
+    /// An instant in the past (or now) makes operations in that direction fail with
+    /// ``NetError/timeout`` at once, even when they could proceed.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``.
+    public func setDeadline(_ deadline: ContinuousClock.Instant?, for mode: PollMode) throws(NetError) {
+        try withReference { () throws(NetError) in
+            pollDescriptor.setDeadline(deadline, for: mode)
+        }
+    }
+
+    /// Sets the deadline for `mode` to `duration` from now (zero or negative: expired now).
+    public func setDeadline(in duration: Duration, for mode: PollMode) throws(NetError) {
+        try withReference { () throws(NetError) in
+            pollDescriptor.setDeadline(in: duration, for: mode)
+        }
+    }
+}

@@ -1,0 +1,709 @@
+import CPoller
+import Glibc
+import Synchronization
+import Testing
+@testable import Poller
+
+// Backend-layer tests: each backend driven directly, as the poller thread drives it, against
+// real kernel readiness. Every test is synchronous, so its body runs on one thread: an
+// URingBackend may only be polled (and used on the fast path) by the thread that created it.
+// Other threads appear only where a behaviour needs them (wake-ups), started with
+// cpoller_thread_start and joined before the test returns.
+//
+// Serialized: several tests measure time (timeouts, wake-ups) or count descriptors, which
+// parallel test cases on a shared two-core machine would disturb.
+@Suite("Backends", .serialized)
+struct BackendTests {
+
+    // MARK: Readiness
+
+    @Test("A pipe's read end is reported readable when data arrives", arguments: BackendKind.allCases)
+    func pipeReadReadiness(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
+
+        // An empty read end has nothing to report.
+        #expect(pollEvents(backend, timeoutNanos: 20 * ms).isEmpty)
+
+        #expect(writeBytes(pipe.writeFD, count: 3) == 3)
+        let events = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(events.count == 1)
+        let event = try #require(events.first)
+        #expect(event.pollToken == token)
+        #expect(event.isReadable)
+        #expect(!event.isError)
+        #expect(!event.isHangup)
+        #expect(drain(pipe.readFD) == 3)
+        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+    }
+
+    @Test("A pipe's write end is reported writable, and again once a full pipe is drained",
+          arguments: BackendKind.allCases)
+    func pipeWriteReadiness(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: pipe.writeFD, token: token) == 0)
+
+        // An empty pipe is writable at registration.
+        let first = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(first.map(\.pollToken) == [token])
+        #expect(first.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isError })
+
+        // Fill it: no space, no new edge.
+        let filled = fill(pipe.writeFD)
+        #expect(filled > 0)
+        #expect(pollEvents(backend, timeoutNanos: 20 * ms).isEmpty)
+
+        // Space again: a new writable edge.
+        #expect(drain(pipe.readFD) == filled)
+        let again = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(again.map(\.pollToken) == [token])
+        #expect(again.allSatisfy(\.isWritable))
+        #expect(backend.deregister(fd: pipe.writeFD, token: token) == 0)
+    }
+
+    @Test("A socketpair end is reported readable when its peer writes", arguments: BackendKind.allCases)
+    func socketReadReadiness(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pair = SocketPair()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: pair.a, token: token) == 0)
+
+        // A connected socket is writable at once, and not readable.
+        let initial = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(initial.map(\.pollToken) == [token])
+        #expect(initial.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isHangup })
+
+        #expect(writeBytes(pair.b, count: 5) == 5)
+        let events = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(events.map(\.pollToken) == [token])
+        #expect(events.allSatisfy { $0.isReadable && !$0.isHangup && !$0.isError })
+        #expect(drain(pair.a) == 5)
+        #expect(backend.deregister(fd: pair.a, token: token) == 0)
+    }
+
+    @Test("A socketpair end is reported writable, and again once a full send buffer is drained",
+          arguments: BackendKind.allCases)
+    func socketWriteReadiness(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pair = SocketPair()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: pair.a, token: token) == 0)
+        let first = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(first.map(\.pollToken) == [token])
+        #expect(first.allSatisfy(\.isWritable))
+
+        let filled = fill(pair.a)
+        #expect(filled > 0)
+        #expect(pollEvents(backend, timeoutNanos: 20 * ms).isEmpty)
+
+        #expect(drain(pair.b) == filled)
+        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isWritable } }
+        #expect(events.contains { $0.pollToken == token && $0.isWritable })
+        #expect(events.allSatisfy { $0.pollToken == token })
+        #expect(backend.deregister(fd: pair.a, token: token) == 0)
+    }
+
+    @Test("Edge-triggered: one notification per edge and none while nothing changes",
+          arguments: BackendKind.allCases)
+    func edgeTriggered(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
+
+        for round in 1...3 {
+            // New data (the pipe is deliberately never drained): exactly one notification.
+            #expect(writeBytes(pipe.writeFD) == 1)
+            let events = pollEvents(backend, timeoutNanos: 2 * sec)
+            #expect(events.map(\.pollToken) == [token], "round \(round)")
+            #expect(events.allSatisfy(\.isReadable), "round \(round)")
+            // Still readable, but nothing changed: no further notification, however often asked.
+            for _ in 0..<3 {
+                #expect(pollEvents(backend, timeoutNanos: 0).isEmpty, "round \(round)")
+            }
+            #expect(pollEvents(backend, timeoutNanos: 20 * ms).isEmpty, "round \(round)")
+        }
+        #expect(drain(pipe.readFD) == 3)
+        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+    }
+
+    @Test("Readiness present before registration is reported", arguments: BackendKind.allCases)
+    func readinessBeforeRegistration(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(writeBytes(pipe.writeFD, count: 4) == 4)
+        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
+
+        let events = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(events.map(\.pollToken) == [token])
+        #expect(events.allSatisfy(\.isReadable))
+        #expect(drain(pipe.readFD) == 4)
+        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+    }
+
+    @Test("A socket peer's close is seen as readable and hangup, and a read returns EOF",
+          arguments: BackendKind.allCases)
+    func socketPeerClose(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        // Raw descriptors: the peer is closed mid-test, so SocketPair's deinit must not close it again.
+        let fds = Descriptors()
+        let (a, b) = fds.socketPair()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: a, token: token) == 0)
+        let initial = pollEvents(backend, timeoutNanos: 2 * sec)
+        #expect(initial.allSatisfy { !$0.isReadable && !$0.isHangup })
+
+        fds.close(b)
+        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains(where: \.isHangup) }
+        #expect(!events.isEmpty)
+        #expect(events.allSatisfy { $0.pollToken == token })
+        #expect(events.contains { $0.isReadable && $0.isHangup })
+        #expect(events.allSatisfy { !$0.isError })
+
+        var byte: UInt8 = 0
+        #expect(read(a, &byte, 1) == 0, "EOF")
+        #expect(backend.deregister(fd: a, token: token) == 0)
+    }
+
+    @Test("A pipe writer's close is seen as readable and hangup, and a read returns EOF",
+          arguments: BackendKind.allCases)
+    func pipePeerClose(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let fds = Descriptors()
+        let (readFD, writeFD) = fds.pipe()
+        let token = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: readFD, token: token) == 0)
+        #expect(pollEvents(backend, timeoutNanos: 20 * ms).isEmpty)
+
+        fds.close(writeFD)
+        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains(where: \.isHangup) }
+        #expect(events.allSatisfy { $0.pollToken == token })
+        #expect(events.contains { $0.isReadable && $0.isHangup })
+
+        var byte: UInt8 = 0
+        #expect(read(readFD, &byte, 1) == 0, "EOF")
+        #expect(backend.deregister(fd: readFD, token: token) == 0)
+    }
+
+    // MARK: Waiting and waking
+
+    @Test("A wake from another thread ends a blocked wait", arguments: BackendKind.allCases)
+    func wakeEndsBlockedWait(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        try expectWakeEndsBlockedWait(backend)
+    }
+
+    @Test("A wait with a timeout returns after the timeout with no events", arguments: BackendKind.allCases)
+    func timeoutIsHonoured(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        #expect(backend.register(fd: pipe.readFD, token: PollToken(slot: 7, generation: 1)) == 0)
+
+        for timeout in [20 * ms, 5 * ms] {
+            let start = cpoller_now_ns()
+            let events = pollEvents(backend, timeoutNanos: timeout)
+            let elapsed = cpoller_now_ns() - start
+            #expect(events.isEmpty)
+            // Never early (1 ms slack: epoll_wait's millisecond fallback rounds up, and a
+            // timespec wait never returns early, but allow for clock-read placement).
+            #expect(elapsed >= timeout - 1 * ms, "returned after \(elapsed) ns for a \(timeout) ns timeout")
+            #expect(elapsed < timeout + 1 * sec, "returned after \(elapsed) ns for a \(timeout) ns timeout")
+        }
+        #expect(backend.deregister(fd: pipe.readFD, token: PollToken(slot: 7, generation: 1)) == 0)
+    }
+
+    @Test("A 50 µs timeout returns in well under a millisecond, not rounded to zero or up to a tick",
+          arguments: BackendKind.allCases)
+    func shortTimeout(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        // The first poll of a ring submits the wake-up channel's request; keep it out of the
+        // measurement.
+        _ = pollEvents(backend, timeoutNanos: 0)
+        var best = Int64.max
+        for _ in 0..<5 {
+            let start = cpoller_now_ns()
+            let events = pollEvents(backend, timeoutNanos: 50 * us)
+            let elapsed = cpoller_now_ns() - start
+            #expect(events.isEmpty)
+            best = min(best, elapsed)
+        }
+        // The best of five, so one preemption on a shared machine does not fail the test.
+        #expect(best < 5 * ms, "a 50 µs wait took at best \(best) ns")
+        if cpoller_epoll_has_pwait2() == 1 || kind == .ioUring {
+            // Nanosecond timeouts: a 50 µs wait must actually wait (it is not "do not block").
+            #expect(best >= 40 * us, "a 50 µs wait returned after \(best) ns")
+        }
+    }
+
+    @Test("Concurrent wakes coalesce into one write, and one poll drains it", arguments: BackendKind.allCases)
+    func concurrentWakesCoalesce(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        #expect(backend.wakeChannel.writes.load(ordering: .relaxed) == 0)
+
+        // 4 threads x 250 wakes while nobody polls.
+        let threads = (0..<4).map { _ in
+            startThread { for _ in 0..<250 { backend.wake() } }
+        }
+        threads.forEach(joinThread)
+        #expect(backend.wakeChannel.writes.load(ordering: .relaxed) == 1)
+
+        // One poll consumes it: it returns at once, with no events (the wake is not an event).
+        var start = cpoller_now_ns()
+        #expect(pollEvents(backend, timeoutNanos: 2 * sec).isEmpty)
+        #expect(cpoller_now_ns() - start < 1 * sec, "the pending wake did not end the wait")
+
+        // Drained: the next wait runs to its timeout.
+        start = cpoller_now_ns()
+        #expect(pollEvents(backend, timeoutNanos: 10 * ms).isEmpty)
+        #expect(cpoller_now_ns() - start >= 9 * ms, "a drained wake still ended the wait")
+
+        // And the drain re-opened the channel: the next wake writes again.
+        backend.wake()
+        backend.wake()
+        #expect(backend.wakeChannel.writes.load(ordering: .relaxed) == 2)
+        start = cpoller_now_ns()
+        #expect(pollEvents(backend, timeoutNanos: 2 * sec).isEmpty)
+        #expect(cpoller_now_ns() - start < 1 * sec)
+    }
+
+    @Test("The self-pipe wake-up channel works where eventfd cannot be created", arguments: BackendKind.allCases)
+    func selfPipeFallback(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend: any PollerBackend
+        do {
+            cpoller_wake_inject_eventfd_failure(1)
+            defer { cpoller_wake_inject_eventfd_failure(0) }
+            backend = try makeBackend(kind)
+        }
+        defer { backend.shutdown() }
+        #expect(backend.wakeChannel.isPipe)
+        #expect(backend.wakeChannel.readFD != backend.wakeChannel.writeFD)
+        #expect(backend.isPollerDescriptor(backend.wakeChannel.readFD))
+        #expect(backend.isPollerDescriptor(backend.wakeChannel.writeFD))
+        try expectWakeEndsBlockedWait(backend)
+
+        // The injection was restored: the next backend on this thread gets an eventfd again.
+        let normal = try makeBackend(kind)
+        defer { normal.shutdown() }
+        #expect(!normal.wakeChannel.isPipe)
+    }
+
+    // MARK: Registration lifetime
+
+    @Test("After deregistration no event arrives", arguments: BackendKind.allCases)
+    func noEventAfterDeregistration(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let pipe = Pipe()
+        let pair = SocketPair()
+        let pipeToken = PollToken(slot: 7, generation: 1)
+        let socketToken = PollToken(slot: 8, generation: 1)
+        #expect(backend.register(fd: pipe.readFD, token: pipeToken) == 0)
+        #expect(backend.register(fd: pair.a, token: socketToken) == 0)
+        // Take the socket's initial writable event while both are registered.
+        _ = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.pollToken == socketToken } }
+
+        #expect(backend.deregister(fd: pipe.readFD, token: pipeToken) == 0)
+        #expect(backend.deregister(fd: pair.a, token: socketToken) == 0)
+        #expect(writeBytes(pipe.writeFD) == 1)
+        #expect(writeBytes(pair.b) == 1)
+        _ = shutdown(pair.b, Int32(SHUT_RDWR))
+        let events = pollEvents(backend, timeoutNanos: 50 * ms)
+        #expect(events.isEmpty, "events after deregistration: \(events.map { describe($0) })")
+    }
+
+    @Test("Close then reuse of the same fd number never delivers an event to the old registration",
+          arguments: BackendKind.allCases)
+    func fdReuseKeepsRegistrationsApart(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let fds = Descriptors()
+        let (oldRead, oldWrite) = fds.pipe()
+        let oldToken = PollToken(slot: 7, generation: 1)
+        #expect(backend.register(fd: oldRead, token: oldToken) == 0)
+        #expect(pollEvents(backend, timeoutNanos: 10 * ms).isEmpty)
+        #expect(backend.deregister(fd: oldRead, token: oldToken) == 0)
+
+        // Close the old read end and give its number to a new pipe. dup2 does both in one step,
+        // so no test running in parallel can take the number in between.
+        let (newRead, newWrite) = fds.pipe()
+        #expect(dup2(newRead, oldRead) == oldRead)
+        fds.close(newRead)
+        fds.close(oldWrite)  // its read end is gone; never written again
+        let reused = oldRead
+        let newToken = PollToken(slot: 7, generation: 2)
+        #expect(backend.register(fd: reused, token: newToken) == 0)
+
+        #expect(writeBytes(newWrite) == 1)
+        var events = collect(backend, budgetNanos: 2 * sec) { events in events.contains(where: \.isReadable) }
+        events += pollEvents(backend, timeoutNanos: 20 * ms)
+        #expect(events.contains { $0.pollToken == newToken && $0.isReadable })
+        #expect(events.allSatisfy { $0.pollToken.generation == 2 },
+                "events for the old registration: \(events.map { describe($0) })")
+        #expect(drain(reused) == 1)
+        #expect(backend.deregister(fd: reused, token: newToken) == 0)
+    }
+
+    @Test("1000 descriptors registered at once are all reported", arguments: BackendKind.allCases)
+    func thousandDescriptors(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        let fds = Descriptors()
+        // 500 pipes, both ends registered: read ends report readable, write ends writable.
+        var expected: [PollToken: (fd: Int32, readable: Bool)] = [:]
+        var writeEnds: [Int32] = []
+        for i in 0..<500 {
+            let (r, w) = fds.pipe()
+            let readToken = PollToken(slot: UInt32(2 * i), generation: 1)
+            let writeToken = PollToken(slot: UInt32(2 * i + 1), generation: 1)
+            #expect(backend.register(fd: r, token: readToken) == 0)
+            #expect(backend.register(fd: w, token: writeToken) == 0)
+            expected[readToken] = (r, true)
+            expected[writeToken] = (w, false)
+            writeEnds.append(w)
+        }
+        for w in writeEnds { #expect(writeBytes(w) == 1) }
+
+        var seen = Set<PollToken>()
+        let deadline = cpoller_now_ns() + 5 * sec
+        while seen.count < expected.count, cpoller_now_ns() < deadline {
+            for event in pollEvents(backend, timeoutNanos: 100 * ms) {
+                guard let readable = expected[event.pollToken]?.readable else {
+                    Issue.record("unknown token \(event.token)")
+                    continue
+                }
+                if readable ? event.isReadable : event.isWritable { seen.insert(event.pollToken) }
+            }
+        }
+        #expect(seen.count == 1000, "\(1000 - seen.count) descriptors never reported")
+        for (token, entry) in expected {
+            #expect(backend.deregister(fd: entry.fd, token: token) == 0)
+        }
+    }
+
+    @Test("A completion-queue overflow loses no readiness", arguments: BackendKind.allCases)
+    func completionQueueOverflow(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        // A 16-entry completion queue for 64 descriptors (io_uring); epoll runs the same checks.
+        let backend: any PollerBackend =
+            kind == .ioUring
+            ? try URingBackend(submissionEntries: 8, completionEntries: 16)
+            : try EpollBackend()
+        defer { backend.shutdown() }
+        let fds = Descriptors()
+        var pipes: [PollToken: (read: Int32, write: Int32)] = [:]
+        for i in 0..<64 {
+            let token = PollToken(slot: UInt32(i), generation: 1)
+            let (r, w) = fds.pipe()
+            pipes[token] = (r, w)
+            #expect(backend.register(fd: r, token: token) == 0)
+        }
+        #expect(pollEvents(backend, timeoutNanos: 10 * ms).isEmpty)
+
+        for round in 1...3 {
+            for (_, p) in pipes { #expect(writeBytes(p.write) == 1) }
+            var seen = Set<PollToken>()
+            let deadline = cpoller_now_ns() + 5 * sec
+            while seen.count < pipes.count, cpoller_now_ns() < deadline {
+                for event in pollEvents(backend, timeoutNanos: 100 * ms) {
+                    #expect(pipes[event.pollToken] != nil, "unknown token \(event.token)")
+                    if event.isReadable { seen.insert(event.pollToken) }
+                }
+            }
+            #expect(seen.count == pipes.count, "round \(round): \(pipes.count - seen.count) of 64 never reported")
+            // Drain and let the backend go quiet (re-armed polls on empty pipes report nothing),
+            // so the next round counts only new edges.
+            for (_, p) in pipes { #expect(drain(p.read) == 1) }
+            var quiet = false
+            for _ in 0..<50 where !quiet {
+                quiet = pollEvents(backend, timeoutNanos: 20 * ms).isEmpty
+            }
+            #expect(quiet, "round \(round): the backend never went quiet")
+        }
+        if let uring = backend as? URingBackend {
+            // The test is only meaningful if the queue really overflowed and the kernel ended
+            // multishot polls that the backend had to re-arm.
+            #expect(uring.overflowCount > 0, "the completion queue never overflowed")
+            #expect(uring.rearmCount > 0, "no multishot poll was ended and re-armed")
+        }
+        for (token, p) in pipes { #expect(backend.deregister(fd: p.read, token: token) == 0) }
+    }
+
+    @Test("Creating and shutting down backends releases every descriptor", arguments: BackendKind.allCases)
+    func noDescriptorLeak(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let before = openFDCount()
+        #expect(before > 0)
+        let rounds = 100
+        for i in 0..<rounds {
+            let backend = try makeBackend(kind)
+            let pipe = Pipe()
+            let token = PollToken(slot: UInt32(i), generation: 1)
+            #expect(backend.register(fd: pipe.readFD, token: token) == 0)
+            #expect(writeBytes(pipe.writeFD) == 1)
+            #expect(pollEvents(backend, timeoutNanos: 2 * sec).count == 1)
+            backend.wake()
+            #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+            backend.shutdown()
+        }
+        // Tests in other suites may hold descriptors for a moment: a leak is permanent, so take
+        // the smallest growth over a few samples. Leaking even one descriptor per round would
+        // show as `rounds`.
+        var growth = Int.max
+        for _ in 0..<10 where growth >= rounds / 2 {
+            growth = min(growth, openFDCount() - before)
+            if growth >= rounds / 2 { usleep(20_000) }
+        }
+        #expect(growth < rounds / 2, "descriptor count grew by \(growth) over \(rounds) backends")
+    }
+
+    @Test("isPollerDescriptor is true for the backend's own descriptors only", arguments: BackendKind.allCases)
+    func pollerDescriptors(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        let backend = try makeBackend(kind)
+        defer { backend.shutdown() }
+        switch backend {
+        case let epoll as EpollBackend:
+            #expect(epoll.isPollerDescriptor(epoll.epollFD))
+        case let uring as URingBackend:
+            #expect(uring.ringFD >= 0)
+            #expect(uring.isPollerDescriptor(uring.ringFD))
+        default:
+            Issue.record("unexpected backend \(type(of: backend))")
+        }
+        #expect(backend.isPollerDescriptor(backend.wakeChannel.readFD))
+        #expect(backend.isPollerDescriptor(backend.wakeChannel.writeFD))
+        let pipe = Pipe()
+        #expect(!backend.isPollerDescriptor(pipe.readFD))
+        #expect(!backend.isPollerDescriptor(pipe.writeFD))
+        #expect(!backend.isPollerDescriptor(-1))
+    }
+
+    // MARK: Backend selection
+
+    @Test("Forcing io_uring where it is disabled fails clearly, and auto falls back to epoll",
+          arguments: BackendKind.allCases)
+    func forcedIOUringFailsClearly(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        // Thread-local: only set-ups on this thread see the failure.
+        cpoller_uring_inject_setup_failure(EPERM)
+        defer { cpoller_uring_inject_setup_failure(0) }
+
+        switch kind {
+        case .ioUring:
+            guard case .failure(let probeError) = URingBackend.probe() else {
+                Issue.record("probe succeeded despite the injected EPERM")
+                return
+            }
+            guard case .backendUnavailable(.ioUring, let reason) = probeError else {
+                Issue.record("unexpected probe error \(probeError)")
+                return
+            }
+            #expect(reason.contains("EPERM"))
+            #expect(reason.contains("io_uring_disabled"))
+
+            #expect(throws: probeError) { _ = try URingBackend() }
+            // Poller(backend:) probes on the calling thread, so it sees the injection.
+            #expect(throws: probeError) { _ = try Poller(backend: .ioUring) }
+            do {
+                _ = try Poller(backend: .ioUring)
+            } catch {
+                #expect("\(error)".contains("EPERM"))
+                #expect("\(error)".contains("io_uring_disabled"))
+            }
+
+            let resolved = try BackendChoice.auto.resolve(autoPrefersIOUring: true)
+            #expect(resolved.kind == .epoll)
+            #expect(resolved.reason.contains("EPERM"), "reason: \(resolved.reason)")
+        case .epoll:
+            // epoll is untouched by an io_uring failure, whichever way it is chosen.
+            #expect(try BackendChoice.epoll.resolve().kind == .epoll)
+            #expect(try BackendChoice.auto.resolve(autoPrefersIOUring: true).kind == .epoll)
+            #expect(try BackendChoice.auto.resolve(autoPrefersIOUring: false).kind == .epoll)
+            let poller = try Poller(backend: .epoll)
+            poller.shutdown()
+        }
+
+        // Restored, io_uring resolves again (where it works: skipIfUnavailable let us in).
+        cpoller_uring_inject_setup_failure(0)
+        if kind == .ioUring {
+            #expect(try BackendChoice.ioUring.resolve().kind == .ioUring)
+            #expect(try BackendChoice.auto.resolve(autoPrefersIOUring: true).kind == .ioUring)
+        }
+    }
+
+    @Test("BackendChoice parses epoll, io_uring and auto and rejects other names",
+          arguments: BackendKind.allCases)
+    func parsing(kind: BackendKind) throws {
+        try skipIfUnavailable(kind)
+        #expect(try BackendChoice(parsing: kind.rawValue) == kind.choice)
+        #expect(try BackendChoice(parsing: kind.rawValue.uppercased()) == kind.choice)
+        #expect(try BackendChoice(parsing: "\(kind.choice)") == kind.choice)
+        #expect(try BackendChoice(parsing: "auto") == .auto)
+        #expect(throws: PollerError.invalidBackendName("kqueue")) { try BackendChoice(parsing: "kqueue") }
+        #expect(throws: PollerError.invalidBackendName("\(kind.rawValue)x")) {
+            try BackendChoice(parsing: "\(kind.rawValue)x")
+        }
+    }
+}
+
+// MARK: Helpers
+
+private let us: Int64 = 1_000
+private let ms: Int64 = 1_000_000
+private let sec: Int64 = 1_000_000_000
+
+/// A backend of `kind`, created on (and so, for io_uring, owned by) the calling thread.
+private func makeBackend(_ kind: BackendKind) throws -> any PollerBackend {
+    switch kind {
+    case .epoll: try EpollBackend()
+    case .ioUring: try URingBackend()
+    }
+}
+
+/// One poll of at most 256 events.
+private func pollEvents(_ backend: any PollerBackend, timeoutNanos: Int64) -> [cpoller_event] {
+    let buffer = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: 256)
+    defer { buffer.deallocate() }
+    let n = backend.poll(into: buffer, timeoutNanos: timeoutNanos)
+    precondition(n >= 0 && n <= buffer.count)
+    return Array(buffer[0..<n])
+}
+
+/// Polls until `done` holds for the events gathered so far or `budgetNanos` passes.
+private func collect(
+    _ backend: any PollerBackend, budgetNanos: Int64, until done: ([cpoller_event]) -> Bool
+) -> [cpoller_event] {
+    var events: [cpoller_event] = []
+    let deadline = cpoller_now_ns() + budgetNanos
+    repeat {
+        events += pollEvents(backend, timeoutNanos: max(0, min(100 * ms, deadline - cpoller_now_ns())))
+    } while !done(events) && cpoller_now_ns() < deadline
+    return events
+}
+
+/// Writes into a non-blocking `fd` until it would block; returns the bytes written.
+private func fill(_ fd: Int32) -> Int {
+    var total = 0
+    let chunk = [UInt8](repeating: 0x2A, count: 65536)
+    while true {
+        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { return total }
+        total += n
+    }
+}
+
+private func describe(_ event: cpoller_event) -> String {
+    "slot \(event.pollToken.slot) gen \(event.pollToken.generation) flags \(event.flags) res \(event.res)"
+}
+
+/// Blocks in `backend.poll` for up to 5 s while another thread wakes it after 50 ms; the wait
+/// must end with the wake, with no events, and the channel must be drained afterwards.
+private func expectWakeEndsBlockedWait(
+    _ backend: any PollerBackend, sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    // Let a ring submit its wake-up request before the clock starts.
+    _ = pollEvents(backend, timeoutNanos: 0)
+    let writesBefore = backend.wakeChannel.writes.load(ordering: .relaxed)
+    let start = cpoller_now_ns()
+    let waker = startThread {
+        usleep(50_000)
+        backend.wake()
+    }
+    let events = pollEvents(backend, timeoutNanos: 5 * sec)
+    let elapsed = cpoller_now_ns() - start
+    joinThread(waker)
+    #expect(events.isEmpty, "a wake is not an event", sourceLocation: sourceLocation)
+    #expect(elapsed >= 45 * ms, "the wait ended before the wake (\(elapsed) ns)", sourceLocation: sourceLocation)
+    #expect(elapsed < 2 * sec, "the wake did not end the wait (\(elapsed) ns)", sourceLocation: sourceLocation)
+    #expect(backend.wakeChannel.writes.load(ordering: .relaxed) == writesBefore + 1, sourceLocation: sourceLocation)
+
+    // The wake was consumed: the next wait runs to its timeout.
+    let again = cpoller_now_ns()
+    #expect(pollEvents(backend, timeoutNanos: 10 * ms).isEmpty, sourceLocation: sourceLocation)
+    #expect(cpoller_now_ns() - again >= 9 * ms, "a consumed wake ended a second wait", sourceLocation: sourceLocation)
+}
+
+/// Raw descriptors a test closes itself (part-way through, or in bulk); whatever is still
+/// open when the owner goes away is closed then, and nothing is closed twice.
+private final class Descriptors {
+    private var open: Set<Int32> = []
+
+    func pipe() -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe2(&fds, O_NONBLOCK | O_CLOEXEC) == 0, "pipe2: errno \(errno)")
+        open.formUnion(fds)
+        return (fds[0], fds[1])
+    }
+
+    func socketPair() -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
+        open.formUnion(fds)
+        return (fds[0], fds[1])
+    }
+
+    func close(_ fd: Int32) {
+        precondition(open.remove(fd) != nil, "fd \(fd) is not open here")
+        _ = Glibc.close(fd)
+    }
+
+    deinit {
+        for fd in open { _ = Glibc.close(fd) }
+    }
+}
+
+/// A closure to run on a thread started with cpoller_thread_start.
+private final class ThreadBody {
+    let run: @Sendable () -> Void
+    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+}
+
+/// Starts a joinable pthread running `body`.
+private func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
+    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread: UInt64 = 0
+    let err = cpoller_thread_start(&thread, { context in
+        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
+        return nil
+    }, context)
+    precondition(err == 0, "pthread_create: errno \(err)")
+    return thread
+}
+
+private func joinThread(_ thread: UInt64) {
+    precondition(cpoller_thread_join(thread) == 0)
+}
