@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
+        // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
+        .executableTarget(name: "poller-loadgen"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

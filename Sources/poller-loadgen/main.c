@@ -1,0 +1,257 @@
+// poller-loadgen: an echo load generator that is never the bottleneck.
+//
+// Opens N connections to an echo server and, for D seconds after a warm-up, keeps one S-byte
+// message in flight per connection (ping-pong), verifying every echoed byte against the
+// pattern it sent. Single-threaded, edge-triggered epoll. Reports round trips per second and
+// latency percentiles (every round trip is recorded; percentiles come from the sorted
+// samples). With --stream, each connection writes continuously and reads back, reporting
+// MB/s. --idle K opens K more connections that stay silent (to measure a server holding idle
+// connections). --busy-poll never sleeps in epoll_wait (for one-connection latency, where a
+// sleeping load generator's own wake-up would dominate).
+//
+// Output: one line of key=value pairs; exit status 1 if any byte was wrong or lost.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    int fd;
+    uint64_t seq;        // ping-pong: message number, seeds the byte pattern
+    size_t sent, recvd;  // ping-pong: bytes of the current message
+    int64_t started;     // ping-pong: ns when the current message was first written
+    uint64_t wpos, rpos; // stream: bytes written and read back so far
+} conn_t;
+
+enum { STREAM_WINDOW = 256 * 1024 };  // bytes in flight per connection in stream mode
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline uint8_t pattern(uint64_t conn, uint64_t seq, size_t i) {
+    uint64_t x = (conn * 0x9E3779B97F4A7C15ull) ^ (seq * 0xBF58476D1CE4E5B9ull) ^ (i * 0x94D049BB133111EBull);
+    return (uint8_t)(x >> 56);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: poller-loadgen --port P [--host 127.0.0.1] [--connections N] [--size S]\n"
+            "                      [--duration SEC] [--warmup SEC] [--idle K] [--busy-poll] [--stream]\n");
+    exit(2);
+}
+
+static int dial(const char *host, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: bad IPv4 address %s\n", host);
+        exit(2);
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    int port = 0, nconn = 1, idle = 0, busy = 0, stream = 0;
+    size_t size = 64;
+    double duration = 5, warmup = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--host") && v) host = v, i++;
+        else if (!strcmp(a, "--port") && v) port = atoi(v), i++;
+        else if (!strcmp(a, "--connections") && v) nconn = atoi(v), i++;
+        else if (!strcmp(a, "--size") && v) size = (size_t)atol(v), i++;
+        else if (!strcmp(a, "--duration") && v) duration = atof(v), i++;
+        else if (!strcmp(a, "--warmup") && v) warmup = atof(v), i++;
+        else if (!strcmp(a, "--idle") && v) idle = atoi(v), i++;
+        else if (!strcmp(a, "--busy-poll")) busy = 1;
+        else if (!strcmp(a, "--stream")) stream = 1;
+        else usage();
+    }
+    if (port <= 0 || nconn <= 0 || size == 0 || duration <= 0) usage();
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    conn_t *conns = calloc((size_t)nconn, sizeof *conns);
+    uint8_t *buf = malloc(size > 65536 ? size : 65536);  // >= the 16 KiB stream chunk
+    uint8_t *out = malloc(size);
+    int *idle_fds = calloc((size_t)(idle > 0 ? idle : 1), sizeof(int));
+    for (int i = 0; i < idle; i++) {
+        idle_fds[i] = dial(host, port);
+        if (idle_fds[i] < 0) {
+            fprintf(stderr, "loadgen: idle connection %d failed: %s\n", i, strerror(errno));
+            return 1;
+        }
+    }
+    for (int i = 0; i < nconn; i++) {
+        conns[i].fd = dial(host, port);
+        if (conns[i].fd < 0) {
+            fprintf(stderr, "loadgen: connection %d failed: %s\n", i, strerror(errno));
+            return 1;
+        }
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data = {.u32 = (uint32_t)i}};
+        epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev);
+    }
+
+    size_t cap = 1 << 20, nsamples = 0;
+    int64_t *samples = malloc(cap * sizeof *samples);
+    uint64_t roundtrips = 0, bad = 0, bytes_verified = 0, stream_bytes = 0;
+    int64_t t0 = now_ns();
+    int64_t measure_from = t0 + (int64_t)(warmup * 1e9);
+    int64_t end = measure_from + (int64_t)(duration * 1e9);
+    int measuring = 0;
+    struct epoll_event events[512];
+
+    // Kick every connection: write its first message (connect completes asynchronously).
+    for (;;) {
+        int64_t now = now_ns();
+        if (now >= end) break;
+        if (!measuring && now >= measure_from) {
+            measuring = 1;
+            roundtrips = 0;
+            nsamples = 0;
+            stream_bytes = 0;
+        }
+        int n = epoll_wait(ep, events, 512, busy ? 0 : 50);
+        if (n < 0 && errno != EINTR) {
+            perror("epoll_wait");
+            return 1;
+        }
+        for (int e = 0; e < n; e++) {
+            conn_t *c = &conns[events[e].data.u32];
+            uint32_t idx = events[e].data.u32;
+            if (events[e].events & (EPOLLERR | EPOLLHUP)) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                fprintf(stderr, "loadgen: connection %u failed: %s\n", idx, strerror(err ? err : ECONNRESET));
+                return 1;
+            }
+            // Progress as far as the socket allows (edge-triggered: until EAGAIN).
+            for (;;) {
+                int progressed = 0;
+                if (stream) {
+                    // Write ahead up to a window; the pattern is a function of the position.
+                    while (c->wpos - c->rpos < STREAM_WINDOW) {
+                        size_t chunk = 16384;
+                        for (size_t i = 0; i < chunk; i++) {
+                            uint64_t p = c->wpos + i;
+                            buf[i] = pattern(idx, p / size, (size_t)(p % size));
+                        }
+                        ssize_t w = send(c->fd, buf, chunk, MSG_NOSIGNAL);
+                        if (w > 0) { c->wpos += (uint64_t)w; progressed = 1; continue; }
+                        if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
+                            fprintf(stderr, "loadgen: send: %s\n", strerror(errno));
+                            return 1;
+                        }
+                        break;
+                    }
+                    ssize_t r = recv(c->fd, buf, 65536, 0);
+                    if (r == 0) {
+                        fprintf(stderr, "loadgen: server closed connection %u\n", idx);
+                        return 1;
+                    }
+                    if (r > 0) {
+                        progressed = 1;
+                        for (ssize_t i = 0; i < r; i++, c->rpos++) {
+                            if (buf[i] != pattern(idx, c->rpos / size, (size_t)(c->rpos % size))) bad++;
+                        }
+                        bytes_verified += (uint64_t)r;
+                        if (measuring) stream_bytes += (uint64_t)r;
+                    } else if (errno != EAGAIN && errno != ENOTCONN) {
+                        fprintf(stderr, "loadgen: recv: %s\n", strerror(errno));
+                        return 1;
+                    }
+                    if (!progressed) break;
+                    continue;
+                }
+                if (c->sent < size) {
+                    if (c->sent == 0 && c->recvd == 0) c->started = now_ns();
+                    for (size_t i = c->sent; i < size; i++) out[i] = pattern(idx, c->seq, i);
+                    ssize_t w = send(c->fd, out + c->sent, size - c->sent, MSG_NOSIGNAL);
+                    if (w > 0) c->sent += (size_t)w, progressed = 1;
+                    else if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
+                        fprintf(stderr, "loadgen: send: %s\n", strerror(errno));
+                        return 1;
+                    }
+                }
+                ssize_t r = recv(c->fd, buf, size - c->recvd, 0);
+                if (r == 0) {
+                    fprintf(stderr, "loadgen: server closed connection %u\n", idx);
+                    return 1;
+                }
+                if (r > 0) {
+                    progressed = 1;
+                    for (ssize_t i = 0; i < r; i++, c->recvd++) {
+                        if (buf[i] != pattern(idx, c->seq, c->recvd)) bad++;
+                    }
+                    bytes_verified += (uint64_t)r;
+                    if (c->recvd == size) {
+                        int64_t t = now_ns();
+                        if (measuring) {
+                            if (nsamples == cap) samples = realloc(samples, (cap *= 2) * sizeof *samples);
+                            samples[nsamples++] = t - c->started;
+                            roundtrips++;
+                        }
+                        c->seq++;
+                        c->sent = c->recvd = 0;
+                    }
+                } else if (errno != EAGAIN && errno != ENOTCONN) {
+                    fprintf(stderr, "loadgen: recv: %s\n", strerror(errno));
+                    return 1;
+                }
+                if (!progressed) break;
+            }
+        }
+    }
+    double secs = (double)(now_ns() - measure_from) / 1e9;
+    if (secs <= 0) secs = duration;
+    qsort(samples, nsamples, sizeof *samples, cmp_i64);
+#define PCT(p) (nsamples ? (double)samples[(size_t)((double)(nsamples - 1) * (p))] / 1000.0 : 0.0)
+    if (stream) {
+        printf("mode=stream connections=%d size=%zu seconds=%.2f mb_per_s=%.1f verified_bytes=%llu bad_bytes=%llu\n",
+               nconn, size, secs, (double)stream_bytes / secs / 1e6, (unsigned long long)bytes_verified,
+               (unsigned long long)bad);
+    } else {
+        printf("mode=pingpong connections=%d idle=%d size=%zu seconds=%.2f roundtrips=%llu rt_per_s=%.0f "
+               "p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f verified_bytes=%llu bad_bytes=%llu\n",
+               nconn, idle, size, secs, (unsigned long long)roundtrips, (double)roundtrips / secs, PCT(0.50),
+               PCT(0.90), PCT(0.99), PCT(0.999), (unsigned long long)bytes_verified, (unsigned long long)bad);
+    }
+    for (int i = 0; i < nconn; i++) close(conns[i].fd);
+    for (int i = 0; i < idle; i++) close(idle_fds[i]);
+    return bad ? 1 : 0;
+}
