@@ -66,7 +66,7 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
             ts.tv_nsec = timeout_ns % 1000000000;
             tsp = &ts;
         }
-        n = (int)syscall(SYS_epoll_pwait2, epfd, raw, cap, tsp, NULL, 0);
+        n = (int)syscall(SYS_epoll_pwait2, epfd, raw, cap, tsp, NULL, (size_t)0);
         if (n < 0 && errno == ENOSYS) {
             atomic_store(&pwait2_state, -1);
         } else if (n >= 0) {
