@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "Poller", targets: ["Poller"]),
         .library(name: "PollerNet", targets: ["PollerNet"]),
         .executable(name: "poller-demo", targets: ["poller-demo"]),
+        .executable(name: "poller-echo", targets: ["poller-echo"]),
     ],
     traits: [
         .trait(name: "IOUring", description: "Compile the io_uring backend (needs liburing-dev)."),
@@ -27,6 +28,7 @@ let package = Package(
         // Go's internal/poll.FD and net.Conn over the poller: listeners, connections, dial.
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
+        .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet"]),
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
