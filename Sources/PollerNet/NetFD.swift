@@ -53,7 +53,7 @@ public final class NetFD: Sendable {
     ///   - poller: the poller to register with; nil for ``Poller/shared()``.
     ///   - isStream: true for stream sockets and pipes (a zero-byte read is end of file).
     ///   - isSocket: true for sockets (writes use `send` with `MSG_NOSIGNAL`).
-    public init(
+    public convenience init(
         adopting fd: Int32, poller: Poller? = nil, isStream: Bool = true, isSocket: Bool = true
     ) throws(NetError) {
         try self.init(adopting: fd, poller: poller, isStream: isStream, isSocket: isSocket, afterClose: nil)

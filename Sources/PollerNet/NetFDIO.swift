@@ -115,9 +115,8 @@ extension NetFD {
         try await lockRead()
         defer { unlockRead() }
         try prepare(.read)
-        let flags = Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         while true {
-            let s = accept4(fd, nil, nil, flags)
+            let s = SocketOptions.acceptNonBlocking(fd)
             if s >= 0 { return s }
             let e = errno
             switch e {

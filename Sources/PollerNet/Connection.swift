@@ -1,0 +1,188 @@
+import Glibc
+import Poller
+
+/// A stream connection (TCP over IPv4/IPv6, or a Unix domain socket): Go's `net.Conn`.
+///
+/// Made by ``dial(host:port:timeout:poller:)``, ``dial(unixPath:timeout:poller:)``, or a
+/// listener's `accept()`. One reader and one writer may work at once; further readers (or
+/// writers) queue in order.
+///
+/// Cancellation: cancelling the task of a blocked ``read(into:)``, ``write(_:)-(UnsafeRawBufferPointer)``
+/// or accept throws ``NetError/cancelled``. Nothing is consumed by a cancelled read, and the
+/// connection stays open and usable. A cancelled write may have sent part of its bytes; use
+/// ``writeReportingProgress(_:)`` when the count matters.
+///
+/// Closing: ``close()`` wakes blocked operations with ``NetError/closed`` and returns once the
+/// descriptor is really closed. A connection dropped without `close()` is closed when its
+/// last reference goes away, so descriptors never leak, but the close then is not awaited.
+public final class Connection: Sendable {
+    /// The descriptor and its poller registration.
+    public let netFD: NetFD
+    /// This end's address (for TCP, with the port the kernel chose).
+    public let localAddress: SocketAddress
+    /// The peer's address (`.unix(path: "")` for an unnamed Unix client).
+    public let remoteAddress: SocketAddress
+
+    /// Wraps a connected socket, taking ownership of `fd` (closed on failure).
+    convenience init(adopting fd: Int32, poller: Poller?) throws(NetError) {
+        // From here on NetFD owns the fd (and on failure has closed it).
+        try self.init(connected: NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true))
+    }
+
+    /// Wraps a registered, connected socket. On failure the caller still owns `netFD`
+    /// (dropping it closes the descriptor).
+    init(connected netFD: NetFD) throws(NetError) {
+        let fd = netFD.fd
+        let local = try SocketOptions.localAddress(fd)
+        // A peer that already reset has no name any more; keep going, reads will tell.
+        let remote = (try? SocketOptions.remoteAddress(fd)) ?? (local.family == AF_UNIX ? .unix(path: "") : local)
+        if local.family != AF_UNIX {
+            // Go's default: no Nagle delay on TCP.
+            try SocketOptions.set(fd, level: Int32(IPPROTO_TCP), option: TCP_NODELAY, value: 1)
+        }
+        self.netFD = netFD
+        self.localAddress = local
+        self.remoteAddress = remote
+    }
+
+    // MARK: Reading
+
+    /// Reads at most `buffer.count` bytes into `buffer`, waiting until at least one arrives.
+    ///
+    /// An empty buffer returns 0 at once.
+    ///
+    /// - Throws: ``NetError/endOfFile`` once the peer has closed its side;
+    ///   ``NetError/timeout`` once the read deadline has passed (even with data waiting);
+    ///   ``NetError/closed``; ``NetError/cancelled``; ``NetError/connectionReset``;
+    ///   ``NetError/system(call:errno:)``.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+        try await netFD.read(into: buffer)
+    }
+
+    /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array.
+    /// Same errors as ``read(into:)``; `maxBytes` ≤ 0 returns an empty array.
+    public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
+        guard maxBytes > 0 else { return [] }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBytes, alignment: 1)
+        defer { buffer.deallocate() }
+        let n = try await netFD.read(into: buffer)
+        return Array(buffer[0..<n])
+    }
+
+    /// Reads exactly `buffer.count` bytes (Go's `io.ReadFull`).
+    ///
+    /// - Throws: ``NetError/endOfFile`` if the stream ends first (the bytes read so far are in
+    ///   `buffer`), or any error of ``read(into:)``.
+    public func read(exactly buffer: UnsafeMutableRawBufferPointer) async throws(NetError) {
+        var filled = 0
+        while filled < buffer.count {
+            filled += try await netFD.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
+        }
+    }
+
+    // MARK: Writing
+
+    /// Writes every byte of `buffer`, waiting for buffer space as needed.
+    ///
+    /// - Throws: ``NetError/timeout`` once the write deadline has passed; ``NetError/closed``;
+    ///   ``NetError/cancelled``; ``NetError/connectionReset``; `.system(call: "send", errno:
+    ///   EPIPE)` after the peer has gone. Part of the buffer may have been sent before the
+    ///   error: ``writeReportingProgress(_:)`` says how much.
+    public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
+        if let error = await netFD.write(buffer).error { throw error }
+    }
+
+    /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
+    public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
+        if let error = await writeReportingProgress(bytes).error { throw error }
+    }
+
+    /// Writes every byte of `buffer`, Go-style: returns how many bytes were written and, if
+    /// not all, the error that stopped the write (a timeout or close mid-way reports both).
+    public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        await netFD.write(buffer)
+    }
+
+    /// Writes every byte of `bytes`, Go-style; see ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)``.
+    public func writeReportingProgress(_ bytes: some Collection<UInt8>) async -> WriteResult {
+        // The bytes are copied once into a buffer that stays put across suspensions.
+        let count = bytes.count
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 1)
+        defer { buffer.deallocate() }
+        // Contiguous storage (arrays) is copied with one memcpy; other collections byte by byte.
+        let copied: Bool? = bytes.withContiguousStorageIfAvailable { source in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(source))
+            return true
+        }
+        if copied == nil { buffer.copyBytes(from: bytes) }
+        return await netFD.write(UnsafeRawBufferPointer(buffer))
+    }
+
+    // MARK: Deadlines
+
+    /// Sets (nil clears) the read and write deadlines together: Go's `SetDeadline`.
+    ///
+    /// It applies to operations already blocked as well as later ones. An instant in the
+    /// past (or now) makes reads and writes fail with ``NetError/timeout`` at once, even when
+    /// they could proceed; clearing or extending it makes them work again.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``.
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .readWrite)
+    }
+
+    /// Sets (nil clears) the read deadline: Go's `SetReadDeadline`.
+    public func setReadDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .read)
+    }
+
+    /// Sets (nil clears) the write deadline: Go's `SetWriteDeadline`.
+    public func setWriteDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .write)
+    }
+
+    /// Sets both deadlines to `duration` from now (zero or negative: already expired).
+    public func setDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .readWrite)
+    }
+
+    /// Sets the read deadline to `duration` from now.
+    public func setReadDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .read)
+    }
+
+    /// Sets the write deadline to `duration` from now.
+    public func setWriteDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .write)
+    }
+
+    // MARK: Half-close and close
+
+    /// Shuts down the reading side (`shutdown(SHUT_RD)`): later reads return
+    /// ``NetError/endOfFile``.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``; `.system(call: "shutdown", …)`.
+    public func closeRead() throws(NetError) {
+        try shutdown(Int32(SHUT_RD))
+    }
+
+    /// Shuts down the writing side (`shutdown(SHUT_WR)`): the peer reads end of file, and
+    /// can still write to us. Later writes here fail with EPIPE.
+    public func closeWrite() throws(NetError) {
+        try shutdown(Int32(SHUT_WR))
+    }
+
+    private func shutdown(_ how: Int32) throws(NetError) {
+        try netFD.withReference { () throws(NetError) in
+            if Glibc.shutdown(netFD.fd, how) != 0 { throw NetError.fromErrno(errno, call: "shutdown") }
+        }
+    }
+
+    /// Closes the connection: blocked reads and writes return ``NetError/closed``; returns
+    /// once the descriptor is closed.
+    ///
+    /// - Throws: ``NetError/closed`` when called again (the first call did the work).
+    public func close() async throws(NetError) {
+        try await netFD.close()
+    }
+}

@@ -1,0 +1,117 @@
+import Glibc
+import Poller
+
+extension Connection {
+    /// Connects to `host:port` over TCP (Go's `net.DialTimeout("tcp", …)`).
+    ///
+    /// `host` is numeric (`"127.0.0.1"`, `"::1"`, or `"localhost"` for 127.0.0.1). The connect
+    /// is non-blocking and completed through the poller: on EINPROGRESS it waits for write
+    /// readiness, then reads SO_ERROR and confirms with getpeername, because readiness is
+    /// only a hint.
+    ///
+    /// - Parameters:
+    ///   - timeout: how long the connect may take; nil waits as long as the kernel does. Zero
+    ///     or negative fails with ``NetError/timeout`` without connecting.
+    ///   - poller: the poller for the connection; nil for ``Poller/shared()``.
+    /// - Throws: ``NetError/timeout``; ``NetError/cancelled`` if the task is cancelled while
+    ///   connecting; `.system(call: "connect", errno: ECONNREFUSED)` when nobody listens;
+    ///   ``NetError/invalidAddress(_:)``. On every failure the socket is closed.
+    public static func dial(
+        host: String, port: UInt16, timeout: Duration? = nil, poller: Poller? = nil
+    ) async throws(NetError) -> Connection {
+        let address = try SocketAddress(host: host, port: port)
+        return try await dial(address, timeout: timeout, poller: poller)
+    }
+
+    /// Connects to the Unix domain stream socket at `path` (Go's `net.Dial("unix", path)`).
+    ///
+    /// - Throws: as ``dial(host:port:timeout:poller:)``; ENOENT or ECONNREFUSED as
+    ///   `.system(call: "connect", …)` when nothing listens at `path`, EAGAIN when the
+    ///   listener's backlog is full.
+    public static func dial(
+        unixPath path: String, timeout: Duration? = nil, poller: Poller? = nil
+    ) async throws(NetError) -> Connection {
+        try await dial(.unix(path: path), timeout: timeout, poller: poller)
+    }
+
+    /// Connects to `address`: Go's `netFD.connect`.
+    public static func dial(
+        _ address: SocketAddress, timeout: Duration? = nil, poller: Poller? = nil
+    ) async throws(NetError) -> Connection {
+        if let timeout, timeout <= .zero { throw .timeout }
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        let fd = try SocketOptions.makeStreamSocket(family: address.family)
+        let r: Int32
+        do {
+            r = try address.withSockaddr { connect(fd, $0, $1) == 0 ? 0 : errno }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        switch r {
+        case 0, EISCONN:
+            return try Connection(adopting: fd, poller: poller)
+        case EINPROGRESS, EALREADY, EINTR:
+            break
+        default:
+            Glibc.close(fd)
+            throw NetError.fromErrno(r, call: "connect")
+        }
+        // In progress: from here the NetFD owns fd, and every failure path closes it.
+        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
+        do throws(NetError) {
+            try await netFD.awaitConnect(deadline: deadline)
+        } catch {
+            try? await netFD.close()
+            throw error
+        }
+        do throws(NetError) {
+            return try Connection(connected: netFD)
+        } catch {
+            try? await netFD.close()
+            throw error
+        }
+    }
+}
+
+extension NetFD {
+    /// Waits for an in-progress connect to finish (Go's loop in `netFD.connect`).
+    ///
+    /// Uses the write deadline for the timeout and clears it on return. Nothing else can
+    /// use this NetFD yet, so the write direction is ours without the lock.
+    func awaitConnect(deadline: ContinuousClock.Instant?) async throws(NetError) {
+        try incref()
+        defer { decref() }
+        if let deadline { pollDescriptor.setDeadline(deadline, for: .write) }
+        defer { if deadline != nil { pollDescriptor.setDeadline(nil, for: .write) } }
+        while true {
+            do {
+                try await pollDescriptor.wait(for: .write)
+            } catch {
+                throw NetError(error)
+            }
+            guard let pending = SocketOptions.pendingError(fd) else {
+                throw .system(call: "getsockopt", errno: errno)
+            }
+            switch pending {
+            case EINPROGRESS, EALREADY, EINTR:
+                continue
+            case EISCONN:
+                return
+            case 0:
+                // Readiness can be spurious (Go #14548, #19289): connected only if the peer
+                // has a name.
+                do {
+                    _ = try SocketOptions.remoteAddress(fd)
+                    return
+                } catch .system(_, ENOTCONN) {
+                    continue
+                } catch {
+                    throw error
+                }
+            default:
+                throw NetError.fromErrno(pending, call: "connect")
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Glibc
+
+/// The address of one end of a connection or listener.
+///
+/// Hosts are numeric (no DNS): `"127.0.0.1"`, `"::1"`. The description follows Go's
+/// `net.JoinHostPort`: `127.0.0.1:8080`, `[::1]:8080`, or the path for Unix sockets.
+public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    /// An IPv4 address in dotted form and a port.
+    case ipv4(host: String, port: UInt16)
+    /// An IPv6 address in its canonical textual form and a port.
+    case ipv6(host: String, port: UInt16)
+    /// A Unix domain socket path; empty for an unnamed socket (a dialling client's end).
+    case unix(path: String)
+
+    /// Parses a numeric host (IPv4 or IPv6, optionally in brackets) and a port.
+    /// `"localhost"` means `127.0.0.1`; other names are rejected (no DNS).
+    ///
+    /// - Throws: ``NetError/invalidAddress(_:)`` if `host` is not a numeric address.
+    public init(host: String, port: UInt16) throws(NetError) {
+        var text = host
+        if text.hasPrefix("["), text.hasSuffix("]") { text = String(text.dropFirst().dropLast()) }
+        if text == "localhost" { text = "127.0.0.1" }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            self = .ipv4(host: Self.format(v4), port: port)
+            return
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            self = .ipv6(host: Self.format(v6), port: port)
+            return
+        }
+        throw .invalidAddress("'\(host)' is not a numeric IPv4 or IPv6 address")
+    }
+
+    /// The port, for IP addresses.
+    public var port: UInt16? {
+        switch self {
+        case .ipv4(_, let port), .ipv6(_, let port): port
+        case .unix: nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .ipv4(let host, let port): "\(host):\(port)"
+        case .ipv6(let host, let port): "[\(host)]:\(port)"
+        case .unix(let path): path
+        }
+    }
+
+    /// The socket family: AF_INET, AF_INET6 or AF_UNIX.
+    var family: Int32 {
+        switch self {
+        case .ipv4: AF_INET
+        case .ipv6: AF_INET6
+        case .unix: AF_UNIX
+        }
+    }
+
+    // MARK: sockaddr conversion
+
+    /// Calls `body` with this address as a `sockaddr` and its length.
+    ///
+    /// - Throws: ``NetError/invalidAddress(_:)`` for a Unix path that does not fit in
+    ///   `sun_path` (108 bytes with its terminator) or a host that no longer parses.
+    func withSockaddr<R>(
+        _ body: (UnsafePointer<sockaddr>, socklen_t) -> R
+    ) throws(NetError) -> R {
+        var storage = sockaddr_storage()
+        let length: socklen_t
+        switch self {
+        case .ipv4(let host, let port):
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, host, &sin.sin_addr) == 1 else { throw .invalidAddress(host) }
+            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin) { dst.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        case .ipv6(let host, let port):
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1 else { throw .invalidAddress(host) }
+            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        case .unix(let path):
+            var sun = sockaddr_un()
+            sun.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            let capacity = MemoryLayout.size(ofValue: sun.sun_path)
+            guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else {
+                throw .invalidAddress("unix socket path '\(path)' must be 1 to \(capacity - 1) bytes")
+            }
+            withUnsafeMutableBytes(of: &sun.sun_path) { dst in
+                dst.copyBytes(from: bytes)
+                dst[bytes.count] = 0
+            }
+            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sun) { dst.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        }
+        return withUnsafePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+        }
+    }
+
+    /// Decodes a `sockaddr` filled in by the kernel; nil for an unknown family.
+    init?(storage: sockaddr_storage, length: socklen_t) {
+        var storage = storage
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let sin = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
+            self = .ipv4(host: Self.format(sin.sin_addr), port: UInt16(bigEndian: sin.sin_port))
+        case AF_INET6:
+            let sin6 = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
+            self = .ipv6(host: Self.format(sin6.sin6_addr), port: UInt16(bigEndian: sin6.sin6_port))
+        case AF_UNIX:
+            let pathOffset = MemoryLayout<sa_family_t>.size
+            let pathLength = max(0, Int(length) - pathOffset)
+            let path: String = withUnsafeBytes(of: &storage) { raw in
+                let bytes = raw[pathOffset..<(pathOffset + min(pathLength, raw.count - pathOffset))]
+                let end = bytes.firstIndex(of: 0) ?? bytes.endIndex
+                return String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)
+            }
+            self = .unix(path: path)
+        default:
+            return nil
+        }
+    }
+
+    private static func format(_ address: in_addr) -> String {
+        var address = address
+        var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        inet_ntop(AF_INET, &address, &buffer, socklen_t(buffer.count))
+        return String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
+    }
+
+    private static func format(_ address: in6_addr) -> String {
+        var address = address
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        inet_ntop(AF_INET6, &address, &buffer, socklen_t(buffer.count))
+        return String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
+    }
+}

@@ -1,0 +1,90 @@
+import Glibc
+import Poller
+
+/// A TCP listening socket over IPv4 or IPv6: Go's `net.TCPListener`.
+///
+/// ```swift
+/// let listener = try TCPListener.listen(host: "127.0.0.1", port: 0)
+/// let connection = try await listener.accept()
+/// ```
+public final class TCPListener: Sendable {
+    /// The listening descriptor and its poller registration.
+    public let netFD: NetFD
+    /// The bound address, with the port the kernel chose when 0 was asked for.
+    public let localAddress: SocketAddress
+    private let poller: Poller?
+
+    private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
+        self.netFD = netFD
+        self.localAddress = localAddress
+        self.poller = poller
+    }
+
+    /// Binds and listens on `host:port`.
+    ///
+    /// `host` is numeric: `"127.0.0.1"`, `"0.0.0.0"`, `"::1"`, `"::"` (or `"localhost"` for
+    /// 127.0.0.1). Port 0 picks a free port (see ``localAddress``). SO_REUSEADDR is set, as
+    /// Go does, so a port can be reused right after its listener closes.
+    ///
+    /// - Parameters:
+    ///   - backlog: the accept queue length; nil for the system's `net.core.somaxconn`
+    ///     (4096 if unreadable), as Go uses.
+    ///   - poller: the poller for the listener and the connections it accepts; nil for
+    ///     ``Poller/shared()``.
+    /// - Throws: ``NetError/invalidAddress(_:)``; `.system(call: "bind", errno: EADDRINUSE)`
+    ///   and the like. The socket is closed on every failure.
+    public static func listen(
+        host: String, port: UInt16, backlog: Int32? = nil, poller: Poller? = nil
+    ) throws(NetError) -> TCPListener {
+        let address = try SocketAddress(host: host, port: port)
+        let fd = try SocketOptions.makeStreamSocket(family: address.family)
+        do throws(NetError) {
+            try SocketOptions.set(fd, level: SOL_SOCKET, option: SO_REUSEADDR, value: 1)
+            let bound = try address.withSockaddr { bind(fd, $0, $1) == 0 ? 0 : errno }
+            if bound != 0 { throw .system(call: "bind", errno: bound) }
+            if Glibc.listen(fd, backlog ?? SocketOptions.systemBacklog) != 0 {
+                throw .system(call: "listen", errno: errno)
+            }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        // NetFD owns fd from here, closing it itself on failure.
+        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
+        let local = try SocketOptions.localAddress(fd)
+        return TCPListener(netFD: netFD, localAddress: local, poller: poller)
+    }
+
+    /// Waits for and returns the next connection (TCP_NODELAY on, registered with this
+    /// listener's poller).
+    ///
+    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when out of descriptors (the
+    ///   connection stays queued: back off and retry); ``NetError/timeout`` once the deadline
+    ///   set by ``setDeadline(_:)`` has passed, even with a connection pending;
+    ///   ``NetError/closed`` if the listener is or gets closed; ``NetError/cancelled`` if the
+    ///   task is cancelled while waiting (the listener stays usable).
+    public func accept() async throws(NetError) -> Connection {
+        let fd = try await netFD.accept()
+        return try Connection(adopting: fd, poller: poller)
+    }
+
+    /// Sets (nil clears) the deadline for ``accept()``: Go's `TCPListener.SetDeadline`.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``.
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .readWrite)
+    }
+
+    /// Sets the accept deadline to `duration` from now (zero or negative: already expired).
+    public func setDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .readWrite)
+    }
+
+    /// Stops listening: a blocked ``accept()`` returns ``NetError/closed``. When this returns
+    /// the socket is closed and the port can be listened on again.
+    ///
+    /// - Throws: ``NetError/closed`` when called again.
+    public func close() async throws(NetError) {
+        try await netFD.close()
+    }
+}

@@ -1,0 +1,75 @@
+import Glibc
+import Poller
+
+/// A Unix domain stream listening socket: Go's `net.UnixListener`.
+///
+/// The socket file is created by ``listen(path:backlog:poller:)`` and unlinked when the
+/// listener is closed (Go's default `SetUnlinkOnClose(true)` for listeners it created).
+public final class UnixListener: Sendable {
+    /// The listening descriptor and its poller registration.
+    public let netFD: NetFD
+    /// The socket's path.
+    public let localAddress: SocketAddress
+    private let poller: Poller?
+
+    private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
+        self.netFD = netFD
+        self.localAddress = localAddress
+        self.poller = poller
+    }
+
+    /// Creates the socket file at `path` and listens on it.
+    ///
+    /// - Throws: `.system(call: "bind", errno: EADDRINUSE)` if `path` exists (remove stale
+    ///   files first); ``NetError/invalidAddress(_:)`` if the path is longer than 107 bytes.
+    ///   The socket is closed on every failure.
+    public static func listen(
+        path: String, backlog: Int32? = nil, poller: Poller? = nil
+    ) throws(NetError) -> UnixListener {
+        let address = SocketAddress.unix(path: path)
+        let fd = try SocketOptions.makeStreamSocket(family: AF_UNIX)
+        do throws(NetError) {
+            let bound = try address.withSockaddr { bind(fd, $0, $1) == 0 ? 0 : errno }
+            if bound != 0 { throw .system(call: "bind", errno: bound) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        // The file exists now: every later failure, and the eventual close, unlinks it.
+        let unlinkPath: @Sendable () -> Void = { _ = unlink(path) }
+        if Glibc.listen(fd, backlog ?? SocketOptions.systemBacklog) != 0 {
+            let e = errno
+            Glibc.close(fd)
+            unlinkPath()
+            throw .system(call: "listen", errno: e)
+        }
+        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: unlinkPath)
+        return UnixListener(netFD: netFD, localAddress: address, poller: poller)
+    }
+
+    /// Waits for and returns the next connection. Same errors as ``TCPListener/accept()``.
+    public func accept() async throws(NetError) -> Connection {
+        let fd = try await netFD.accept()
+        return try Connection(adopting: fd, poller: poller)
+    }
+
+    /// Sets (nil clears) the deadline for ``accept()``.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``.
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .readWrite)
+    }
+
+    /// Sets the accept deadline to `duration` from now.
+    public func setDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .readWrite)
+    }
+
+    /// Stops listening and unlinks the socket file: a blocked ``accept()`` returns
+    /// ``NetError/closed``.
+    ///
+    /// - Throws: ``NetError/closed`` when called again.
+    public func close() async throws(NetError) {
+        try await netFD.close()
+    }
+}

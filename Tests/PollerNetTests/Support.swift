@@ -1,0 +1,155 @@
+import CPoller
+import Glibc
+import PollerNet
+import Testing
+@testable import Poller
+
+/// Every PollerNet test lives under this one serialized suite: each test counts the process's
+/// open descriptors before and after, which is only exact when no other test of this target
+/// runs at the same time. (Other test targets run in their own processes.)
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct PollerNetTests {}
+
+/// Whether io_uring works for this process, and if not, why (computed once).
+let ioUringUnavailableReason: String? = {
+    switch URingBackend.probe() {
+    case .success: return nil
+    case .failure(let error): return "\(error)"
+    }
+}()
+
+/// The number of open descriptors in this process.
+func openFDCount() -> Int { Int(cpoller_count_open_fds()) }
+
+/// Runs `body` with a fresh poller on `kind` and checks afterwards that no waiter is parked,
+/// no descriptor is registered, and (after shutdown) the process has exactly the descriptors
+/// it had before. Skips the io_uring case where io_uring cannot run.
+func withNetPoller(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller) async throws -> Void
+) async throws {
+    if kind == .ioUring, let reason = ioUringUnavailableReason {
+        try Test.cancel("io_uring unavailable: \(reason)")
+    }
+    // Warm up what the runtime opens lazily on first use (Dispatch's timer descriptors for
+    // Task.sleep), so it is not counted as a leak of the first test that sleeps.
+    try? await Task.sleep(for: .milliseconds(1))
+    let before = openFDCount()
+    let poller = try Poller(backend: kind == .epoll ? .epoll : .ioUring)
+    do {
+        try await body(poller)
+    } catch {
+        poller.shutdown()
+        throw error
+    }
+    #expect(poller.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
+    #expect(poller.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    poller.shutdown()
+    #expect(openFDCount() == before, "descriptor count changed", sourceLocation: sourceLocation)
+}
+
+/// A listener on 127.0.0.1:0 plus one dialled and one accepted connection.
+struct TCPPair {
+    let listener: TCPListener
+    let client: Connection
+    let server: Connection
+
+    static func make(_ poller: Poller, host: String = "127.0.0.1") async throws -> TCPPair {
+        let listener = try TCPListener.listen(host: host, port: 0, poller: poller)
+        let port = listener.localAddress.port!
+        async let accepted = listener.accept()
+        let client = try await Connection.dial(host: host, port: port, poller: poller)
+        let server = try await accepted
+        return TCPPair(listener: listener, client: client, server: server)
+    }
+
+    /// Closes all three (ignoring `.closed` from ones a test already closed).
+    func close() async {
+        try? await client.close()
+        try? await server.close()
+        try? await listener.close()
+    }
+}
+
+/// Runs `body` with the error it throws, failing the test if it does not throw.
+func expectNetError<R>(
+    _ expected: NetError, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws(NetError) -> R
+) async {
+    do {
+        _ = try await body()
+        Issue.record("expected \(expected), got success", sourceLocation: sourceLocation)
+    } catch {
+        #expect(error == expected, sourceLocation: sourceLocation)
+    }
+}
+
+/// The error `body` throws, or nil.
+func netError<R>(_ body: () async throws(NetError) -> R) async -> NetError? {
+    do {
+        _ = try await body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+/// Sets SO_LINGER {on, 0}: the next close sends RST instead of FIN.
+func setLingerZero(_ fd: Int32) {
+    var l = linger(l_onoff: 1, l_linger: 0)
+    precondition(setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size)) == 0)
+}
+
+/// A unique socket path in the temporary directory.
+func temporarySocketPath(_ tag: String) -> String {
+    "/tmp/pollernet-\(getpid())-\(tag)-\(UInt32.random(in: 0...UInt32.max)).sock"
+}
+
+/// Sleeps, ignoring cancellation.
+func sleep(ms: Int) async {
+    try? await Task.sleep(for: .milliseconds(ms))
+}
+
+/// A simple 64-bit FNV-1a checksum.
+func checksum(_ bytes: some Sequence<UInt8>) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes {
+        h ^= UInt64(b)
+        h &*= 0x100_0000_01b3
+    }
+    return h
+}
+
+/// Expects `connection` to read end of file because its peer closed (within 2 s).
+///
+/// Known issue on io_uring (reported to the Poller owner): `close(2)` after
+/// `PollDescriptor.close()` does not release the socket while the io_uring poll request still
+/// holds its file reference, so the FIN can be delayed past the deadline. On io_uring the
+/// expectation is therefore recorded as an intermittent known issue.
+func expectPeerClosed(
+    _ connection: Connection, kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    try connection.setReadDeadline(in: .seconds(2))
+    let error = await netError { () async throws(NetError) in try await connection.read(maxBytes: 1) }
+    try connection.setReadDeadline(nil)
+    if kind == .ioUring {
+        withKnownIssue("io_uring: close(2) does not release a socket whose poll is still armed", isIntermittent: true) {
+            #expect(error == .endOfFile, sourceLocation: sourceLocation)
+        }
+    } else {
+        #expect(error == .endOfFile, sourceLocation: sourceLocation)
+    }
+}
+
+/// Waits (up to 5 s) until some task is parked in the poller: a read, write or accept has
+/// really blocked.
+func waitUntilParked(_ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let limit = ContinuousClock.now + .seconds(5)
+    while poller.parkedWaiterCount == 0 {
+        if ContinuousClock.now > limit {
+            Issue.record("nothing parked within 5 s", sourceLocation: sourceLocation)
+            return
+        }
+        await sleep(ms: 5)
+    }
+}
