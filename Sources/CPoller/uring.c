@@ -105,11 +105,27 @@ int cpoller_uring_arm_in(cpoller_uring *u, int fd, uint64_t token) {
 }
 
 int cpoller_uring_remove(cpoller_uring *u, uint64_t token) {
-    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    struct io_uring *ring = &u->ring;
+    struct io_uring_sqe *sqe = get_sqe(ring);
     if (!sqe) return -EBUSY;
-    io_uring_prep_poll_remove(sqe, token);
+    // ASYNC_CANCEL, not POLL_REMOVE: POLL_REMOVE fails with -EALREADY while an event's task
+    // work for the poll is pending, and the multishot poll then lives on, holding the file.
+    // A cancel marks the poll cancelled whoever owns it at that moment.
+    io_uring_prep_cancel64(sqe, token, 0);
     io_uring_sqe_set_data64(sqe, token | CONTROL_BIT);
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    int r;
+    do {
+        r = io_uring_submit(ring);
+    } while (r == -EINTR);
+    if (r < 0) return r;
+    // With DEFER_TASKRUN the cancelled poll completes (and drops its file reference) only
+    // when this thread runs its deferred task work. Run it now, so that once this returns the
+    // caller's close(2) really closes the file and the peer sees it at once.
+    for (int pass = 0; pass < 16; pass++) {
+        io_uring_get_events(ring);
+        if (!(IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN)) break;
+    }
     return 0;
 }
 

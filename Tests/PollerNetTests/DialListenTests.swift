@@ -15,16 +15,9 @@ extension PollerNetTests {
                 let error = await netError { () async throws(NetError) in
                     try await Connection.dial(host: "127.0.0.1", port: port, poller: poller)
                 }
-                if kind == .ioUring {
-                    // Same known issue as expectPeerClosed: the closed listener's socket can
-                    // outlive close(2) while its io_uring poll is armed, so the dial may
-                    // connect and then be reset.
-                    withKnownIssue("io_uring: closed listener still accepting", isIntermittent: true) {
-                        #expect(error == .system(call: "connect", errno: ECONNREFUSED))
-                    }
-                } else {
-                    #expect(error == .system(call: "connect", errno: ECONNREFUSED))
-                }
+                // On io_uring this also pins that closing the listener released its socket
+                // (an armed poll would keep it listening).
+                #expect(error == .system(call: "connect", errno: ECONNREFUSED))
             }
         }
 

@@ -122,23 +122,16 @@ func checksum(_ bytes: some Sequence<UInt8>) -> UInt64 {
 
 /// Expects `connection` to read end of file because its peer closed (within 2 s).
 ///
-/// Known issue on io_uring (reported to the Poller owner): `close(2)` after
-/// `PollDescriptor.close()` does not release the socket while the io_uring poll request still
-/// holds its file reference, so the FIN can be delayed past the deadline. On io_uring the
-/// expectation is therefore recorded as an intermittent known issue.
+/// The peer sees end of file. On io_uring this pins that `PollDescriptor.close()` has
+/// cancelled the poll request and let it complete, so `close(2)` really releases the socket
+/// (a pending poll would keep it alive and the FIN would never be sent).
 func expectPeerClosed(
     _ connection: Connection, kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation
 ) async throws {
     try connection.setReadDeadline(in: .seconds(2))
     let error = await netError { () async throws(NetError) in try await connection.read(maxBytes: 1) }
     try connection.setReadDeadline(nil)
-    if kind == .ioUring {
-        withKnownIssue("io_uring: close(2) does not release a socket whose poll is still armed", isIntermittent: true) {
-            #expect(error == .endOfFile, sourceLocation: sourceLocation)
-        }
-    } else {
-        #expect(error == .endOfFile, sourceLocation: sourceLocation)
-    }
+    #expect(error == .endOfFile, sourceLocation: sourceLocation)
 }
 
 /// Waits (up to 5 s) until some task is parked in the poller: a read, write or accept has

@@ -74,8 +74,10 @@ int cpoller_uring_fd(const cpoller_uring *ring);
 int cpoller_uring_arm(cpoller_uring *ring, int fd, uint64_t token);
 // Queues a level-triggered-style multishot poll for IN only (the wake-up channel).
 int cpoller_uring_arm_in(cpoller_uring *ring, int fd, uint64_t token);
-// Queues a poll removal for the request with user_data = token (never by fd number). Its own
-// completion is skipped on success and ignored on failure (-ENOENT, -EALREADY).
+// Cancels the poll request with user_data = token (never by fd number), submits everything
+// queued, and runs the ring's deferred task work so the cancelled poll has completed and
+// released its file reference when this returns. The cancel's own completion is skipped on
+// success and ignored on failure (-ENOENT).
 int cpoller_uring_remove(cpoller_uring *ring, uint64_t token);
 // Submits everything queued. Returns the number submitted or -errno.
 int cpoller_uring_submit(cpoller_uring *ring);

@@ -9,8 +9,9 @@ import Synchronization
 /// only set-up that keeps up with epoll), so only the thread that created it (the owner, in
 /// practice the poller thread) may submit or wait. `register` and `deregister` called on
 /// another thread become commands that the owner applies at the start of its next `poll`;
-/// the caller wakes the owner, and `deregister` waits until the removal has been submitted,
-/// because a pending io_uring poll keeps a closed socket alive (the peer would see no EOF).
+/// the caller wakes the owner, and `deregister` waits until the poll has been cancelled and
+/// has completed, because a pending io_uring poll keeps a closed socket alive (the peer would
+/// see no EOF).
 ///
 /// Invariants:
 /// - `live` holds exactly the registrations that have not been deregistered. A completion
@@ -129,9 +130,7 @@ final class URingBackend: PollerBackend {
         if onOwnerThread {
             return state.withLock { s in
                 guard s.live.removeValue(forKey: token) != nil, !s.isShutdown else { return 0 }
-                let r = cpoller_uring_remove(ring, token.raw)
-                guard r == 0 else { return -r }
-                return max(0, -cpoller_uring_submit(ring))
+                return -cpoller_uring_remove(ring, token.raw)
             }
         }
         let done = ParkerBox()
@@ -142,8 +141,8 @@ final class URingBackend: PollerBackend {
         }
         guard queued else { return 0 }
         wake()
-        // The removal is submitted at the start of the owner's next poll, which the wake
-        // above brings about at once.
+        // The owner cancels the poll at the start of its next poll (which the wake above
+        // brings about at once) and unparks us once the cancelled poll has completed.
         done.park()
         return 0
     }
@@ -184,7 +183,6 @@ final class URingBackend: PollerBackend {
     }
 
     private func applyCommands() {
-        var submitNow = false
         let commands: [Command] = state.withLock { s in
             guard !s.commands.isEmpty else { return [] }
             defer { s.commands.removeAll(keepingCapacity: true) }
@@ -196,12 +194,9 @@ final class URingBackend: PollerBackend {
                 _ = cpoller_uring_arm(ring, command.fd, command.token.raw)
             case .remove:
                 _ = cpoller_uring_remove(ring, command.token.raw)
-                submitNow = true
+                command.done?.unpark()
             }
         }
-        guard submitNow else { return }
-        _ = cpoller_uring_submit(ring)
-        for command in commands { command.done?.unpark() }
     }
 
     /// Multishot polls re-armed so far (tests).
