@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "PollerNet", targets: ["PollerNet"]),
         .executable(name: "poller-demo", targets: ["poller-demo"]),
         .executable(name: "poller-echo", targets: ["poller-echo"]),
+        .executable(name: "poller-http", targets: ["poller-http"]),
     ],
     traits: [
         .trait(name: "IOUring", description: "Compile the io_uring backend (needs liburing-dev)."),
@@ -29,6 +30,7 @@ let package = Package(
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
         .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet"]),
+        .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet"]),
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
