@@ -236,9 +236,11 @@ nonisolated func run(_ options: Options) async -> Int32 {
     log("stopping")
     await server.stop()
     await acceptTask.value
+    // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
     print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
         + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "
-        + "closed \(server.idleClosed.load(ordering: .relaxed)) idle")
+        + "closed \(server.idleClosed.load(ordering: .relaxed)) idle, "
+        + "parked \(poller.parkedWaiterCount), registered \(poller.openDescriptorCount)")
     fflush(nil)
     poller.shutdown()
     close(signalRead)
