@@ -1,3 +1,4 @@
+import CPoller
 import Glibc
 
 /// Thin, policy-free socket system-call helpers shared by listeners, dial and connections.
@@ -13,30 +14,11 @@ enum SocketOptions {
     /// `accept4(fd, nil, nil, SOCK_NONBLOCK | SOCK_CLOEXEC)`: the new descriptor, or -1 with
     /// `errno` set.
     ///
-    /// Swift's Glibc module is imported without `_GNU_SOURCE`, which hides `accept4`, so it is
-    /// looked up once with `dlsym`. Where it is missing (never on a modern glibc), `accept`
-    /// plus `fcntl` is used; that leaves a window in which a concurrent `fork`+`exec` could
-    /// inherit the descriptor.
+    /// Swift's Glibc module is imported without `_GNU_SOURCE`, which hides `accept4`, so the
+    /// call goes through CPoller.
     static func acceptNonBlocking(_ fd: Int32) -> Int32 {
-        if let accept4 = accept4Function {
-            return accept4(fd, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
-        }
-        let s = accept(fd, nil, nil)
-        guard s >= 0 else { return s }
-        _ = fcntl(s, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK)
-        return s
+        cpoller_accept_nonblocking(fd)
     }
-
-    private typealias Accept4 = @convention(c) (
-        Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32
-    ) -> Int32
-
-    private static let accept4Function: Accept4? = {
-        // RTLD_DEFAULT: search the global symbol scope (libc is always there).
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "accept4") else { return nil }
-        return unsafeBitCast(symbol, to: Accept4.self)
-    }()
 
     /// Sets an integer socket option.
     static func set(_ fd: Int32, level: Int32, option: Int32, value: Int32) throws(NetError) {

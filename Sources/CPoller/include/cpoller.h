@@ -134,6 +134,9 @@ uint64_t cpoller_thread_id(void);
 // or a directory (epoll refuses those; io_uring would report them always ready).
 int cpoller_check_pollable(int fd);
 int cpoller_set_nonblocking(int fd);
+// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): the new descriptor, or -1 with errno
+// set (Swift's Glibc module hides accept4).
+int cpoller_accept_nonblocking(int fd);
 // The number of open descriptors of this process (entries in /proc/self/fd), or -errno.
 int cpoller_count_open_fds(void);
 // Starts a detached-free (joinable) pthread running fn(arg). Returns 0 or errno.
