@@ -34,6 +34,7 @@ let package = Package(
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
+        .executableTarget(name: "poller-soak"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

@@ -68,7 +68,8 @@ public struct PollDescriptor: Sendable, Hashable {
     /// `nil` clears it. An instant in the past (or now) expires it at once: waiters on `mode`
     /// return ``PollError/timeout`` immediately, as do later waits until the deadline is
     /// changed. A blocked waiter sees a change at once: extending or clearing the deadline
-    /// keeps it waiting. Equal read and write deadlines share one timer.
+    /// keeps it waiting. Equal read and write deadlines share one timer. A mode other than
+    /// `.read`, `.write` or `.readWrite` is ignored.
     public func setDeadline(_ deadline: ContinuousClock.Instant?, for mode: PollMode = .readWrite) {
         guard let deadline else {
             poller.setDeadline(slot, generation: generation, deadline: 0, mode: mode)

@@ -411,6 +411,7 @@ public final class Poller: Sendable {
     /// Go's pollSetDeadline with an absolute deadline: 0 none, < 0 already expired, > 0 a
     /// CLOCK_MONOTONIC instant in nanoseconds.
     func setDeadline(_ slot: DescriptorSlot, generation: UInt32, deadline d: Int64, mode: PollMode) {
+        guard mode == .read || mode == .write || mode == .readWrite else { return }
         var woken: [(Waiter, WakeReason)] = []
         var wakePoller = false
         slot.state.withLock { s in

@@ -23,6 +23,10 @@ final class URingBackend: PollerBackend {
     let kind = BackendKind.ioUring
     let wakeChannel: WakeChannel
     let ringFD: Int32
+    /// A private epoll instance used only to ask the kernel, at registration, whether a
+    /// descriptor supports polling at all. io_uring would accept /dev/null or a regular file
+    /// and complete its poll at once, forever; epoll answers EPERM, which is Go's contract.
+    let probeEpollFD: Int32
     private let ownerThread: UInt64
     private let state: Mutex<State>
     // The ring pointer is used only on the owner thread (or after the owner stopped).
@@ -39,6 +43,9 @@ final class URingBackend: PollerBackend {
     private struct State {
         var commands: [Command] = []
         var live: [PollToken: Int32] = [:]
+        /// The descriptors in `live`, so a second registration of one fails with EEXIST as
+        /// epoll's does.
+        var liveFDs: Set<Int32> = []
         var isShutdown = false
         /// Multishot polls re-armed after the kernel ended them. For tests.
         var rearms = 0
@@ -52,19 +59,27 @@ final class URingBackend: PollerBackend {
         guard let ring = cpoller_uring_create(submissionEntries, completionEntries, &err) else {
             throw .backendUnavailable(.ioUring, reason: URingBackend.describeSetupFailure(errno: err))
         }
+        let probe = cpoller_epoll_create()
+        guard probe >= 0 else {
+            cpoller_uring_destroy(ring)
+            throw .system(call: "epoll_create1", errno: -probe)
+        }
         let channel: WakeChannel
         do {
             channel = try WakeChannel(forcePipe: forcePipeWake)
         } catch {
+            _ = Glibc.close(probe)
             cpoller_uring_destroy(ring)
             throw error
         }
         let r = cpoller_uring_arm_in(ring, channel.readFD, PollToken.wake.raw)
         guard r == 0 else {
             channel.close()
+            _ = Glibc.close(probe)
             cpoller_uring_destroy(ring)
             throw .system(call: "io_uring poll (wake)", errno: -r)
         }
+        probeEpollFD = probe
         self.ring = ring
         ringFD = cpoller_uring_fd(ring)
         wakeChannel = channel
@@ -108,34 +123,40 @@ final class URingBackend: PollerBackend {
         // refuse them up front with epoll's answer, and bad descriptors with EBADF.
         let check = cpoller_check_pollable(fd)
         if check != 0 { return check }
-        if onOwnerThread {
-            return state.withLock { s in
-                guard !s.isShutdown else { return EBADF }
-                s.live[token] = fd
-                return -cpoller_uring_arm(ring, fd, token.raw)
+        let onOwner = onOwnerThread
+        let result: Int32 = state.withLock { s in
+            guard !s.isShutdown else { return EBADF }
+            guard !s.liveFDs.contains(fd) else { return EEXIST }
+            // Does the file support polling? (ADD then DEL on the private epoll instance.)
+            let probe = cpoller_epoll_add(probeEpollFD, fd, token.raw)
+            guard probe == 0 else { return -probe }
+            _ = cpoller_epoll_del(probeEpollFD, fd)
+            if onOwner {
+                let r = cpoller_uring_arm(ring, fd, token.raw)
+                guard r == 0 else { return -r }
+            } else {
+                s.commands.append(Command(kind: .arm, fd: fd, token: token, done: nil))
             }
-        }
-        let accepted = state.withLock { s in
-            guard !s.isShutdown else { return false }
             s.live[token] = fd
-            s.commands.append(Command(kind: .arm, fd: fd, token: token, done: nil))
-            return true
+            s.liveFDs.insert(fd)
+            return 0
         }
-        guard accepted else { return EBADF }
-        wake()
-        return 0
+        if result == 0 && !onOwner { wake() }
+        return result
     }
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
         if onOwnerThread {
             return state.withLock { s in
-                guard s.live.removeValue(forKey: token) != nil, !s.isShutdown else { return 0 }
+                guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return 0 }
+                s.liveFDs.remove(fd)
                 return -cpoller_uring_remove(ring, token.raw)
             }
         }
         let done = ParkerBox()
         let queued = state.withLock { s in
-            guard s.live.removeValue(forKey: token) != nil, !s.isShutdown else { return false }
+            guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
+            s.liveFDs.remove(fd)
             s.commands.append(Command(kind: .remove, fd: fd, token: token, done: done))
             return true
         }
@@ -205,7 +226,7 @@ final class URingBackend: PollerBackend {
     var overflowCount: UInt64 { cpoller_uring_overflow_count(ring) }
 
     func isPollerDescriptor(_ fd: Int32) -> Bool {
-        fd == ringFD || wakeChannel.isOwnDescriptor(fd)
+        fd == ringFD || fd == probeEpollFD || wakeChannel.isOwnDescriptor(fd)
     }
 
     func shutdown() {
@@ -217,6 +238,7 @@ final class URingBackend: PollerBackend {
         // Destroying the ring cancels every poll; release anyone waiting for a removal.
         for command in waiting { command.done?.unpark() }
         wakeChannel.close()
+        _ = Glibc.close(probeEpollFD)
         cpoller_uring_destroy(ring)
     }
 }
