@@ -1,0 +1,3 @@
+module pollerbench/go-echo
+
+go 1.19

@@ -1,0 +1,3 @@
+module pollerbench/go-http
+
+go 1.19
