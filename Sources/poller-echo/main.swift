@@ -178,32 +178,8 @@ enum ErrnoText {
     }
 }
 
-/// SIGINT/SIGTERM arrive as a byte on a pipe that the main task waits on through the poller.
-nonisolated(unsafe) var signalPipeWrite: Int32 = -1
-
-func installSignalPipe() -> Int32 {
-    var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { fail("pipe: errno \(errno)") }
-    for fd in fds {
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-    }
-    signalPipeWrite = fds[1]
-    var action = sigaction()
-    action.__sigaction_handler.sa_handler = { _ in
-        var byte: UInt8 = 1
-        _ = write(signalPipeWrite, &byte, 1)  // async-signal-safe
-    }
-    sigemptyset(&action.sa_mask)
-    action.sa_flags = SA_RESTART
-    sigaction(SIGINT, &action, nil)
-    sigaction(SIGTERM, &action, nil)
-    signal(SIGPIPE, SIG_IGN)  // belt and braces: PollerNet writes with MSG_NOSIGNAL anyway
-    return fds[0]
-}
-
 nonisolated func run(_ options: Options) async -> Int32 {
-    let signalRead = installSignalPipe()
+    TerminationSignal.install()
     let poller: Poller
     do {
         poller = try Poller(backend: options.backend)
@@ -221,15 +197,8 @@ nonisolated func run(_ options: Options) async -> Int32 {
     let server = Server(listener: listener, options: options, poller: poller)
     let acceptTask = Task(executorPreference: server.executor) { await server.acceptLoop() }
 
-    // Wait for a signal.
     do {
-        let pd = try poller.register(signalRead)
-        var byte: UInt8 = 0
-        while read(signalRead, &byte, 1) != 1 {
-            try await pd.wait(for: .read)
-        }
-        pd.unblock()
-        try? pd.close()
+        try await TerminationSignal.wait(poller: poller)
     } catch {
         log("signal wait: \(error)")
     }
@@ -243,7 +212,6 @@ nonisolated func run(_ options: Options) async -> Int32 {
         + "parked \(poller.parkedWaiterCount), registered \(poller.openDescriptorCount)")
     fflush(nil)
     poller.shutdown()
-    close(signalRead)
     return 0
 }
 

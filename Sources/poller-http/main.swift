@@ -88,14 +88,14 @@ func serve(_ connection: Connection) async {
 }
 
 nonisolated func run() async {
-    signal(SIGPIPE, SIG_IGN)
+    TerminationSignal.install()
     let options = parse()
     do {
         let poller = try Poller(backend: options.backend)
         let listener = try TCPListener.listen(host: options.host, port: options.port, poller: poller)
         print("poller-http: listening on \(listener.localAddress) (backend \(poller.backendKind))")
         fflush(nil)
-        await withTaskExecutorPreference(poller.executor) {
+        let server = Task(executorPreference: poller.executor) {
             while true {
                 do {
                     let connection = try await listener.accept()
@@ -111,6 +111,12 @@ nonisolated func run() async {
                 }
             }
         }
+        // SIGINT/SIGTERM: stop accepting and exit 0 (open connections end with the process).
+        try? await TerminationSignal.wait(poller: poller)
+        try? await listener.close()
+        await server.value
+        poller.shutdown()
+        exit(0)
     } catch {
         print("poller-http: \(error)")
         exit(1)
