@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, every behavioural test on both backends (epoll and io_uring; the
-# io_uring cases are reported as skipped, with the reason, where io_uring cannot run).
-# Then the same suite under ThreadSanitizer. Installs liburing-dev first if it is missing.
+# io_uring cases are reported as skipped, with the reason, where io_uring cannot run), then
+# the same suite under ThreadSanitizer and under AddressSanitizer, then the short soak
+# (10,000 connections against poller-echo, 10 s per backend). Installs liburing-dev first if
+# it is missing.
 #
 #   scripts/test.sh            everything (what CI runs)
-#   scripts/test.sh --quick    the plain suite only, no sanitizer
+#   scripts/test.sh --quick    the plain suite only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
@@ -38,6 +40,18 @@ if [ "$quick" = 0 ]; then
   set -e
   grep -E 'WARNING: ThreadSanitizer|ThreadSanitizer: reported|SUMMARY|✘|Test run with' .tsan-output.log || true
   [ "$status" = 0 ] || { echo "ThreadSanitizer run failed (exit $status)"; exit "$status"; }
+
+  # XCTest's own allocations trip LeakSanitizer, so XCTest is left out (Swift Testing only).
+  echo "== tests under AddressSanitizer (both backends)"
+  set +e
+  swift test --sanitize=address --disable-xctest --scratch-path .build-asan --no-parallel >.asan-output.log 2>&1
+  status=$?
+  set -e
+  grep -E 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|SUMMARY|✘|Test run with' .asan-output.log || true
+  [ "$status" = 0 ] || { echo "AddressSanitizer run failed (exit $status)"; exit "$status"; }
+
+  echo "== short soak (both backends)"
+  bash scripts/soak.sh --short
 fi
 echo "== result"
 grep -E 'Test run with' .test-output.log | tail -n 1
