@@ -35,7 +35,8 @@ show .test-output.log
 if [ "$quick" = 0 ]; then
   echo "== tests under ThreadSanitizer (both backends)"
   set +e
-  swift test --sanitize=thread --scratch-path .build-tsan --no-parallel >.tsan-output.log 2>&1
+  TSAN_OPTIONS="suppressions=$PWD/scripts/tsan-suppressions.txt" \
+    swift test --sanitize=thread --scratch-path .build-tsan --no-parallel >.tsan-output.log 2>&1
   status=$?
   set -e
   grep -E 'WARNING: ThreadSanitizer|ThreadSanitizer: reported|SUMMARY|✘|Test run with' .tsan-output.log || true

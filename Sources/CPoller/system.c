@@ -93,3 +93,22 @@ void cpoller_thread_set_name(const char *name) {
     buf[i] = 0;
     pthread_setname_np(pthread_self(), buf);
 }
+
+// ThreadSanitizer cannot see the toolchain's Synchronization.Mutex lock and unlock (they run
+// inside the uninstrumented Swift runtime library), so accesses made under the same Mutex
+// from two threads look like races. These tell TSan about the happens-before edge the Mutex
+// really provides. Without TSan they do nothing.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CPOLLER_TSAN 1
+#endif
+#endif
+#ifdef CPOLLER_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+void cpoller_tsan_acquire(void *addr) { __tsan_acquire(addr); }
+void cpoller_tsan_release(void *addr) { __tsan_release(addr); }
+#else
+void cpoller_tsan_acquire(void *addr) { (void)addr; }
+void cpoller_tsan_release(void *addr) { (void)addr; }
+#endif

@@ -152,7 +152,7 @@ final class DescriptorTable: Sendable {
 
     /// A free slot, reusing the most recently freed one.
     func allocate() -> DescriptorSlot {
-        storage.withLock { s in
+        storage.withLockAnnotated { s in
             s.openCount += 1
             if let index = s.free.popLast() { return s.slots[Int(index)] }
             let slot = DescriptorSlot(index: UInt32(s.slots.count))
@@ -162,25 +162,25 @@ final class DescriptorTable: Sendable {
     }
 
     func release(_ slot: DescriptorSlot) {
-        storage.withLock { s in
+        storage.withLockAnnotated { s in
             s.openCount -= 1
             s.free.append(slot.index)
         }
     }
 
     func slot(at index: UInt32) -> DescriptorSlot? {
-        storage.withLock { s in Int(index) < s.slots.count ? s.slots[Int(index)] : nil }
+        storage.withLockAnnotated { s in Int(index) < s.slots.count ? s.slots[Int(index)] : nil }
     }
 
     /// Resolves many indices under one lock acquisition (the poller's event batches).
     func resolve(_ indices: UnsafeBufferPointer<UInt32>, into out: inout [DescriptorSlot?]) {
-        storage.withLock { s in
+        storage.withLockAnnotated { s in
             for index in indices {
                 out.append(Int(index) < s.slots.count ? s.slots[Int(index)] : nil)
             }
         }
     }
 
-    var allSlots: [DescriptorSlot] { storage.withLock { $0.slots } }
-    var openCount: Int { storage.withLock { $0.openCount } }
+    var allSlots: [DescriptorSlot] { storage.withLockAnnotated { $0.slots } }
+    var openCount: Int { storage.withLockAnnotated { $0.openCount } }
 }

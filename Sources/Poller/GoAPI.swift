@@ -38,7 +38,7 @@ private func sharedPollerForRuntime() -> Poller? {
     do {
         return try Poller.shared()
     } catch {
-        reportedInitFailure.withLock { reported in
+        reportedInitFailure.withLockAnnotated { reported in
             guard !reported else { return }
             reported = true
             PollerLog.write("poller: cannot start: \(error)")

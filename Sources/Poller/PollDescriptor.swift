@@ -121,7 +121,7 @@ extension PollDescriptor {
     /// micro-benchmark can time the wait fast path alone. Not for production use.
     package func _latchReadinessForBenchmark(_ mode: PollMode) {
         var woken: [(Waiter, WakeReason)] = []
-        slot.state.withLock { s in
+        slot.state.withLockAnnotated { s in
             guard s.isCurrent(generation) else { return }
             if mode.contains(.read), let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
             if mode.contains(.write), let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
@@ -130,7 +130,7 @@ extension PollDescriptor {
     }
 
     /// Benchmark seam: the number of armed deadline timers of this descriptor's poller.
-    package var _armedTimerCountForBenchmark: Int { poller.timers.withLock { $0.heap.count } }
+    package var _armedTimerCountForBenchmark: Int { poller.timers.withLockAnnotated { $0.heap.count } }
 }
 
 extension Poller {
@@ -139,7 +139,7 @@ extension Poller {
     /// Deadlines and waits work on it as usual; no readiness will ever arrive.
     package func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
         let slot = table.allocate()
-        let generation = slot.state.withLock { s in
+        let generation = slot.state.withLockAnnotated { s in
             s.isOpen = true
             s.fd = fd
             s.closing = false

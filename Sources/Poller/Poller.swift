@@ -78,7 +78,7 @@ public final class Poller: Sendable {
         }
         start.created.park()
         let backend: any PollerBackend
-        switch start.result.withLock({ $0 }) {
+        switch start.result.withLockAnnotated({ $0 }) {
         case .success(let b)?:
             backend = b
         case .failure(let error)?:
@@ -95,7 +95,7 @@ public final class Poller: Sendable {
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
         loopExited = start.exited
-        start.poller.withLock { $0 = self }
+        start.poller.withLockAnnotated { $0 = self }
         start.go.unpark()
         if PollerLog.enabled {
             PollerLog.write("poller: backend \(kind) (\(reason))")
@@ -106,7 +106,7 @@ public final class Poller: Sendable {
     /// with the backend named by `POLLER_BACKEND`. Thread-safe; every call returns the same
     /// poller or the same error.
     public static func shared() throws(PollerError) -> Poller {
-        try sharedPoller.withLock { result throws(PollerError) -> Poller in
+        try sharedPoller.withLockAnnotated { result throws(PollerError) -> Poller in
             if result == nil {
                 do throws(PollerError) {
                     result = .success(try Poller())
@@ -120,7 +120,7 @@ public final class Poller: Sendable {
 
     /// The shared poller if it has been started.
     static var sharedIfStarted: Poller? {
-        sharedPoller.withLock { result in
+        sharedPoller.withLockAnnotated { result in
             if case .success(let poller)? = result { return poller }
             return nil
         }
@@ -140,7 +140,7 @@ public final class Poller: Sendable {
         if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
         if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
         let slot = table.allocate()
-        let generation: UInt32 = slot.state.withLock { s in
+        let generation: UInt32 = slot.state.withLockAnnotated { s in
             // Go's pollOpen: reinitialise, bumping (not resetting) the timer sequences so a
             // timer left by the previous user of this slot is stale.
             precondition(!s.readSemaphore.isParked && !s.writeSemaphore.isParked,
@@ -195,7 +195,7 @@ public final class Poller: Sendable {
             loopExited.unpark()
             return
         }
-        runQueue.state.withLock { $0.stopRequested = true }
+        runQueue.state.withLockAnnotated { $0.stopRequested = true }
         backend.wake()
         guard cpoller_thread_id() != threadID else { return }
         _ = cpoller_thread_join(threadID)
@@ -221,13 +221,13 @@ public final class Poller: Sendable {
             if runQueue.prepareToSleep() {
                 slept = true
                 timeout = timeoutUntilNextDeadline()
-            } else if runQueue.state.withLock({ $0.stopRequested }) {
+            } else if runQueue.state.withLockAnnotated({ $0.stopRequested }) {
                 break
             }
             let n = backend.poll(into: events, timeoutNanos: timeout)
             if slept {
                 runQueue.awake()
-                timers.withLock { $0.sleepUntil = .min }
+                timers.withLockAnnotated { $0.sleepUntil = .min }
             }
             if n > 0 {
                 dispatch(UnsafeBufferPointer(rebasing: events[0..<n]), &indices, &slots, &woken)
@@ -242,7 +242,7 @@ public final class Poller: Sendable {
 
     /// Timeout for the next blocking poll, recording when the poller will wake by itself.
     private func timeoutUntilNextDeadline() -> Int64 {
-        timers.withLock { t in
+        timers.withLockAnnotated { t in
             guard let earliest = t.heap.earliest else {
                 t.sleepUntil = .max
                 return -1
@@ -268,7 +268,7 @@ public final class Poller: Sendable {
         for (i, event) in events.enumerated() {
             guard let slot = slots[i] else { continue }
             let token = event.pollToken
-            slot.state.withLock { s in
+            slot.state.withLockAnnotated { s in
                 // A stale event: the registration was closed, maybe reopened for another fd.
                 guard s.isCurrent(token.generation) else { return }
                 s.eventErr = event.isError
@@ -282,7 +282,7 @@ public final class Poller: Sendable {
     /// Runs the deadline timers that are due (Go's netpolldeadlineimpl).
     private func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)]) {
         let now = MonotonicClock.now()
-        let due = timers.withLock { t -> Bool in
+        let due = timers.withLockAnnotated { t -> Bool in
             guard let earliest = t.heap.earliest, earliest <= now else { return false }
             t.heap.popExpired(now: now, into: &expired)
             return true
@@ -291,7 +291,7 @@ public final class Poller: Sendable {
         // The heap's lock is released: a timer callback takes the slot's lock (Go #35532).
         for timer in expired {
             guard let slot = table.slot(at: timer.slot) else { continue }
-            slot.state.withLock { s in
+            slot.state.withLockAnnotated { s in
                 let current = timer.isWrite ? s.writeSequence : s.readSequence
                 guard s.isOpen, current == timer.sequence else { return }  // stale timer
                 if timer.isWrite {
@@ -325,11 +325,11 @@ public final class Poller: Sendable {
     /// route later jobs to the global executor.
     private func closeEverything() {
         for slot in table.allSlots {
-            let generation: UInt32? = slot.state.withLock { s in s.isOpen ? s.generation : nil }
+            let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
             if let generation { unblock(slot, generation: generation) }
         }
         var leftover: [UnownedJob] = []
-        runQueue.state.withLock { s in
+        runQueue.state.withLockAnnotated { s in
             s.stopped = true
             swap(&s.jobs, &leftover)
         }
@@ -343,7 +343,7 @@ public final class Poller: Sendable {
     /// Frees a slot after open failed or close: stale handles and kernel tokens for the old
     /// generation stop matching.
     func retire(_ slot: DescriptorSlot) {
-        slot.state.withLock { s in
+        slot.state.withLockAnnotated { s in
             s.isOpen = false
             s.fd = -1
             s.generation = PollToken.nextGeneration(after: s.generation)
@@ -355,15 +355,18 @@ public final class Poller: Sendable {
     /// with `.closing`. Idempotent (Go throws on a second unblock).
     func unblock(_ slot: DescriptorSlot, generation: UInt32) {
         var woken: [(Waiter, WakeReason)] = []
-        slot.state.withLock { s in
-            guard s.isCurrent(generation), !s.closing else { return }
+        slot.state.withLockAnnotated { s in
+            guard s.isCurrent(generation) else { return }
+            // Waiters are taken even when already closing: the only ones that can be parked
+            // then ignore errors (runtime_pollWaitCanceled), and shutdown must still wake them.
+            if let w = s.unblock(.read, ioReady: false) { woken.append((w, .interrupted)) }
+            if let w = s.unblock(.write, ioReady: false) { woken.append((w, .interrupted)) }
+            guard !s.closing else { return }
             s.closing = true
             s.readSequence &+= 1
             s.writeSequence &+= 1
-            if let w = s.unblock(.read, ioReady: false) { woken.append((w, .interrupted)) }
-            if let w = s.unblock(.write, ioReady: false) { woken.append((w, .interrupted)) }
             if s.readTimerArmed || s.writeTimerArmed {
-                timers.withLock { t in
+                timers.withLockAnnotated { t in
                     t.heap.cancel(slot: slot.index, isWrite: false)
                     t.heap.cancel(slot: slot.index, isWrite: true)
                 }
@@ -376,7 +379,7 @@ public final class Poller: Sendable {
 
     /// Go's pollClose: deregister and recycle. Requires a prior unblock and no parked waiter.
     func close(_ slot: DescriptorSlot, generation: UInt32) throws(PollError) {
-        let fd: Int32 = try slot.state.withLock { s throws(PollError) -> Int32 in
+        let fd: Int32 = try slot.state.withLockAnnotated { s throws(PollError) -> Int32 in
             guard s.isCurrent(generation) else { throw .closing }
             guard s.closing else { throw .notUnblocked }
             guard !s.readSemaphore.isParked, !s.writeSemaphore.isParked else { throw .waiterParked }
@@ -399,7 +402,7 @@ public final class Poller: Sendable {
     /// Go's pollReset: fail on a pending error, else forget latched readiness.
     func reset(_ slot: DescriptorSlot, generation: UInt32, mode: PollMode) -> PollError? {
         guard mode == .read || mode == .write || mode == .readWrite else { return .invalidMode }
-        return slot.state.withLock { s -> PollError? in
+        return slot.state.withLockAnnotated { s -> PollError? in
             guard s.isCurrent(generation) else { return .closing }
             if let error = s.pendingError(mode) { return error }
             if mode.contains(.read), case .ready = s.readSemaphore { s.readSemaphore = .empty }
@@ -414,7 +417,7 @@ public final class Poller: Sendable {
         guard mode == .read || mode == .write || mode == .readWrite else { return }
         var woken: [(Waiter, WakeReason)] = []
         var wakePoller = false
-        slot.state.withLock { s in
+        slot.state.withLockAnnotated { s in
             guard s.isCurrent(generation), !s.closing else { return }
             let rd0 = s.readDeadline, wd0 = s.writeDeadline
             let combo0 = rd0 > 0 && rd0 == wd0
@@ -434,7 +437,7 @@ public final class Poller: Sendable {
                         || wakePoller
                 } else {
                     s.readTimerArmed = false
-                    timers.withLock { $0.heap.cancel(slot: slot.index, isWrite: false) }
+                    timers.withLockAnnotated { $0.heap.cancel(slot: slot.index, isWrite: false) }
                 }
             }
             if !s.writeTimerArmed && wd > 0 && !combo {
@@ -448,7 +451,7 @@ public final class Poller: Sendable {
                         || wakePoller
                 } else {
                     s.writeTimerArmed = false
-                    timers.withLock { $0.heap.cancel(slot: slot.index, isWrite: true) }
+                    timers.withLockAnnotated { $0.heap.cancel(slot: slot.index, isWrite: true) }
                 }
             }
             // A deadline in the past wakes the waiters now, with a timeout.
@@ -461,7 +464,7 @@ public final class Poller: Sendable {
 
     /// Arms a timer; true if the sleeping poller must be woken to honour it.
     private func schedule(_ slot: DescriptorSlot, when: Int64, isWrite: Bool, both: Bool, sequence: UInt64) -> Bool {
-        timers.withLock { t in
+        timers.withLockAnnotated { t in
             t.heap.schedule(.init(when: when, slot: slot.index, isWrite: isWrite, expiresBoth: both, sequence: sequence))
             return when < t.sleepUntil
         }
@@ -475,7 +478,7 @@ public final class Poller: Sendable {
         guard mode == .read || mode == .write else { return .invalidMode }
         while true {
             // Fast path: pending error, or latched readiness, without suspending.
-            let step: WaitStep = slot.state.withLock { s in
+            let step: WaitStep = slot.state.withLockAnnotated { s in
                 guard s.isCurrent(generation) else { return .fail(.closing) }
                 if !ignoringErrors, let error = s.pendingError(mode) { return .fail(error) }
                 switch s[semaphore: mode] {
@@ -507,7 +510,10 @@ public final class Poller: Sendable {
             case .ready: return nil
             case .cancelled: return .cancelled
             case .doubleWait: return .doubleWait
-            case .interrupted: continue  // re-check: a deadline may have been extended meanwhile
+            case .interrupted:
+                // A wait that ignores errors still ends when the poller shuts down.
+                if ignoringErrors && shutdownStarted.load(ordering: .sequentiallyConsistent) { return .closing }
+                continue  // re-check: a deadline may have been extended meanwhile
             }
         }
     }
@@ -524,9 +530,12 @@ public final class Poller: Sendable {
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool
     ) async -> WakeReason {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in
-            let immediate: WakeReason? = slot.state.withLock { s in
+            let immediate: WakeReason? = slot.state.withLockAnnotated { s in
                 guard s.isCurrent(generation) else { return .interrupted }
                 if !ignoringErrors && s.pendingError(mode) != nil { return .interrupted }
+                // Shutdown sets the flag before it wakes the waiters of every open slot, under
+                // this lock; a waiter that ignores errors must not park after that pass.
+                if ignoringErrors && shutdownStarted.load(ordering: .sequentiallyConsistent) { return .interrupted }
                 switch s[semaphore: mode] {
                 case .ready:
                     s[semaphore: mode] = .empty
@@ -546,7 +555,7 @@ public final class Poller: Sendable {
     }
 
     private func cancelWaiter(_ slot: DescriptorSlot, mode: PollMode, id: UInt64) {
-        let waiter: Waiter? = slot.state.withLock { s in
+        let waiter: Waiter? = slot.state.withLockAnnotated { s in
             guard case .parked(let waiter, let parkedID) = s[semaphore: mode], parkedID == id else { return nil }
             s[semaphore: mode] = .empty
             return waiter
@@ -565,7 +574,7 @@ public final class Poller: Sendable {
         if cpoller_thread_id() == threadID { return .wouldBlockPollerThread }
         var blocker: BlockingWaiter?
         while true {
-            let step: WaitStep = slot.state.withLock { s in
+            let step: WaitStep = slot.state.withLockAnnotated { s in
                 guard s.isCurrent(generation) else { return .fail(.closing) }
                 if let error = s.pendingError(mode) { return .fail(error) }
                 switch s[semaphore: mode] {
@@ -629,15 +638,15 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
     do {
         backend = try start.makeBackend()
     } catch {
-        start.result.withLock { $0 = .failure(error) }
+        start.result.withLockAnnotated { $0 = .failure(error) }
         start.created.unpark()
         return nil
     }
-    start.result.withLock { $0 = .success(backend) }
+    start.result.withLockAnnotated { $0 = .success(backend) }
     start.created.unpark()
     start.go.park()
-    guard let poller = start.poller.withLock({ $0 }) else { return nil }
-    start.poller.withLock { $0 = nil }
+    guard let poller = start.poller.withLockAnnotated({ $0 }) else { return nil }
+    start.poller.withLockAnnotated { $0 = nil }
     poller.runLoop()
     return nil
 }

@@ -45,7 +45,7 @@ final class RunQueue: Sendable {
     init(backend: any PollerBackend) { self.backend = backend }
 
     func enqueue(_ job: UnownedJob) {
-        let (wake, forward) = state.withLock { s -> (Bool, Bool) in
+        let (wake, forward) = state.withLockAnnotated { s -> (Bool, Bool) in
             if s.stopped { return (false, true) }
             s.jobs.append(job)
             return (s.sleeping, false)
@@ -60,17 +60,17 @@ final class RunQueue: Sendable {
     /// Poller thread: moves every queued job into `batch` (which must be empty) and leaves
     /// `batch`'s old storage as the queue, so steady state allocates nothing.
     func takeAll(into batch: inout [UnownedJob]) {
-        state.withLock { s in swap(&s.jobs, &batch) }
+        state.withLockAnnotated { s in swap(&s.jobs, &batch) }
     }
 
     /// Poller thread: marks it asleep unless there is work. Returns false when there is work.
     func prepareToSleep() -> Bool {
-        state.withLock { s in
+        state.withLockAnnotated { s in
             guard s.jobs.isEmpty, !s.stopRequested else { return false }
             s.sleeping = true
             return true
         }
     }
 
-    func awake() { state.withLock { $0.sleeping = false } }
+    func awake() { state.withLockAnnotated { $0.sleeping = false } }
 }

@@ -36,7 +36,7 @@ final class AsyncFIFOLock: Sendable {
     func lock() async -> NetError? {
         // Fast path: free and open, or closed.
         enum Step { case acquired, closed, wait(UInt64) }
-        let step: Step = state.withLock { s in
+        let step: Step = state.withLockAnnotated { s in
             if s.closed { return .closed }
             if !s.held {
                 s.held = true
@@ -53,7 +53,7 @@ final class AsyncFIFOLock: Sendable {
         }
         return await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<NetError?, Never>) in
-                let immediate: NetError?? = state.withLock { s in
+                let immediate: NetError?? = state.withLockAnnotated { s in
                     if s.closed { return .some(.closed) }
                     if !s.held {
                         // Freed between the fast path and here.
@@ -68,7 +68,7 @@ final class AsyncFIFOLock: Sendable {
                 if case .some(let result) = immediate { continuation.resume(returning: result) }
             }
         } onCancel: {
-            let waiter: Waiter? = state.withLock { s in
+            let waiter: Waiter? = state.withLockAnnotated { s in
                 guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                 return s.waiters.remove(at: index)
             }
@@ -78,7 +78,7 @@ final class AsyncFIFOLock: Sendable {
 
     /// Releases the lock, handing it to the oldest waiter if there is one.
     func unlock() {
-        let next: Waiter? = state.withLock { s in
+        let next: Waiter? = state.withLockAnnotated { s in
             precondition(s.held, "AsyncFIFOLock: unlock of a lock that is not held")
             if s.waiters.isEmpty {
                 s.held = false
@@ -93,7 +93,7 @@ final class AsyncFIFOLock: Sendable {
     /// Fails every queued waiter and every later ``lock()`` with ``NetError/closed``.
     /// Idempotent.
     func close() {
-        let failed: [Waiter] = state.withLock { s in
+        let failed: [Waiter] = state.withLockAnnotated { s in
             s.closed = true
             defer { s.waiters.removeAll() }
             return s.waiters

@@ -95,18 +95,18 @@ public final class NetFD: Sendable {
     deinit {
         // Nobody can be inside an operation (each holds a strong reference), so a NetFD that
         // was never closed can be torn down synchronously here: no descriptor leaks.
-        let destroyed = state.withLock { $0.destroyed }
+        let destroyed = state.withLockAnnotated { $0.destroyed }
         if !destroyed { destroy() }
     }
 
     /// Whether ``close()`` has started.
-    public var isClosed: Bool { state.withLock { $0.closing } }
+    public var isClosed: Bool { state.withLockAnnotated { $0.closing } }
 
     // MARK: References (Go's incref/decref)
 
     /// Adds a reference for an operation; ``NetError/closed`` once closing.
     func incref() throws(NetError) {
-        let ok = state.withLock { s in
+        let ok = state.withLockAnnotated { s in
             if s.closing { return false }
             s.references += 1
             return true
@@ -116,7 +116,7 @@ public final class NetFD: Sendable {
 
     /// Drops a reference; the last one after close resumes the waiting close.
     func decref() {
-        let waiter: UnsafeContinuation<Void, Never>? = state.withLock { s in
+        let waiter: UnsafeContinuation<Void, Never>? = state.withLockAnnotated { s in
             precondition(s.references > 0, "NetFD: inconsistent reference count")
             s.references -= 1
             guard s.closing, s.references == 0, let w = s.closeWaiter else { return nil }
@@ -176,7 +176,7 @@ public final class NetFD: Sendable {
     /// - Throws: ``NetError/closed`` if close was already called (the first call does the
     ///   work; later calls change nothing). Never throws otherwise.
     public func close() async throws(NetError) {
-        let first = state.withLock { s in
+        let first = state.withLockAnnotated { s in
             if s.closing { return false }
             s.closing = true
             s.references += 1
@@ -190,7 +190,7 @@ public final class NetFD: Sendable {
         // Drop close's own reference and wait for the others. Not cancellable on purpose:
         // a close must finish, and every in-flight operation is already returning.
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let done = state.withLock { s in
+            let done = state.withLockAnnotated { s in
                 s.references -= 1
                 if s.references == 0 { return true }
                 s.closeWaiter = continuation
@@ -204,7 +204,7 @@ public final class NetFD: Sendable {
     /// Deregisters and closes the descriptor (Go's `FD.destroy`). Runs once, with no
     /// operation in flight.
     private func destroy() {
-        let already = state.withLock { s in
+        let already = state.withLockAnnotated { s in
             defer { s.destroyed = true }
             return s.destroyed
         }

@@ -106,7 +106,7 @@ final class Server: Sendable {
             }
             accepted.add(1, ordering: .relaxed)
             let id = nextID.add(1, ordering: .relaxed).newValue
-            let registered = connections.withLock { c -> Bool in
+            let registered = connections.withLockAnnotated { c -> Bool in
                 guard !stopping.load(ordering: .relaxed) else { return false }
                 c[id] = connection
                 return true
@@ -117,7 +117,7 @@ final class Server: Sendable {
             }
             Task(executorPreference: executor) {
                 await self.serve(connection)
-                _ = self.connections.withLock { $0.removeValue(forKey: id) }
+                _ = self.connections.withLockAnnotated { $0.removeValue(forKey: id) }
                 try? await connection.close()
             }
         }
@@ -154,10 +154,10 @@ final class Server: Sendable {
     func stop() async {
         stopping.store(true, ordering: .relaxed)
         try? await listener.close()
-        let open = connections.withLock { Array($0.values) }
+        let open = connections.withLockAnnotated { Array($0.values) }
         for connection in open { try? await connection.close() }
         let deadline = ContinuousClock.now + .seconds(5)
-        while connections.withLock({ !$0.isEmpty }) && ContinuousClock.now < deadline {
+        while connections.withLockAnnotated({ !$0.isEmpty }) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }

@@ -38,11 +38,11 @@ final class EpollBackend: PollerBackend {
     }
 
     func register(fd: Int32, token: PollToken) -> Int32 {
-        closed.withLock { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, token.raw) }
+        closed.withLockAnnotated { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, token.raw) }
     }
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
-        closed.withLock { closed in closed ? 0 : -cpoller_epoll_del(epollFD, fd) }
+        closed.withLockAnnotated { closed in closed ? 0 : -cpoller_epoll_del(epollFD, fd) }
     }
 
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
@@ -66,7 +66,7 @@ final class EpollBackend: PollerBackend {
     }
 
     func shutdown() {
-        closed.withLock { closed in
+        closed.withLockAnnotated { closed in
             guard !closed else { return }
             closed = true
             wakeChannel.close()

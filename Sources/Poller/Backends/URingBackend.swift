@@ -124,7 +124,7 @@ final class URingBackend: PollerBackend {
         let check = cpoller_check_pollable(fd)
         if check != 0 { return check }
         let onOwner = onOwnerThread
-        let result: Int32 = state.withLock { s in
+        let result: Int32 = state.withLockAnnotated { s in
             guard !s.isShutdown else { return EBADF }
             guard !s.liveFDs.contains(fd) else { return EEXIST }
             // Does the file support polling? (ADD then DEL on the private epoll instance.)
@@ -147,14 +147,14 @@ final class URingBackend: PollerBackend {
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
         if onOwnerThread {
-            return state.withLock { s in
+            return state.withLockAnnotated { s in
                 guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return 0 }
                 s.liveFDs.remove(fd)
                 return -cpoller_uring_remove(ring, token.raw)
             }
         }
         let done = ParkerBox()
-        let queued = state.withLock { s in
+        let queued = state.withLockAnnotated { s in
             guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
             s.liveFDs.remove(fd)
             s.commands.append(Command(kind: .remove, fd: fd, token: token, done: done))
@@ -194,7 +194,7 @@ final class URingBackend: PollerBackend {
 
     /// Re-arms the multishot polls the kernel ended for registrations that are still live.
     private func rearm(_ tokens: [PollToken]) {
-        state.withLock { s in
+        state.withLockAnnotated { s in
             for token in tokens {
                 guard let fd = s.live[token] else { continue }
                 s.rearms += 1
@@ -204,7 +204,7 @@ final class URingBackend: PollerBackend {
     }
 
     private func applyCommands() {
-        let commands: [Command] = state.withLock { s in
+        let commands: [Command] = state.withLockAnnotated { s in
             guard !s.commands.isEmpty else { return [] }
             defer { s.commands.removeAll(keepingCapacity: true) }
             return s.commands
@@ -221,7 +221,7 @@ final class URingBackend: PollerBackend {
     }
 
     /// Multishot polls re-armed so far (tests).
-    var rearmCount: Int { state.withLock { $0.rearms } }
+    var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
     /// Completion-queue overflows seen so far (tests). Owner thread only.
     var overflowCount: UInt64 { cpoller_uring_overflow_count(ring) }
 
@@ -230,7 +230,7 @@ final class URingBackend: PollerBackend {
     }
 
     func shutdown() {
-        let waiting: [Command] = state.withLock { s in
+        let waiting: [Command] = state.withLockAnnotated { s in
             s.isShutdown = true
             defer { s.commands.removeAll() }
             return s.commands

@@ -39,7 +39,7 @@ final class WakeChannel: Sendable {
     func signal() {
         guard pending.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
         else { return }
-        closed.withLock { closed in
+        closed.withLockAnnotated { closed in
             guard !closed else { return }
             writes.add(1, ordering: .relaxed)
             _ = cpoller_wake_signal(writeFD, isPipe ? 1 : 0)
@@ -56,7 +56,7 @@ final class WakeChannel: Sendable {
 
     /// Closes the descriptors once; later signals are ignored.
     func close() {
-        closed.withLock { closed in
+        closed.withLockAnnotated { closed in
             guard !closed else { return }
             closed = true
             _ = Glibc.close(readFD)
