@@ -1,11 +1,58 @@
 #!/usr/bin/env bash
-# The main job: registers a socket pair with a poller on each backend, waits on it as Go's
-# net package would, and prints the backend chosen and the events seen. Installs
-# liburing-dev first if it is missing.
+# The main job. Installs liburing-dev first if it is missing, builds in release mode, then:
+#   1. poller-demo: a socket pair registered with a poller on each backend, waited on as Go's
+#      net package would; prints the backend chosen and the events seen;
+#   2. poller-echo driven by the C load generator for a few seconds on each backend
+#      (connections, round trips per second, p99, every echoed byte verified);
+#   3. with --grid: the short echo benchmark grid (scripts/bench.sh --quick): poller-echo on
+#      both backends beside raw C epoll, Go and SwiftNIO (peers are built or installed first;
+#      the full grid is scripts/bench.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
-swift build -c release --product poller-demo 2>&1 | tail -n 1
-POLLER_LOG=1 ./.build/release/poller-demo "$@"
+grid=0
+[ "${1:-}" = "--grid" ] && grid=1
+for product in poller-demo poller-echo poller-loadgen; do
+  swift build -c release --product "$product" 2>&1 | tail -n 1
+done
+bin=.build/release
+
+echo "== 1. poller-demo"
+POLLER_LOG=1 "$bin/poller-demo"
 echo "-- the process-wide poller, as runtime_poll* use it (POLLER_BACKEND=${POLLER_BACKEND:-auto}):"
-POLLER_LOG=1 ./.build/release/poller-demo shared
+POLLER_LOG=1 "$bin/poller-demo" shared
+
+echo "== 2. poller-echo under load (64 connections, 64-byte ping-pong, 3 s per backend)"
+cpus=$(nproc)
+for backend in epoll io_uring; do
+  log=$(mktemp)
+  if [ "$cpus" -ge 2 ]; then taskset -c 0 "$bin/poller-echo" --backend "$backend" >"$log" 2>&1 &
+  else "$bin/poller-echo" --backend "$backend" >"$log" 2>&1 & fi
+  pid=$!
+  port=''
+  for _ in $(seq 1 100); do
+    port=$(grep -o '127.0.0.1:[0-9]*' "$log" | head -n 1 | cut -d: -f2 || true)
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$port" ]; then
+    echo "[$backend] poller-echo did not start: $(cat "$log")"
+    kill "$pid" 2>/dev/null || true
+    continue
+  fi
+  pin=""
+  [ "$cpus" -ge 2 ] && pin="taskset -c 1"
+  result=$($pin "$bin/poller-loadgen" --port "$port" --connections 64 --size 64 --duration 3 --warmup 1 || true)
+  kill -TERM "$pid"
+  wait "$pid" || true
+  echo "[$backend] $(head -n 1 "$log")"
+  echo "[$backend] $result"
+  echo "[$backend] $(grep stopped "$log" || echo 'no final line')"
+  rm -f "$log"
+done
+
+if [ "$grid" = 1 ]; then
+  echo "== 3. the short benchmark grid"
+  bash scripts/bench.sh --quick --out "$(mktemp --suffix=.md)"
+fi
