@@ -67,5 +67,66 @@ extension PollerNetTests {
                 try await listener.close()
             }
         }
+
+        @Test("a peer's reset while a read is blocked wakes it with connectionReset", arguments: BackendKind.allCases)
+        func resetMidRead(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let pair = try await TCPPair.make(poller)
+                let client = pair.client
+                let reader = Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 16) } }
+                try await waitUntilParked(poller)
+                setLingerZero(pair.server.netFD.fd)
+                try await pair.server.close()
+                #expect(await reader.value == .connectionReset)
+                await pair.close()
+            }
+        }
+
+        @Test("a peer's reset while a write is blocked wakes it with an error, and SIGPIPE never fires",
+              arguments: BackendKind.allCases)
+        func resetMidWrite(kind: BackendKind) async throws {
+            // The default action of SIGPIPE kills the process: if any write raised it, this
+            // test run would die here rather than fail politely.
+            let previous = signal(SIGPIPE, SIG_DFL)
+            defer { signal(SIGPIPE, previous) }
+            try await withNetPoller(kind) { poller in
+                let pair = try await TCPPair.make(poller)
+                let client = pair.client
+                let writer = Task {
+                    await client.writeReportingProgress([UInt8](repeating: 1, count: 32 << 20))
+                }
+                try await waitUntilParked(poller)
+                setLingerZero(pair.server.netFD.fd)
+                try await pair.server.close()
+                let result = await writer.value
+                #expect(result.bytesWritten > 0 && result.bytesWritten < 32 << 20)
+                #expect(result.error == .connectionReset || result.error == .system(call: "send", errno: EPIPE))
+                // Later writes keep failing cleanly.
+                for _ in 0..<3 {
+                    let error = await netError { () async throws(NetError) in try await client.write([1]) }
+                    #expect(error == .connectionReset || error == .system(call: "send", errno: EPIPE))
+                }
+                await pair.close()
+            }
+        }
+
+        @Test("dialling a malformed address fails with invalidAddress and leaks nothing", arguments: BackendKind.allCases)
+        func dialBadAddress(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                for host in ["999.1.1.1", "not-an-ip", "", "1.2.3", "::g"] {
+                    let error = await netError { () async throws(NetError) in
+                        try await Connection.dial(host: host, port: 80, poller: poller)
+                    }
+                    guard case .invalidAddress = error else {
+                        Issue.record("dial(\"\(host)\") gave \(String(describing: error)), not invalidAddress")
+                        continue
+                    }
+                }
+                let unixError = await netError { () async throws(NetError) in
+                    try await Connection.dial(unixPath: String(repeating: "x", count: 200), poller: poller)
+                }
+                #expect(unixError != nil)
+            }
+        }
     }
 }
