@@ -12,7 +12,7 @@ extension Mutex where Value: ~Copyable {
     /// location) as the synchronisation object; without TSan they are calls to empty
     /// functions. Every critical section in this package goes
     /// through here so the TSan run in CI checks the code, not the toolchain.
-    @inline(__always)
+    @inlinable @inline(__always)
     package borrowing func withLockAnnotated<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {

@@ -41,7 +41,8 @@ extension NetFD {
         try prepare(.read)
         let count = isStream ? min(buffer.count, maxChunk) : buffer.count
         while true {
-            let n = Glibc.read(fd, base, count)
+            // recv on sockets: the same result as read(2) without the VFS layers.
+            let n = isSocket ? recv(fd, base, count, 0) : Glibc.read(fd, base, count)
             if n > 0 { return n }
             if n == 0 {
                 if isStream { throw .endOfFile }
