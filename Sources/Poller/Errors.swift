@@ -25,19 +25,23 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Errno names for messages: "EBADF (Bad file descriptor)".
-enum ErrnoName {
-    static func describe(_ code: Int32) -> String {
+/// Errno names for messages: "EBADF (Bad file descriptor)". Shared with PollerNet.
+package enum ErrnoName {
+    package static func describe(_ code: Int32) -> String {
         let message = String(cString: strerror(code))
         if let name = names[code] { return "\(name) (\(message))" }
         return "errno \(code) (\(message))"
     }
 
     private static let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EBADF: "EBADF", EAGAIN: "EAGAIN",
-        ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL", ENFILE: "ENFILE",
-        EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE", ENOSYS: "ENOSYS",
-        EOPNOTSUPP: "EOPNOTSUPP", ECONNRESET: "ECONNRESET", ECONNREFUSED: "ECONNREFUSED",
-        ETIMEDOUT: "ETIMEDOUT", ECANCELED: "ECANCELED", EBUSY: "EBUSY", ENOTSOCK: "ENOTSOCK",
+        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
+        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL",
+        ENFILE: "ENFILE", EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE", ENOSYS: "ENOSYS",
+        EBUSY: "EBUSY", ECANCELED: "ECANCELED", EOPNOTSUPP: "EOPNOTSUPP",
+        ENOTSOCK: "ENOTSOCK", EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL",
+        ENETUNREACH: "ENETUNREACH", ECONNABORTED: "ECONNABORTED", ECONNRESET: "ECONNRESET",
+        ENOTCONN: "ENOTCONN", ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED",
+        EHOSTUNREACH: "EHOSTUNREACH", EINPROGRESS: "EINPROGRESS", EAFNOSUPPORT: "EAFNOSUPPORT",
+        ENAMETOOLONG: "ENAMETOOLONG",
     ]
 }

@@ -41,8 +41,8 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .endOfFile: "end of file"
         case .cancelled: "operation cancelled"
         case .connectionReset: "connection reset by peer"
-        case .tooManyOpenFiles(let errno): "accept4: \(Errno.describe(errno))"
-        case .system(let call, let errno): "\(call): \(Errno.describe(errno))"
+        case .tooManyOpenFiles(let errno): "accept4: \(ErrnoName.describe(errno))"
+        case .system(let call, let errno): "\(call): \(ErrnoName.describe(errno))"
         case .invalidAddress(let text): "invalid address: \(text)"
         }
     }
@@ -70,24 +70,4 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
             self = .system(call: "poll (\(error))", errno: EINVAL)
         }
     }
-}
-
-/// Errno names for error messages: "ECONNREFUSED (Connection refused)".
-enum Errno {
-    static func describe(_ code: Int32) -> String {
-        let message = String(cString: strerror(code))
-        if let name = names[code] { return "\(name) (\(message))" }
-        return "errno \(code) (\(message))"
-    }
-
-    private static let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
-        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL",
-        ENFILE: "ENFILE", EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE",
-        ENOTSOCK: "ENOTSOCK", EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL",
-        ENETUNREACH: "ENETUNREACH", ECONNABORTED: "ECONNABORTED", ECONNRESET: "ECONNRESET",
-        ENOTCONN: "ENOTCONN", ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED",
-        EHOSTUNREACH: "EHOSTUNREACH", EINPROGRESS: "EINPROGRESS", EAFNOSUPPORT: "EAFNOSUPPORT",
-        ENAMETOOLONG: "ENAMETOOLONG",
-    ]
 }

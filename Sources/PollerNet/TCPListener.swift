@@ -7,12 +7,13 @@ import Poller
 /// let listener = try TCPListener.listen(host: "127.0.0.1", port: 0)
 /// let connection = try await listener.accept()
 /// ```
-public final class TCPListener: Sendable {
+public final class TCPListener: Listener {
     /// The listening descriptor and its poller registration.
     public let netFD: NetFD
     /// The bound address, with the port the kernel chose when 0 was asked for.
     public let localAddress: SocketAddress
-    private let poller: Poller?
+    /// The poller for the listener and its connections; nil for ``Poller/shared()``.
+    public let poller: Poller?
 
     private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
         self.netFD = netFD
@@ -53,38 +54,5 @@ public final class TCPListener: Sendable {
         let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
         let local = try SocketOptions.localAddress(fd)
         return TCPListener(netFD: netFD, localAddress: local, poller: poller)
-    }
-
-    /// Waits for and returns the next connection (TCP_NODELAY on, registered with this
-    /// listener's poller).
-    ///
-    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when out of descriptors (the
-    ///   connection stays queued: back off and retry); ``NetError/timeout`` once the deadline
-    ///   set by ``setDeadline(_:)`` has passed, even with a connection pending;
-    ///   ``NetError/closed`` if the listener is or gets closed; ``NetError/cancelled`` if the
-    ///   task is cancelled while waiting (the listener stays usable).
-    public func accept() async throws(NetError) -> Connection {
-        let fd = try await netFD.accept()
-        return try Connection(adopting: fd, poller: poller)
-    }
-
-    /// Sets (nil clears) the deadline for ``accept()``: Go's `TCPListener.SetDeadline`.
-    ///
-    /// - Throws: ``NetError/closed`` after ``close()``.
-    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try netFD.setDeadline(deadline, for: .readWrite)
-    }
-
-    /// Sets the accept deadline to `duration` from now (zero or negative: already expired).
-    public func setDeadline(in duration: Duration) throws(NetError) {
-        try netFD.setDeadline(in: duration, for: .readWrite)
-    }
-
-    /// Stops listening: a blocked ``accept()`` returns ``NetError/closed``. When this returns
-    /// the socket is closed and the port can be listened on again.
-    ///
-    /// - Throws: ``NetError/closed`` when called again.
-    public func close() async throws(NetError) {
-        try await netFD.close()
     }
 }

@@ -5,12 +5,13 @@ import Poller
 ///
 /// The socket file is created by ``listen(path:backlog:poller:)`` and unlinked when the
 /// listener is closed (Go's default `SetUnlinkOnClose(true)` for listeners it created).
-public final class UnixListener: Sendable {
+public final class UnixListener: Listener {
     /// The listening descriptor and its poller registration.
     public let netFD: NetFD
     /// The socket's path.
     public let localAddress: SocketAddress
-    private let poller: Poller?
+    /// The poller for the listener and its connections; nil for ``Poller/shared()``.
+    public let poller: Poller?
 
     private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
         self.netFD = netFD
@@ -45,31 +46,5 @@ public final class UnixListener: Sendable {
         }
         let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: unlinkPath)
         return UnixListener(netFD: netFD, localAddress: address, poller: poller)
-    }
-
-    /// Waits for and returns the next connection. Same errors as ``TCPListener/accept()``.
-    public func accept() async throws(NetError) -> Connection {
-        let fd = try await netFD.accept()
-        return try Connection(adopting: fd, poller: poller)
-    }
-
-    /// Sets (nil clears) the deadline for ``accept()``.
-    ///
-    /// - Throws: ``NetError/closed`` after ``close()``.
-    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try netFD.setDeadline(deadline, for: .readWrite)
-    }
-
-    /// Sets the accept deadline to `duration` from now.
-    public func setDeadline(in duration: Duration) throws(NetError) {
-        try netFD.setDeadline(in: duration, for: .readWrite)
-    }
-
-    /// Stops listening and unlinks the socket file: a blocked ``accept()`` returns
-    /// ``NetError/closed``.
-    ///
-    /// - Throws: ``NetError/closed`` when called again.
-    public func close() async throws(NetError) {
-        try await netFD.close()
     }
 }
