@@ -18,7 +18,8 @@
 #   - the client's verdict (no corrupted or lost bytes, no unexpected server closes);
 #   - the server's open fd count before the client starts == after it exits (settles <= 5 s);
 #   - server RSS (VmRSS) in the first half (once all connections are open) and the second half
-#     of the active phase: growth <= 50%;
+#     of the active phase: growth <= 50% (<= 100% for runs under 30 s, whose first half is
+#     still warm-up: each busy connection's buffer grows once from 4 KiB to 64 KiB);
 #   - server CPU time (utime+stime from /proc/PID/stat) over the client's idle phase: reported
 #     (should be near zero: no busy wake-ups with N parked deadlines);
 #   - SIGTERM: the server exits 0 and prints its final line; `parked W` must be 0.
@@ -196,7 +197,9 @@ soak_one() {
   R[$backend:rss_end]=$(rss_kb "$spid")
   if [ "$rss1" -gt 0 ] && [ "$rss2" -gt 0 ]; then
     R[$backend:rss_growth]=$(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", (b - a) * 100 / a }')
-    awk -v a="$rss1" -v b="$rss2" 'BEGIN { exit !(b > a * 1.5) }' && fails+=("RSS growth ${R[$backend:rss_growth]}")
+    limit=1.5
+    awk -v d="$DURATION" 'BEGIN { exit !(d < 30) }' && limit=2.0
+    awk -v a="$rss1" -v b="$rss2" -v l="$limit" 'BEGIN { exit !(b > a * l) }' && fails+=("RSS growth ${R[$backend:rss_growth]}")
   else
     R[$backend:rss_growth]=n/a
     fails+=("RSS not sampled")
