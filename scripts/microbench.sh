@@ -11,11 +11,13 @@ mkdir -p Benchmarks
   echo "# Micro-benchmarks"
   echo
   echo "Command: \`scripts/microbench.sh\` — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "Unpinned: the global-executor figure includes waking an idle pool thread on the other"
+  echo "CPU (about 20-30 us on this VM); on the poller's executor no other thread is woken."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(swift --version 2>&1 | head -n 1)"
   echo
   for b in epoll io_uring; do
     echo '```'
-    taskset -c 0 ./.build/release/poller-microbench --backend "$b" 2>&1 || echo "($b unavailable)"
+    ./.build/release/poller-microbench --backend "$b" 2>&1 || echo "($b unavailable)"
     echo '```'
   done
 } | tee "$out"

@@ -35,6 +35,8 @@ struct MicroBench {
 
         let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true) }
         print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
+        let goStyle = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true, goAPI: true) }
+        print("park-and-wake, poller executor, runtime_pollWait (no cancellation handler): \(fmt(goStyle / 2, 0)) ns")
         let onGlobal = try await median(5) { try await pingPong(poller, iterations: 5_000, onPoller: false) }
         print("park-and-wake via pipe, global executor:   \(fmt(onGlobal / 2, 0)) ns  (\(fmt(1e9 / onGlobal, 0)) round trips/s)")
 
@@ -83,7 +85,7 @@ struct MicroBench {
     }
 
     /// ns per round trip between two tasks through two pipes.
-    static func pingPong(_ poller: Poller, iterations: Int, onPoller: Bool) async throws -> Double {
+    static func pingPong(_ poller: Poller, iterations: Int, onPoller: Bool, goAPI: Bool = false) async throws -> Double {
         let (aR, aW) = makePipe()
         let (bR, bW) = makePipe()
         defer { for fd in [aR, aW, bR, bW] { close(fd) } }
@@ -98,7 +100,7 @@ struct MicroBench {
         async let echo: Void = Task(executorPreference: executor) {
             var byte: UInt8 = 0
             for _ in 0..<iterations {
-                try await readOne(aR, pa, &byte)
+                try await readOne(aR, pa, &byte, goAPI: goAPI)
                 precondition(write(bW, &byte, 1) == 1)
             }
         }.value
@@ -106,7 +108,7 @@ struct MicroBench {
             var byte: UInt8 = 7
             for _ in 0..<iterations {
                 precondition(write(aW, &byte, 1) == 1)
-                try await readOne(bR, pb, &byte)
+                try await readOne(bR, pb, &byte, goAPI: goAPI)
             }
         }
         try await driver.value
@@ -114,11 +116,16 @@ struct MicroBench {
         return nanos(clock.now - start) / Double(iterations)
     }
 
-    static func readOne(_ fd: Int32, _ pd: PollDescriptor, _ byte: inout UInt8) async throws {
+    static func readOne(_ fd: Int32, _ pd: PollDescriptor, _ byte: inout UInt8, goAPI: Bool = false) async throws {
         while true {
             if read(fd, &byte, 1) == 1 { return }
             precondition(errno == EAGAIN)
-            try await pd.wait(for: .read)
+            if goAPI {
+                let code = await runtime_pollWait(pd, 114)
+                precondition(code == pollNoError)
+            } else {
+                try await pd.wait(for: .read)
+            }
         }
     }
 
