@@ -35,6 +35,10 @@ let package = Package(
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
         .executableTarget(name: "poller-soak"),
+        // The README's examples, compiled with everything else so they cannot rot.
+        .executableTarget(name: "example-go-style", dependencies: ["Poller"], path: "Examples/GoStyle"),
+        .executableTarget(name: "example-swift-style", dependencies: ["Poller"], path: "Examples/SwiftStyle"),
+        .executableTarget(name: "example-echo-server", dependencies: ["PollerNet"], path: "Examples/EchoServer"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

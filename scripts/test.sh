@@ -17,6 +17,10 @@ quick=0
 echo "== build (debug, warnings are errors)"
 swift build --build-tests -Xswiftc -warnings-as-errors 2>&1 | tail -n 3
 
+echo "== the README's examples"
+swift run -q example-go-style
+swift run -q example-swift-style
+
 echo "== io_uring on this machine"
 swift run -q poller-demo io_uring >/dev/null 2>&1 && echo "io_uring: available" ||
   echo "io_uring: unavailable here; its test cases will be skipped with the reason"
