@@ -21,3 +21,13 @@ mkdir -p Benchmarks
     echo '```'
   done
 } | tee "$out"
+
+# The same hot paths (and open+close, and enqueue-from-another-thread) under ordo-one/benchmark,
+# in its own package (Benchmarks/Micro) so nothing else depends on it.
+{
+  echo
+  echo "## ordo-one/benchmark (Benchmarks/Micro: \`swift package benchmark\`), per operation"
+  echo
+  (cd Benchmarks/Micro && swift package benchmark --no-progress --format markdown 2>/dev/null) |
+    grep -E '^###|^\| (Time \(wall clock\)|Malloc \(total\)|Metric)|^\|:?-' || echo "(ordo-one/benchmark run failed)"
+} | tee -a "$out"

@@ -119,7 +119,7 @@ public struct PollDescriptor: Sendable, Hashable {
 extension PollDescriptor {
     /// Benchmark seam: latches readiness for `mode` exactly as a kernel event would, so a
     /// micro-benchmark can time the wait fast path alone. Not for production use.
-    package func _latchReadinessForBenchmark(_ mode: PollMode) {
+    @_spi(Benchmarks) public func _latchReadinessForBenchmark(_ mode: PollMode) {
         var woken: [(Waiter, WakeReason)] = []
         slot.state.withLockAnnotated { s in
             guard s.isCurrent(generation) else { return }
@@ -130,14 +130,14 @@ extension PollDescriptor {
     }
 
     /// Benchmark seam: the number of armed deadline timers of this descriptor's poller.
-    package var _armedTimerCountForBenchmark: Int { poller.timers.withLockAnnotated { $0.heap.count } }
+    @_spi(Benchmarks) public var _armedTimerCountForBenchmark: Int { poller.timers.withLockAnnotated { $0.heap.count } }
 }
 
 extension Poller {
     /// Benchmark seam: opens a descriptor slot for `fd` without registering `fd` with the
     /// kernel, so a benchmark can hold more deadlines than RLIMIT_NOFILE allows descriptors.
     /// Deadlines and waits work on it as usual; no readiness will ever arrive.
-    package func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
+    @_spi(Benchmarks) public func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
         let slot = table.allocate()
         let generation = slot.state.withLockAnnotated { s in
             s.isOpen = true

@@ -9,7 +9,7 @@
 // Each figure is the median of 5 repetitions.
 import CPoller
 import Glibc
-import Poller
+@_spi(Benchmarks) import Poller
 
 @main
 struct MicroBench {
