@@ -215,14 +215,15 @@ public final class Poller: Sendable {
         var woken: [(Waiter, WakeReason)] = []
         var expired: [DeadlineHeap.Timer] = []
         let taskExecutor = executor.asUnownedTaskExecutor()
-        while true {
+        loop: while true {
             var timeout: Int64 = 0
             var slept = false
-            if runQueue.prepareToSleep() {
+            switch runQueue.prepareToSleep() {
+            case .stop: break loop
+            case .work: break
+            case .sleep:
                 slept = true
                 timeout = timeoutUntilNextDeadline()
-            } else if runQueue.state.withLockAnnotated({ $0.stopRequested }) {
-                break
             }
             let n = backend.poll(into: events, timeoutNanos: timeout)
             if slept {

@@ -63,12 +63,15 @@ final class RunQueue: Sendable {
         state.withLockAnnotated { s in swap(&s.jobs, &batch) }
     }
 
-    /// Poller thread: marks it asleep unless there is work. Returns false when there is work.
-    func prepareToSleep() -> Bool {
+    enum Next { case sleep, work, stop }
+
+    /// Poller thread: marks it asleep unless there is work or a stop was requested.
+    func prepareToSleep() -> Next {
         state.withLockAnnotated { s in
-            guard s.jobs.isEmpty, !s.stopRequested else { return false }
+            if s.stopRequested { return .stop }
+            guard s.jobs.isEmpty else { return .work }
             s.sleeping = true
-            return true
+            return .sleep
         }
     }
 
