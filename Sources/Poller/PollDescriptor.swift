@@ -43,7 +43,7 @@ public struct PollDescriptor: Sendable, Hashable {
     ///   ``PollError/notPollable`` (reads) after an error event; ``PollError/cancelled`` if
     ///   the task is cancelled while waiting; ``PollError/doubleWait`` if another waiter holds
     ///   this direction; ``PollError/invalidMode`` for `.readWrite`.
-    public func wait(for mode: PollMode) async throws(PollError) {
+    nonisolated(nonsending) public func wait(for mode: PollMode) async throws(PollError) {
         if let error = await poller.wait(slot, generation: generation, mode: mode, cancellable: true) {
             throw error
         }

@@ -473,7 +473,7 @@ public final class Poller: Sendable {
 
     /// Go's pollWait (and, with `ignoringErrors`, pollWaitCanceled): returns nil once the
     /// direction is ready, or the error that ended the wait.
-    func wait(
+    nonisolated(nonsending) func wait(
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, cancellable: Bool, ignoringErrors: Bool = false
     ) async -> PollError? {
         guard mode == .read || mode == .write else { return .invalidMode }
@@ -527,7 +527,7 @@ public final class Poller: Sendable {
 
     /// Parks the current task on one direction. The check and the commit happen under the
     /// slot's lock, with the continuation already created, so nothing can slip in between.
-    private func park(
+    nonisolated(nonsending) private func park(
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool
     ) async -> WakeReason {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in

@@ -33,7 +33,7 @@ final class AsyncFIFOLock: Sendable {
     /// - Returns: nil once the lock is held by the caller; ``NetError/closed`` after
     ///   ``close()``; ``NetError/cancelled`` if the task is cancelled while it waits (it then
     ///   does not hold the lock).
-    func lock() async -> NetError? {
+    nonisolated(nonsending) func lock() async -> NetError? {
         // Fast path: free and open, or closed.
         enum Step { case acquired, closed, wait(UInt64) }
         let step: Step = state.withLockAnnotated { s in

@@ -55,13 +55,13 @@ public final class Connection: Sendable {
     ///   ``NetError/timeout`` once the read deadline has passed (even with data waiting);
     ///   ``NetError/closed``; ``NetError/cancelled``; ``NetError/connectionReset``;
     ///   ``NetError/system(call:errno:)``.
-    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         try await netFD.read(into: buffer)
     }
 
     /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array.
     /// Same errors as ``read(into:)``; `maxBytes` ≤ 0 returns an empty array.
-    public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
+    nonisolated(nonsending) public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
         guard maxBytes > 0 else { return [] }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBytes, alignment: 1)
         defer { buffer.deallocate() }
@@ -73,7 +73,7 @@ public final class Connection: Sendable {
     ///
     /// - Throws: ``NetError/endOfFile`` if the stream ends first (the bytes read so far are in
     ///   `buffer`), or any error of ``read(into:)``.
-    public func read(exactly buffer: UnsafeMutableRawBufferPointer) async throws(NetError) {
+    nonisolated(nonsending) public func read(exactly buffer: UnsafeMutableRawBufferPointer) async throws(NetError) {
         var filled = 0
         while filled < buffer.count {
             filled += try await netFD.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
@@ -88,23 +88,23 @@ public final class Connection: Sendable {
     ///   ``NetError/cancelled``; ``NetError/connectionReset``; `.system(call: "send", errno:
     ///   EPIPE)` after the peer has gone. Part of the buffer may have been sent before the
     ///   error: ``writeReportingProgress(_:)`` says how much.
-    public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
+    nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         if let error = await netFD.write(buffer).error { throw error }
     }
 
     /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
-    public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
+    nonisolated(nonsending) public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
         if let error = await writeReportingProgress(bytes).error { throw error }
     }
 
     /// Writes every byte of `buffer`, Go-style: returns how many bytes were written and, if
     /// not all, the error that stopped the write (a timeout or close mid-way reports both).
-    public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+    nonisolated(nonsending) public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         await netFD.write(buffer)
     }
 
     /// Writes every byte of `bytes`, Go-style; see ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)``.
-    public func writeReportingProgress(_ bytes: some Collection<UInt8>) async -> WriteResult {
+    nonisolated(nonsending) public func writeReportingProgress(_ bytes: some Collection<UInt8>) async -> WriteResult {
         // The bytes are copied once into a buffer that stays put across suspensions.
         let count = bytes.count
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 1)

@@ -21,7 +21,7 @@ extension Listener {
     ///   set by ``setDeadline(_:)`` has passed, even with a connection pending;
     ///   ``NetError/closed`` if the listener is or gets closed; ``NetError/cancelled`` if the
     ///   task is cancelled while waiting (the listener stays usable).
-    public func accept() async throws(NetError) -> Connection {
+    nonisolated(nonsending) public func accept() async throws(NetError) -> Connection {
         let fd = try await netFD.accept()
         return try Connection(adopting: fd, poller: poller)
     }

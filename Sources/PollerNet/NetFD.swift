@@ -138,7 +138,7 @@ public final class NetFD: Sendable {
 
     /// Takes a reference and the read lock. Throws ``NetError/closed`` or
     /// ``NetError/cancelled`` (holding neither).
-    func lockRead() async throws(NetError) {
+    nonisolated(nonsending) func lockRead() async throws(NetError) {
         try incref()
         if let error = await readLock.lock() {
             decref()
@@ -152,7 +152,7 @@ public final class NetFD: Sendable {
     }
 
     /// Takes a reference and the write lock, as ``lockRead()``.
-    func lockWrite() async throws(NetError) {
+    nonisolated(nonsending) func lockWrite() async throws(NetError) {
         try incref()
         if let error = await writeLock.lock() {
             decref()

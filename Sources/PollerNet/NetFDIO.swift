@@ -34,7 +34,7 @@ extension NetFD {
     ///   ``NetError/closed`` if the descriptor is or gets closed; ``NetError/cancelled`` if
     ///   the task is cancelled while waiting (nothing was consumed; the descriptor stays
     ///   usable); ``NetError/connectionReset``; ``NetError/system(call:errno:)``.
-    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         try await lockRead()
         defer { unlockRead() }
         guard buffer.count > 0, let base = buffer.baseAddress else { return 0 }
@@ -64,7 +64,7 @@ extension NetFD {
     /// Never throws: the result says how many bytes went out and, if not all did, why (a
     /// timeout or close mid-way reports the partial count with the error). Sockets are written
     /// with `send(MSG_NOSIGNAL)`, so a vanished peer gives EPIPE, never SIGPIPE.
-    public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+    nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         do throws(NetError) {
             try await lockWrite()
         } catch {
@@ -112,7 +112,7 @@ extension NetFD {
     /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` for EMFILE/ENFILE (back off and retry);
     ///   ``NetError/timeout``, ``NetError/closed``, ``NetError/cancelled`` as for reads;
     ///   ``NetError/system(call:errno:)`` with call "accept4".
-    public func accept() async throws(NetError) -> Int32 {
+    nonisolated(nonsending) public func accept() async throws(NetError) -> Int32 {
         try await lockRead()
         defer { unlockRead() }
         try prepare(.read)
@@ -145,7 +145,7 @@ extension NetFD {
 
     /// Waits for `mode`; on an error event reports the socket's pending error (SO_ERROR) so
     /// the caller gets, say, ECONNRESET rather than "not pollable".
-    func waitReady(_ mode: PollMode, call: String) async throws(NetError) {
+    nonisolated(nonsending) func waitReady(_ mode: PollMode, call: String) async throws(NetError) {
         do {
             try await pollDescriptor.wait(for: mode)
         } catch .notPollable {
