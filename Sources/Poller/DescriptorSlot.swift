@@ -103,6 +103,33 @@ struct SlotState {
         return nil
     }
 
+    /// The outcome of checking one direction before a wait.
+    enum WaitCheck {
+        /// Latched readiness was consumed: the wait is over.
+        case ready
+        /// The wait ends with this error (closed handle, pending error, double wait).
+        case failed(PollError)
+        /// Nothing latched, nobody waiting: the caller may park.
+        case mustPark
+    }
+
+    /// Go's netpollcheckerr followed by the first step of netpollblock, shared by every kind of
+    /// wait: a stale handle or (unless ignored) a pending error fails; latched readiness is
+    /// consumed; a waiter already parked on this direction is a double wait.
+    mutating func checkBeforeWait(_ mode: PollMode, generation: UInt32, ignoringErrors: Bool) -> WaitCheck {
+        guard isCurrent(generation) else { return .failed(.closing) }
+        if !ignoringErrors, let error = pendingError(mode) { return .failed(error) }
+        switch self[semaphore: mode] {
+        case .ready:
+            self[semaphore: mode] = .empty
+            return .ready
+        case .parked:
+            return .failed(.doubleWait)
+        case .empty:
+            return .mustPark
+        }
+    }
+
     subscript(semaphore mode: PollMode) -> Semaphore {
         get { mode == .read ? readSemaphore : writeSemaphore }
         set {

@@ -138,15 +138,7 @@ extension Poller {
     /// kernel, so a benchmark can hold more deadlines than RLIMIT_NOFILE allows descriptors.
     /// Deadlines and waits work on it as usual; no readiness will ever arrive.
     @_spi(Benchmarks) public func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
-        let slot = table.allocate()
-        let generation = slot.state.withLockAnnotated { s in
-            s.isOpen = true
-            s.fd = fd
-            s.closing = false
-            s.readSequence &+= 1
-            s.writeSequence &+= 1
-            return s.generation
-        }
+        let (slot, generation) = openSlot(fd: fd)
         return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
     }
 }

@@ -139,10 +139,23 @@ public final class Poller: Sendable {
         guard fd >= 0 else { throw .registrationFailed(errno: EBADF) }
         if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
         if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
+        let (slot, generation) = openSlot(fd: fd)
+        let token = PollToken(slot: slot.index, generation: generation)
+        let r = backend.register(fd: fd, token: token)
+        guard r == 0 else {
+            retire(slot)
+            throw .registrationFailed(errno: r)
+        }
+        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
+    }
+
+    /// Takes a free slot and reinitialises it for `fd` (Go's pollOpen without the kernel
+    /// registration). Returns the slot and its current generation.
+    func openSlot(fd: Int32) -> (DescriptorSlot, UInt32) {
         let slot = table.allocate()
         let generation: UInt32 = slot.state.withLockAnnotated { s in
-            // Go's pollOpen: reinitialise, bumping (not resetting) the timer sequences so a
-            // timer left by the previous user of this slot is stale.
+            // Bump (not reset) the timer sequences so a timer left by the previous user of
+            // this slot is stale.
             precondition(!s.readSemaphore.isParked && !s.writeSemaphore.isParked,
                          "poller: waiter on a free descriptor slot")
             s.isOpen = true
@@ -159,13 +172,7 @@ public final class Poller: Sendable {
             s.writeSemaphore = .empty
             return s.generation
         }
-        let token = PollToken(slot: slot.index, generation: generation)
-        let r = backend.register(fd: fd, token: token)
-        guard r == 0 else {
-            retire(slot)
-            throw .registrationFailed(errno: r)
-        }
-        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
+        return (slot, generation)
     }
 
     /// The number of waiters (tasks and threads) currently parked on this poller's
@@ -480,15 +487,10 @@ public final class Poller: Sendable {
         while true {
             // Fast path: pending error, or latched readiness, without suspending.
             let step: WaitStep = slot.state.withLockAnnotated { s in
-                guard s.isCurrent(generation) else { return .fail(.closing) }
-                if !ignoringErrors, let error = s.pendingError(mode) { return .fail(error) }
-                switch s[semaphore: mode] {
-                case .ready:
-                    s[semaphore: mode] = .empty
-                    return .done
-                case .parked:
-                    return .fail(.doubleWait)
-                case .empty:
+                switch s.checkBeforeWait(mode, generation: generation, ignoringErrors: ignoringErrors) {
+                case .ready: return .done
+                case .failed(let error): return .fail(error)
+                case .mustPark:
                     s.nextWaiterID &+= 1
                     return .park(id: s.nextWaiterID)
                 }
@@ -532,18 +534,14 @@ public final class Poller: Sendable {
     ) async -> WakeReason {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in
             let immediate: WakeReason? = slot.state.withLockAnnotated { s in
-                guard s.isCurrent(generation) else { return .interrupted }
-                if !ignoringErrors && s.pendingError(mode) != nil { return .interrupted }
                 // Shutdown sets the flag before it wakes the waiters of every open slot, under
                 // this lock; a waiter that ignores errors must not park after that pass.
                 if ignoringErrors && shutdownStarted.load(ordering: .sequentiallyConsistent) { return .interrupted }
-                switch s[semaphore: mode] {
-                case .ready:
-                    s[semaphore: mode] = .empty
-                    return .ready
-                case .parked:
-                    return .doubleWait
-                case .empty:
+                switch s.checkBeforeWait(mode, generation: generation, ignoringErrors: ignoringErrors) {
+                case .ready: return .ready
+                case .failed(.doubleWait): return .doubleWait
+                case .failed: return .interrupted  // the caller re-checks and reports it
+                case .mustPark:
                     // Cancelled before parking: onCancel has run or will find nothing.
                     if Task.isCancelled { return .cancelled }
                     s[semaphore: mode] = .parked(.task(continuation), id: id)
@@ -576,15 +574,10 @@ public final class Poller: Sendable {
         var blocker: BlockingWaiter?
         while true {
             let step: WaitStep = slot.state.withLockAnnotated { s in
-                guard s.isCurrent(generation) else { return .fail(.closing) }
-                if let error = s.pendingError(mode) { return .fail(error) }
-                switch s[semaphore: mode] {
-                case .ready:
-                    s[semaphore: mode] = .empty
-                    return .done
-                case .parked:
-                    return .fail(.doubleWait)
-                case .empty:
+                switch s.checkBeforeWait(mode, generation: generation, ignoringErrors: false) {
+                case .ready: return .done
+                case .failed(let error): return .fail(error)
+                case .mustPark:
                     let waiter = blocker ?? BlockingWaiter()
                     blocker = waiter
                     s.nextWaiterID &+= 1
