@@ -1,4 +1,4 @@
-// epoll primitives. Edge-triggered registration for IN | OUT | RDHUP, done once per
+// epoll primitives. Edge-triggered registration for IN | OUT | RDHUP | PRI, done once per
 // descriptor (Go's netpollopen); a level-triggered registration for the wake-up channel.
 #include "cpoller.h"
 
@@ -27,7 +27,7 @@ static int ctl_add(int epfd, int fd, uint32_t events, uint64_t token) {
 }
 
 int cpoller_epoll_add(int epfd, int fd, uint64_t token) {
-    return ctl_add(epfd, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, token);
+    return ctl_add(epfd, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET, token);
 }
 
 int cpoller_epoll_add_level_in(int epfd, int fd, uint64_t token) {
@@ -49,6 +49,7 @@ static uint32_t neutral_flags(uint32_t e) {
     if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) f |= CPOLLER_EV_WRITABLE;
     if (e == EPOLLERR) f |= CPOLLER_EV_ERROR;
     if (e & (EPOLLRDHUP | EPOLLHUP)) f |= CPOLLER_EV_HANGUP;
+    if (e & EPOLLPRI) f |= CPOLLER_EV_PRIORITY;
     return f;
 }
 

@@ -1,5 +1,5 @@
 // io_uring primitives (liburing). Readiness only: one multishot POLL_ADD per descriptor for
-// IN | OUT | RDHUP, the io_uring twin of Go's single edge-triggered epoll registration.
+// IN | OUT | RDHUP | PRI, the io_uring twin of Go's single edge-triggered epoll registration.
 // The ring is created with SINGLE_ISSUER | DEFER_TASKRUN, so every function here except
 // cpoller_uring_probe must be called on the thread that created the ring.
 #include "cpoller.h"
@@ -97,7 +97,7 @@ static int arm(cpoller_uring *u, int fd, unsigned mask, uint64_t token) {
 }
 
 int cpoller_uring_arm(cpoller_uring *u, int fd, uint64_t token) {
-    return arm(u, fd, POLLIN | POLLOUT | POLLRDHUP, token);
+    return arm(u, fd, POLLIN | POLLOUT | POLLRDHUP | POLLPRI, token);
 }
 
 int cpoller_uring_arm_in(cpoller_uring *u, int fd, uint64_t token) {
@@ -145,6 +145,7 @@ static uint32_t neutral_flags(const struct io_uring_cqe *cqe) {
         if (res & (POLLOUT | POLLHUP | POLLERR)) f |= CPOLLER_EV_WRITABLE;
         if (res == POLLERR) f |= CPOLLER_EV_ERROR;
         if (res & (POLLRDHUP | POLLHUP)) f |= CPOLLER_EV_HANGUP;
+        if (res & POLLPRI) f |= CPOLLER_EV_PRIORITY;
     } else if (res != -ECANCELED) {
         // The poll request itself failed: wake both directions so the I/O reports the error.
         f |= CPOLLER_EV_READABLE | CPOLLER_EV_WRITABLE | CPOLLER_EV_ERROR;

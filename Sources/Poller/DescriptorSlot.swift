@@ -77,6 +77,13 @@ struct SlotState {
     var closing = false
     /// The last event for this descriptor was an error and nothing else (Go's eventErr).
     var eventErr = false
+    /// Sticky from the first event that reported a hang-up (RDHUP, HUP), an error or urgent
+    /// data until the slot is reopened. While it is false, a read that came back short has
+    /// proven the receive queue empty, and anything that arrives later raises a new edge; once
+    /// it is true that proof is gone (a FIN or reset queued behind data is not returned by the
+    /// read that takes the data, and its edge may have been consumed already), so a wait
+    /// `afterDrainingRead` lets the caller look with a system call instead of parking.
+    var sawHangUp = false
     /// Deadlines in CLOCK_MONOTONIC nanoseconds: 0 none, > 0 pending, < 0 expired.
     var readDeadline: Int64 = 0
     var writeDeadline: Int64 = 0
@@ -116,9 +123,20 @@ struct SlotState {
     /// Go's netpollcheckerr followed by the first step of netpollblock, shared by every kind of
     /// wait: a stale handle or (unless ignored) a pending error fails; latched readiness is
     /// consumed; a waiter already parked on this direction is a double wait.
-    mutating func checkBeforeWait(_ mode: PollMode, generation: UInt32, ignoringErrors: Bool) -> WaitCheck {
+    ///
+    /// `afterDrainingRead` (reads only) is the wait of a read that skips its first system call
+    /// because the previous read drained the queue: it reports `.ready` at once, without
+    /// consuming readiness, when `sawHangUp` is set, and leaves an error event to the read
+    /// (as Go's pollReset-then-read does).
+    mutating func checkBeforeWait(
+        _ mode: PollMode, generation: UInt32, ignoringErrors: Bool, afterDrainingRead: Bool = false
+    ) -> WaitCheck {
         guard isCurrent(generation) else { return .failed(.closing) }
-        if !ignoringErrors, let error = pendingError(mode) { return .failed(error) }
+        if !ignoringErrors, let error = pendingError(mode) {
+            // eventErr implies sawHangUp: such a wait goes on to the read below.
+            if !(afterDrainingRead && error == .notPollable) { return .failed(error) }
+        }
+        if afterDrainingRead && sawHangUp { return .ready }
         switch self[semaphore: mode] {
         case .ready:
             self[semaphore: mode] = .empty

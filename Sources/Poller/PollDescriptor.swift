@@ -49,6 +49,22 @@ public struct PollDescriptor: Sendable, Hashable {
         }
     }
 
+    /// The wait of a read that skipped its system call because the previous read on this
+    /// descriptor returned fewer bytes than asked for and so drained the receive queue (TCP).
+    ///
+    /// Like ``wait(for:)`` with `.read` (latched readiness from anything that arrived since the
+    /// last ``reset(for:)`` ends it at once), except that once the kernel has reported a
+    /// hang-up, an error or urgent data on this descriptor it returns at once without
+    /// consuming readiness: a short read no longer proves the queue empty then. Same errors as
+    /// ``wait(for:)``, except that an error event is left to the read to report.
+    package nonisolated(nonsending) func waitAfterDrainingRead() async throws(PollError) {
+        if let error = await poller.wait(
+            slot, generation: generation, mode: .read, cancellable: true, afterDrainingRead: true)
+        {
+            throw error
+        }
+    }
+
     /// Blocks the calling thread until `mode` is ready. For code on plain threads; from a
     /// task, use ``wait(for:)``. Same errors as ``wait(for:)`` except cancellation, plus
     /// ``PollError/wouldBlockPollerThread`` when called on the poller thread.

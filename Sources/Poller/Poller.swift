@@ -162,6 +162,7 @@ public final class Poller: Sendable {
             s.fd = fd
             s.closing = false
             s.eventErr = false
+            s.sawHangUp = false
             s.readDeadline = 0
             s.writeDeadline = 0
             s.readSequence &+= 1
@@ -280,6 +281,7 @@ public final class Poller: Sendable {
                 // A stale event: the registration was closed, maybe reopened for another fd.
                 guard s.isCurrent(token.generation) else { return }
                 s.eventErr = event.isError
+                if event.isHangup || event.isError || event.isPriority { s.sawHangUp = true }
                 if event.isReadable, let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
                 if event.isWritable, let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
             }
@@ -481,13 +483,16 @@ public final class Poller: Sendable {
     /// Go's pollWait (and, with `ignoringErrors`, pollWaitCanceled): returns nil once the
     /// direction is ready, or the error that ended the wait.
     nonisolated(nonsending) func wait(
-        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, cancellable: Bool, ignoringErrors: Bool = false
+        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, cancellable: Bool, ignoringErrors: Bool = false,
+        afterDrainingRead: Bool = false
     ) async -> PollError? {
         guard mode == .read || mode == .write else { return .invalidMode }
         while true {
             // Fast path: pending error, or latched readiness, without suspending.
             let step: WaitStep = slot.state.withLockAnnotated { s in
-                switch s.checkBeforeWait(mode, generation: generation, ignoringErrors: ignoringErrors) {
+                switch s.checkBeforeWait(
+                    mode, generation: generation, ignoringErrors: ignoringErrors, afterDrainingRead: afterDrainingRead)
+                {
                 case .ready: return .done
                 case .failed(let error): return .fail(error)
                 case .mustPark:
@@ -502,12 +507,16 @@ public final class Poller: Sendable {
             let reason: WakeReason
             if cancellable {
                 reason = await withTaskCancellationHandler {
-                    await park(slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors)
+                    await park(
+                        slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors,
+                        afterDrainingRead: afterDrainingRead)
                 } onCancel: {
                     cancelWaiter(slot, mode: mode, id: id)
                 }
             } else {
-                reason = await park(slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors)
+                reason = await park(
+                    slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors,
+                    afterDrainingRead: afterDrainingRead)
             }
             switch reason {
             case .ready: return nil
@@ -530,14 +539,17 @@ public final class Poller: Sendable {
     /// Parks the current task on one direction. The check and the commit happen under the
     /// slot's lock, with the continuation already created, so nothing can slip in between.
     nonisolated(nonsending) private func park(
-        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool
+        _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool,
+        afterDrainingRead: Bool
     ) async -> WakeReason {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in
             let immediate: WakeReason? = slot.state.withLockAnnotated { s in
                 // Shutdown sets the flag before it wakes the waiters of every open slot, under
                 // this lock; a waiter that ignores errors must not park after that pass.
                 if ignoringErrors && shutdownStarted.load(ordering: .sequentiallyConsistent) { return .interrupted }
-                switch s.checkBeforeWait(mode, generation: generation, ignoringErrors: ignoringErrors) {
+                switch s.checkBeforeWait(
+                    mode, generation: generation, ignoringErrors: ignoringErrors, afterDrainingRead: afterDrainingRead)
+                {
                 case .ready: return .ready
                 case .failed(.doubleWait): return .doubleWait
                 case .failed: return .interrupted  // the caller re-checks and reports it

@@ -39,6 +39,7 @@ public final class Connection: Sendable {
         if local.family != AF_UNIX {
             // Go's default: no Nagle delay on TCP.
             try SocketOptions.set(fd, level: Int32(IPPROTO_TCP), option: TCP_NODELAY, value: 1)
+            netFD.declareShortReadsDrain()
         }
         self.netFD = netFD
         self.localAddress = local

@@ -7,9 +7,9 @@ import Synchronization
 /// `NetFD` owns its descriptor from ``init(adopting:poller:isStream:isSocket:)`` until
 /// ``close()`` (or, if nobody calls it, until deinit). It serialises operations the way Go's
 /// fdMutex does:
-/// - reads (``read(into:)``, ``accept()``) take the read lock, writes take the write lock;
-///   each is an ``AsyncFIFOLock``, so one reader and one writer run at once and later callers
-///   queue in order without spinning;
+/// - reads (``read(into:)``, ``accept()``) take the read lock, writes take the write lock
+///   (an ``FDMutex``), so one reader and one writer run at once and later callers queue in
+///   order without spinning;
 /// - every operation, locked or not, holds a reference for as long as it runs;
 /// - ``close()`` marks the descriptor closing (new operations fail with ``NetError/closed``),
 ///   unblocks the poller (blocked waits return ``NetError/closed``), fails queued lock
@@ -27,20 +27,14 @@ public final class NetFD: Sendable {
     /// gone away yields EPIPE instead of SIGPIPE.
     public let isSocket: Bool
 
-    private struct State {
-        /// Set once by the first ``close()``; no new operation starts after it.
-        var closing = false
-        /// Operations in flight (plus one held by a running close). Never negative.
-        var references = 0
-        /// The close waiting for `references` to reach zero.
-        var closeWaiter: UnsafeContinuation<Void, Never>?
-        /// Set after `close(2)`: deinit must not close again.
-        var destroyed = false
-    }
-
-    private let state = Mutex(State())
-    private let readLock = AsyncFIFOLock()
-    private let writeLock = AsyncFIFOLock()
+    /// References and the two direction locks.
+    let fdMutex = FDMutex()
+    /// Set by the first ``destroy()``: the descriptor is closed exactly once.
+    private let destroyed = Atomic<Bool>(false)
+    /// Whether a short read proves the receive queue empty (TCP), so that the next read can
+    /// wait for fresh readiness before its system call instead of after one that fails with
+    /// EAGAIN. Set once, before the descriptor is shared.
+    private let shortReadsDrain = Atomic<Bool>(false)
     /// Work to do after `close(2)` (a Unix listener unlinks its path).
     private let afterClose: (@Sendable () -> Void)?
 
@@ -95,74 +89,31 @@ public final class NetFD: Sendable {
     deinit {
         // Nobody can be inside an operation (each holds a strong reference), so a NetFD that
         // was never closed can be torn down synchronously here: no descriptor leaks.
-        let destroyed = state.withLockAnnotated { $0.destroyed }
-        if !destroyed { destroy() }
+        destroy()
     }
 
     /// Whether ``close()`` has started.
-    public var isClosed: Bool { state.withLockAnnotated { $0.closing } }
+    public var isClosed: Bool { fdMutex.isClosing }
 
-    // MARK: References (Go's incref/decref)
+    /// Declares that a read returning fewer bytes than asked for leaves the receive queue
+    /// empty, as on TCP: tcp_recvmsg copies until the buffer is full or the queue is empty,
+    /// stopping early only at an urgent-data mark (which the poller sees as a priority event
+    /// and which turns the shortcut off). Not true of Unix sockets passing credentials, which
+    /// stop at every change of sender; so it is set only for TCP.
+    func declareShortReadsDrain() { shortReadsDrain.store(true, ordering: .relaxed) }
 
-    /// Adds a reference for an operation; ``NetError/closed`` once closing.
-    func incref() throws(NetError) {
-        let ok = state.withLockAnnotated { s in
-            if s.closing { return false }
-            s.references += 1
-            return true
-        }
-        if !ok { throw .closed }
-    }
+    /// Whether short reads drain the receive queue (see ``declareShortReadsDrain()``).
+    var shortReadsDrainQueue: Bool { shortReadsDrain.load(ordering: .relaxed) }
 
-    /// Drops a reference; the last one after close resumes the waiting close.
-    func decref() {
-        let waiter: UnsafeContinuation<Void, Never>? = state.withLockAnnotated { s in
-            precondition(s.references > 0, "NetFD: inconsistent reference count")
-            s.references -= 1
-            guard s.closing, s.references == 0, let w = s.closeWaiter else { return nil }
-            s.closeWaiter = nil
-            return w
-        }
-        waiter?.resume()
-    }
+    // MARK: References and direction locks (Go's fdMutex)
+
+    func incref() throws(NetError) { try fdMutex.incref() }
+    func decref() { fdMutex.decref() }
 
     /// Runs `body` holding a reference (for operations that never wait: shutdown, options,
     /// deadlines).
     func withReference<R>(_ body: () throws(NetError) -> R) throws(NetError) -> R {
-        try incref()
-        defer { decref() }
-        return try body()
-    }
-
-    // MARK: Direction locks (Go's rwlock/rwunlock)
-
-    /// Takes a reference and the read lock. Throws ``NetError/closed`` or
-    /// ``NetError/cancelled`` (holding neither).
-    nonisolated(nonsending) func lockRead() async throws(NetError) {
-        try incref()
-        if let error = await readLock.lock() {
-            decref()
-            throw error
-        }
-    }
-
-    func unlockRead() {
-        readLock.unlock()
-        decref()
-    }
-
-    /// Takes a reference and the write lock, as ``lockRead()``.
-    nonisolated(nonsending) func lockWrite() async throws(NetError) {
-        try incref()
-        if let error = await writeLock.lock() {
-            decref()
-            throw error
-        }
-    }
-
-    func unlockWrite() {
-        writeLock.unlock()
-        decref()
+        try fdMutex.withReference(body)
     }
 
     // MARK: Close
@@ -176,39 +127,18 @@ public final class NetFD: Sendable {
     /// - Throws: ``NetError/closed`` if close was already called (the first call does the
     ///   work; later calls change nothing). Never throws otherwise.
     public func close() async throws(NetError) {
-        let first = state.withLockAnnotated { s in
-            if s.closing { return false }
-            s.closing = true
-            s.references += 1
-            return true
-        }
-        guard first else { throw .closed }
-        // Wake operations parked in the poller, then those queued on the locks.
+        guard fdMutex.beginClose() else { throw .closed }
+        // Queued lock waiters have failed; now wake operations parked in the poller.
         pollDescriptor.unblock()
-        readLock.close()
-        writeLock.close()
-        // Drop close's own reference and wait for the others. Not cancellable on purpose:
-        // a close must finish, and every in-flight operation is already returning.
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let done = state.withLockAnnotated { s in
-                s.references -= 1
-                if s.references == 0 { return true }
-                s.closeWaiter = continuation
-                return false
-            }
-            if done { continuation.resume() }
-        }
+        // Every in-flight operation is already returning; wait for the last one.
+        await fdMutex.awaitLastReference()
         destroy()
     }
 
     /// Deregisters and closes the descriptor (Go's `FD.destroy`). Runs once, with no
     /// operation in flight.
     private func destroy() {
-        let already = state.withLockAnnotated { s in
-            defer { s.destroyed = true }
-            return s.destroyed
-        }
-        if already { return }
+        if destroyed.exchange(true, ordering: .acquiringAndReleasing) { return }
         pollDescriptor.unblock()
         do {
             try pollDescriptor.close()

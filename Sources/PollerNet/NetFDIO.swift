@@ -35,15 +35,29 @@ extension NetFD {
     ///   the task is cancelled while waiting (nothing was consumed; the descriptor stays
     ///   usable); ``NetError/connectionReset``; ``NetError/system(call:errno:)``.
     nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
-        try await lockRead()
-        defer { unlockRead() }
+        let previousReadDrained = try await fdMutex.lock(.read)
+        var drained = false
+        defer { fdMutex.unlock(.read, drained: drained) }
         guard buffer.count > 0, let base = buffer.baseAddress else { return 0 }
-        try prepare(.read)
         let count = isStream ? min(buffer.count, maxChunk) : buffer.count
+        if previousReadDrained {
+            // The last read ended short, so the queue was empty then, and every arrival since
+            // has latched readiness (no reset has run since the one before that read): wait
+            // for it first and save the read(2) that would only say EAGAIN. The wait checks
+            // closing and the deadline as the reset would, and returns at once if a hang-up,
+            // an error or urgent data was ever seen, since then the queue may hold a FIN or
+            // bytes behind a mark that no new edge will announce.
+            try await waitReady(.read, call: "read", afterDrainingRead: true)
+        } else {
+            try prepare(.read)
+        }
         while true {
             // recv on sockets: the same result as read(2) without the VFS layers.
             let n = isSocket ? recv(fd, base, count, 0) : Glibc.read(fd, base, count)
-            if n > 0 { return n }
+            if n > 0 {
+                drained = n < count && shortReadsDrainQueue
+                return n
+            }
             if n == 0 {
                 if isStream { throw .endOfFile }
                 return 0
@@ -66,11 +80,11 @@ extension NetFD {
     /// with `send(MSG_NOSIGNAL)`, so a vanished peer gives EPIPE, never SIGPIPE.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         do throws(NetError) {
-            try await lockWrite()
+            _ = try await fdMutex.lock(.write)
         } catch {
             return WriteResult(bytesWritten: 0, error: error)
         }
-        defer { unlockWrite() }
+        defer { fdMutex.unlock(.write) }
         var written = 0
         do throws(NetError) {
             try prepare(.write)
@@ -113,8 +127,8 @@ extension NetFD {
     ///   ``NetError/timeout``, ``NetError/closed``, ``NetError/cancelled`` as for reads;
     ///   ``NetError/system(call:errno:)`` with call "accept4".
     nonisolated(nonsending) public func accept() async throws(NetError) -> Int32 {
-        try await lockRead()
-        defer { unlockRead() }
+        _ = try await fdMutex.lock(.read)
+        defer { fdMutex.unlock(.read) }
         try prepare(.read)
         while true {
             let s = SocketOptions.acceptNonBlocking(fd)
@@ -145,9 +159,19 @@ extension NetFD {
 
     /// Waits for `mode`; on an error event reports the socket's pending error (SO_ERROR) so
     /// the caller gets, say, ECONNRESET rather than "not pollable".
-    nonisolated(nonsending) func waitReady(_ mode: PollMode, call: String) async throws(NetError) {
+    ///
+    /// With `afterDrainingRead`, returns at once (without consuming readiness) if the poller
+    /// has seen a hang-up, error or urgent data, so that the caller's read reports what is
+    /// queued (see `PollDescriptor.waitAfterDrainingRead()`).
+    nonisolated(nonsending) func waitReady(
+        _ mode: PollMode, call: String, afterDrainingRead: Bool = false
+    ) async throws(NetError) {
         do {
-            try await pollDescriptor.wait(for: mode)
+            if afterDrainingRead {
+                try await pollDescriptor.waitAfterDrainingRead()
+            } else {
+                try await pollDescriptor.wait(for: mode)
+            }
         } catch .notPollable {
             if isSocket, let pending = SocketOptions.pendingError(fd), pending != 0 {
                 throw NetError.fromErrno(pending, call: call)

@@ -33,6 +33,9 @@ enum {
     CPOLLER_EV_ENDED = 1u << 3,
     // The peer hung up its write side (RDHUP) or the whole connection (HUP).
     CPOLLER_EV_HANGUP = 1u << 4,
+    // Urgent (out-of-band) data is queued: a read stops at its mark, so a short read no
+    // longer proves the receive queue empty.
+    CPOLLER_EV_PRIORITY = 1u << 5,
 };
 
 typedef struct cpoller_event {
@@ -45,7 +48,7 @@ typedef struct cpoller_event {
 
 // epoll_create1(EPOLL_CLOEXEC).
 int cpoller_epoll_create(void);
-// Registers fd once, edge-triggered, for IN | OUT | RDHUP, with a 64-bit token.
+// Registers fd once, edge-triggered, for IN | OUT | RDHUP | PRI, with a 64-bit token.
 int cpoller_epoll_add(int epfd, int fd, uint64_t token);
 // Registers fd level-triggered for IN only (the wake-up channel).
 int cpoller_epoll_add_level_in(int epfd, int fd, uint64_t token);
@@ -69,7 +72,7 @@ typedef struct cpoller_uring cpoller_uring;
 cpoller_uring *cpoller_uring_create(unsigned sq_entries, unsigned cq_entries, int *err);
 void cpoller_uring_destroy(cpoller_uring *ring);
 int cpoller_uring_fd(const cpoller_uring *ring);
-// Queues one multishot poll for IN | OUT | RDHUP with user_data = token. Submits first if the
+// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token. Submits first if the
 // submission queue is full. The request is sent to the kernel by the next submit or wait.
 int cpoller_uring_arm(cpoller_uring *ring, int fd, uint64_t token);
 // Queues a level-triggered-style multishot poll for IN only (the wake-up channel).

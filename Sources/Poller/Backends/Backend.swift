@@ -76,5 +76,7 @@ extension cpoller_event {
     /// The kernel reported an error and nothing else (Go's eventErr).
     var isError: Bool { flags & UInt32(CPOLLER_EV_ERROR) != 0 }
     var isHangup: Bool { flags & UInt32(CPOLLER_EV_HANGUP) != 0 }
+    /// Urgent (out-of-band) data is queued.
+    var isPriority: Bool { flags & UInt32(CPOLLER_EV_PRIORITY) != 0 }
     var isEnded: Bool { flags & UInt32(CPOLLER_EV_ENDED) != 0 }
 }

@@ -2,7 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 
-/// The epoll backend: one edge-triggered registration per descriptor for IN | OUT | RDHUP,
+/// The epoll backend: one edge-triggered registration per descriptor for IN | OUT | RDHUP | PRI,
 /// never modified, deleted at close (Go's netpoll_epoll.go). Timeouts have nanosecond
 /// precision through epoll_pwait2 where the kernel has it.
 ///

@@ -3,7 +3,7 @@ import Glibc
 import Synchronization
 
 /// The io_uring backend: readiness through one multishot POLL_ADD per descriptor for
-/// IN | OUT | RDHUP, the io_uring form of Go's single edge-triggered registration.
+/// IN | OUT | RDHUP | PRI, the io_uring form of Go's single edge-triggered registration.
 ///
 /// Ownership: the ring is created with SINGLE_ISSUER | DEFER_TASKRUN (measured here as the
 /// only set-up that keeps up with epoll), so only the thread that created it (the owner, in
