@@ -31,7 +31,7 @@ let package = Package(
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
         .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet"]),
         .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet"]),
-        .executableTarget(name: "poller-microbench", dependencies: ["Poller", "CPoller"]),
+        .executableTarget(name: "poller-microbench", dependencies: ["Poller", "PollerNet", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
         .executableTarget(name: "poller-soak"),

@@ -2,19 +2,20 @@
 # Echo and HTTP benchmarks of poller-echo side by side with raw C epoll, Go's net and SwiftNIO.
 #
 #   scripts/bench.sh            full grid: 3 interleaved repetitions, 1 s warm-up + 5 s per run
-#   scripts/bench.sh --quick    1 repetition, 0.5 s warm-up + 1.5 s per run (~1 min measuring
-#                               with five servers on a quiet machine; retries add to it)
+#   scripts/bench.sh --quick    1 repetition, 0.4 s warm-up + 1.2 s per run (under a minute
+#                               measuring with five servers on a quiet machine; retries add)
 #
 # Options (after --quick, to override it):
 #   --reps N          repetitions per grid point (default 3; --quick: 1)
-#   --duration S      measured seconds per run (default 5; --quick: 1.5)
-#   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.5)
+#   --duration S      measured seconds per run (default 5; --quick: 1.2)
+#   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.4)
 #   --servers LIST    comma-separated subset of: c-epoll,poller-epoll,poller-uring,go,nio
 #   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k
 #   --no-http         skip the HTTP section (wrk against go-http, nio-http, poller-http)
 #   --retries N       re-run a run whose CPU 0 was more than 15% busy with other processes,
 #                     up to N times (default 2; --quick: 1); the last attempt is kept
 #   --no-build        use the binaries already built
+#   --no-install      install nothing (Go, wrk): use the peers this machine already has
 #   --out FILE        report file (default BENCHMARKS.md in the repository root)
 #
 # Every echo server is started once, pinned to CPU 0 (taskset -c 0), and stays up; the load
@@ -37,7 +38,7 @@ ORIG_CMD="scripts/bench.sh${*:+ $*}"
 MODE=full REPS=3 DURATION=5 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
 SERVERS_WANTED="c-epoll,poller-epoll,poller-uring,go,nio"
 POINTS_WANTED="c1,c64,c512,c64-4k,idle10k"
-DO_HTTP=1 DO_BUILD=1 OUT="$ROOT/BENCHMARKS.md"
+DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md"
 REPS_SET='' DUR_SET='' WARM_SET='' RETRIES_SET='' RETRIES=2 OTHER_MAX=15
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,13 +52,14 @@ while [ $# -gt 0 ]; do
     --retries) RETRIES_SET=${2:?}; shift ;;
     --no-http) DO_HTTP=0 ;;
     --no-build) DO_BUILD=0 ;;
+    --no-install) DO_INSTALL=0 ;;
     --out) OUT=${2:?}; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$MODE" = quick ]; then REPS=1 DURATION=1.5 WARMUP=0.5 HTTP_DURATION=2 HTTP_WARMUP=1 RETRIES=1; fi
+if [ "$MODE" = quick ]; then REPS=1 DURATION=1.2 WARMUP=0.4 HTTP_DURATION=2 HTTP_WARMUP=1 RETRIES=1; fi
 [ -n "$RETRIES_SET" ] && RETRIES=$RETRIES_SET
 [ -n "$REPS_SET" ] && REPS=$REPS_SET
 [ -n "$DUR_SET" ] && DURATION=$DUR_SET
@@ -126,12 +128,20 @@ apt_install() {  # apt_install PACKAGE: as root with apt-get, bounded; returns s
   timeout 600 apt-get install -y -qq "$1" >/dev/null 2>&1
 }
 if ! command -v go >/dev/null; then
-  log "installing golang-go (Go peers)"
-  apt_install golang-go || note "Go is missing and could not be installed (needs root and apt-get): Go peers skipped."
+  if [ $DO_INSTALL = 0 ]; then
+    note "Go is not installed (--no-install): Go peers skipped (scripts/bench.sh installs golang-go)."
+  else
+    log "installing golang-go (Go peers)"
+    apt_install golang-go || note "Go is missing and could not be installed (needs root and apt-get): Go peers skipped."
+  fi
 fi
 if [ $DO_HTTP = 1 ] && ! command -v wrk >/dev/null; then
-  log "installing wrk (HTTP section)"
-  apt_install wrk || note "wrk is missing and could not be installed (needs root and apt-get): HTTP section skipped."
+  if [ $DO_INSTALL = 0 ]; then
+    note "wrk is not installed (--no-install): HTTP section skipped."
+  else
+    log "installing wrk (HTTP section)"
+    apt_install wrk || note "wrk is missing and could not be installed (needs root and apt-get): HTTP section skipped."
+  fi
 fi
 
 # Raise the descriptor limit as far as the hard limit allows: the 10,000-idle point needs

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
@@ -85,6 +86,11 @@ int cpoller_thread_start(uint64_t *thread, void *(*fn)(void *), void *arg) {
 }
 
 int cpoller_thread_join(uint64_t thread) { return pthread_join((pthread_t)thread, NULL); }
+
+int64_t cpoller_heap_bytes_in_use(void) {
+    struct mallinfo2 m = mallinfo2();
+    return (int64_t)(m.uordblks + m.hblkhd);
+}
 
 void cpoller_thread_set_name(const char *name) {
     char buf[16];

@@ -148,6 +148,9 @@ int cpoller_thread_join(uint64_t thread);
 // ThreadSanitizer happens-before annotations for a lock at addr (no-ops without TSan).
 void cpoller_tsan_acquire(void *addr);
 void cpoller_tsan_release(void *addr);
+// Bytes of heap in use by malloc (glibc mallinfo2: arenas plus mmapped blocks), for the
+// memory-per-descriptor benchmark.
+int64_t cpoller_heap_bytes_in_use(void);
 // Names the calling thread (best effort; at most 15 bytes are kept).
 void cpoller_thread_set_name(const char *name);
 
