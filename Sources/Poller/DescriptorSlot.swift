@@ -94,6 +94,13 @@ struct SlotState {
     /// Whether the read/write timer was armed (it may have fired since; Go keeps the flag).
     var readTimerArmed = false
     var writeTimerArmed = false
+    /// When the armed timer's heap entry is due. A deadline moved later leaves the entry where
+    /// it is (Go's timerModifiedLater): a service that pushes its read deadline forward on
+    /// every read then pays no heap operation, and the entry, firing early, finds the deadline
+    /// still ahead and re-arms itself there. Only an earlier deadline moves the entry at once.
+    /// Meaningful while the deadline is pending (> 0), which implies the entry is in the heap.
+    var readTimerWhen: Int64 = 0
+    var writeTimerWhen: Int64 = 0
     var readSemaphore = Semaphore.empty
     var writeSemaphore = Semaphore.empty
     var nextWaiterID: UInt64 = 0

@@ -304,6 +304,14 @@ public final class Poller: Sendable {
             slot.state.withLockAnnotated { s in
                 let current = timer.isWrite ? s.writeSequence : s.readSequence
                 guard s.isOpen, current == timer.sequence else { return }  // stale timer
+                // The deadline was moved later after this entry was armed: re-arm it there.
+                // (For a combined timer the two deadlines are equal.)
+                let deadline = timer.isWrite ? s.writeDeadline : s.readDeadline
+                if deadline > now {
+                    if timer.isWrite { s.writeTimerWhen = deadline } else { s.readTimerWhen = deadline }
+                    _ = schedule(slot, when: deadline, isWrite: timer.isWrite, both: timer.expiresBoth, sequence: timer.sequence)
+                    return
+                }
                 if timer.isWrite {
                     s.writeDeadline = -1
                 } else {
@@ -438,11 +446,15 @@ public final class Poller: Sendable {
             let combo = rd > 0 && rd == wd
             if !s.readTimerArmed && rd > 0 {
                 s.readTimerArmed = true
+                s.readTimerWhen = rd
                 wakePoller = schedule(slot, when: rd, isWrite: false, both: combo, sequence: s.readSequence)
                     || wakePoller
+            } else if s.readTimerArmed && rd0 > 0 && rd >= s.readTimerWhen && combo == combo0 {
+                // Moved later (or kept) while pending: the entry stays; it re-arms when it fires.
             } else if s.readTimerArmed && (rd != rd0 || combo != combo0) {
                 s.readSequence &+= 1
                 if rd > 0 {
+                    s.readTimerWhen = rd
                     wakePoller = schedule(slot, when: rd, isWrite: false, both: combo, sequence: s.readSequence)
                         || wakePoller
                 } else {
@@ -452,11 +464,15 @@ public final class Poller: Sendable {
             }
             if !s.writeTimerArmed && wd > 0 && !combo {
                 s.writeTimerArmed = true
+                s.writeTimerWhen = wd
                 wakePoller = schedule(slot, when: wd, isWrite: true, both: false, sequence: s.writeSequence)
                     || wakePoller
+            } else if s.writeTimerArmed && wd0 > 0 && !combo0 && !combo && wd >= s.writeTimerWhen {
+                // Moved later (or kept) while pending, still on its own timer: as for reads.
             } else if s.writeTimerArmed && (wd != wd0 || combo != combo0) {
                 s.writeSequence &+= 1
                 if wd > 0 && !combo {
+                    s.writeTimerWhen = wd
                     wakePoller = schedule(slot, when: wd, isWrite: true, both: false, sequence: s.writeSequence)
                         || wakePoller
                 } else {

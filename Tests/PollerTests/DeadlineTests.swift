@@ -83,6 +83,37 @@ extension NetpollSuites {
             }
         }
 
+        @Test("a deadline pushed later on every read leaves its timer in place, and the timer fires at the last deadline",
+              arguments: BackendKind.allCases)
+        func deadlinePushedLaterIsLazy(kind: BackendKind) async throws {
+            try await withPoller(kind) { poller in
+                let pipe = Pipe()
+                let pd = try poller.register(pipe.readFD)
+                let earliest = { poller.timers.withLockAnnotated { $0.heap.earliest } }
+                pd.setDeadline(in: .milliseconds(30), for: .read)
+                let first = try #require(earliest())
+                let waiter = startWait(pd, .read)
+                // A service pushing its read deadline forward: the heap entry does not move...
+                var lastPush = ContinuousClock.now
+                for _ in 0..<100 {
+                    lastPush = ContinuousClock.now
+                    pd.setDeadline(in: .milliseconds(60), for: .read)
+                }
+                #expect(earliest() == first, "a deadline moved later re-sorted the timer heap")
+                #expect(poller.armedTimerCount == 1)
+                // ...yet the waiter times out at the last deadline, not at the first.
+                #expect(await waiter.outcome() == .failed(.timeout))
+                let elapsed = ContinuousClock.now - lastPush
+                #expect(elapsed >= .milliseconds(60), "timed out \(elapsed) after the last push")
+                // A deadline moved earlier moves the entry at once.
+                pd.setDeadline(in: .seconds(60), for: .read)
+                let later = try #require(earliest())
+                pd.setDeadline(in: .seconds(1), for: .read)
+                #expect(try #require(earliest()) < later, "a deadline moved earlier left the timer late")
+                pd.finish()
+            }
+        }
+
         @Test("equal read and write deadlines share one timer", arguments: BackendKind.allCases)
         func combinedTimer(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
