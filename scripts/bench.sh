@@ -59,7 +59,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ "$MODE" = quick ]; then REPS=1 DURATION=1.2 WARMUP=0.4 HTTP_DURATION=2 HTTP_WARMUP=1 RETRIES=1; fi
+IDLE_SAMPLE=1
+if [ "$MODE" = quick ]; then REPS=1 DURATION=1.2 WARMUP=0.4 HTTP_DURATION=2 HTTP_WARMUP=1 RETRIES=1 IDLE_SAMPLE=0.5; fi
 [ -n "$RETRIES_SET" ] && RETRIES=$RETRIES_SET
 [ -n "$REPS_SET" ] && REPS=$REPS_SET
 [ -n "$DUR_SET" ] && DURATION=$DUR_SET
@@ -234,6 +235,15 @@ LABEL[nio]="SwiftNIO (1 event loop)";          CMD[nio]="$NIO_BIN/nio-echo --hos
 LABEL[go-http]="Go net/http";                  CMD[go-http]="$BIN/go-http --host 127.0.0.1 --port 0"
 LABEL[nio-http]="SwiftNIO HTTP1 (1 event loop)"; CMD[nio-http]="$NIO_BIN/nio-http --host 127.0.0.1 --port 0"
 LABEL[poller-http]="poller-http";              CMD[poller-http]="$ROOT_BIN/poller-http --host 127.0.0.1 --port 0"
+# The 10,000-idle point holds its connections with deadlines, as a real service does: a second
+# instance of each server (key-dl) sets a read deadline of IDLE_TIMEOUT seconds before every
+# read (Go: SetReadDeadline; SwiftNIO: IdleStateHandler; poller-echo: --idle-timeout) and serves
+# that point only. The raw C server has no timers: it stays the floor.
+IDLE_TIMEOUT=60
+for key in poller-epoll poller-uring go nio; do
+  LABEL[$key-dl]="${LABEL[$key]}, ${IDLE_TIMEOUT} s read deadlines"
+  CMD[$key-dl]="${CMD[$key]} --idle-timeout $IDLE_TIMEOUT"
+done
 
 start_server() {  # start_server KEY: pinned to CPU 0; waits (<= 15 s) for "listening on 127.0.0.1:PORT"
   local key=$1 logf="$RUN_DIR/server-$1.log" pid port deadline
@@ -307,7 +317,7 @@ P_TITLE[c1]="1 connection, 64 B ping-pong (load generator busy-polls)"
 P_TITLE[c64]="64 connections, 64 B ping-pong"
 P_TITLE[c512]="512 connections, 64 B ping-pong"
 P_TITLE[c64-4k]="64 connections, 4 KiB ping-pong"
-P_TITLE[idle10k]="64 active connections, 64 B ping-pong, with 10,000 idle connections held"
+P_TITLE[idle10k]="64 active connections, 64 B ping-pong, with 10,000 idle connections held (every server but raw C sets a 60 s read deadline before each read)"
 
 NEED_FDS=$((P_IDLE[idle10k] + P_CONN[idle10k] + 64))
 if [ "$SOFT_NOFILE" != unlimited ] && [ "$SOFT_NOFILE" -lt "$NEED_FDS" ]; then
@@ -330,7 +340,7 @@ for key in c-epoll poller-epoll poller-uring go nio; do
   ECHO_SERVERS+=("$key")
 done
 
-RESULTS="$RUN_DIR/echo.tsv"   # point server rep status rt p50 p90 p99 p999 cpu_ns_rt cpu_pct rss_kib other_pct
+RESULTS="$RUN_DIR/echo.tsv"   # point server rep status rt p50 p90 p99 p999 cpu_ns_rt cpu_pct rss_kib other_pct idle_cpu_pct
 : >"$RESULTS"
 W_US=$(to_us "$WARMUP"); D_US=$(to_us "$DURATION")
 LGPID=''
@@ -340,18 +350,21 @@ record() { printf '%s\n' "$*" | tr ' ' '\t' >>"$RESULTS"; }
 CONTENDED=0 RETRIED=0
 declare -A DOWN_NOTED=()
 run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
-  local pt=$1 key=$2 rep=$3 attempt=${4:-0} pid=${SPID[$2]:-} port=${SPORT[$2]:-}
+  local pt=$1 key=$2 rep=$3 attempt=${4:-0} srv=$2
+  # The idle point runs against the instance that holds deadlines, where there is one.
+  [ "$pt" = idle10k ] && [ -n "${SPID[$2-dl]:-}" ] && srv=$2-dl
+  local pid=${SPID[$srv]:-} port=${SPORT[$srv]:-}
   local n=${P_CONN[$1]} size=${P_SIZE[$1]} idle=${P_IDLE[$1]} tag="$1-$2-r$3"
   local out="$RUN_DIR/lg-$tag.out" err="$RUN_DIR/lg-$tag.err"
   if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
     record "$pt $key $rep failed - - - - - - - - -"; log "$tag: server not running"
-    if [ -z "${DOWN_NOTED[$key]:-}" ]; then
-      DOWN_NOTED[$key]=1
-      [ -n "$pid" ] && note "${LABEL[$key]}: server not running from $pt rep $rep on: $(tail -n 2 "$RUN_DIR/server-$key.log" | tr '\n' ' ')"
+    if [ -z "${DOWN_NOTED[$srv]:-}" ]; then
+      DOWN_NOTED[$srv]=1
+      [ -n "$pid" ] && note "${LABEL[$srv]}: server not running from $pt rep $rep on: $(tail -n 2 "$RUN_DIR/server-$srv.log" | tr '\n' ' ')"
     fi
     return
   fi
-  local extra=() deadline ok=1 t_ready c1 c2 t1 t2 b1 b2 rss sfds base_fds hpid='' hout="$RUN_DIR/holder-$tag.out" herr="$RUN_DIR/holder-$tag.err"
+  local idle_pct=- extra=() deadline ok=1 t_ready c1 c2 t1 t2 b1 b2 rss sfds base_fds hpid='' hout="$RUN_DIR/holder-$tag.out" herr="$RUN_DIR/holder-$tag.err"
   [ "${P_BUSY[$pt]}" = 1 ] && extra+=(--busy-poll)
   if [ "$idle" -gt 0 ]; then
     # The idle connections come from idle-holder, dialled in batches before the load generator
@@ -376,6 +389,14 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
       now_us; [ $NOW_US -gt $deadline ] && { ok=0; note "${LABEL[$key]}: did not accept $idle idle connections within 30 s ($pt rep $rep)"; break; }
       sleep 0.05
     done
+    if [ $ok = 1 ]; then
+      # The server's CPU while it only holds the idle connections (their deadlines armed).
+      local i1 i2 it1 it2
+      i1=$(cpu_ns "$pid"); now_us; it1=$NOW_US
+      sleep "$IDLE_SAMPLE"
+      i2=$(cpu_ns "$pid"); now_us; it2=$NOW_US
+      idle_pct=$(awk -v c=$((i2 - i1)) -v t=$((it2 - it1)) 'BEGIN { printf "%.2f", c / t / 10 }')
+    fi
     if [ $ok = 0 ]; then
       record "$pt $key $rep failed - - - - - - - - -"
       log "$tag: FAILED to hold $idle idle connections: $(tail -n 2 "$herr" | tr '\n' ' ')"
@@ -448,20 +469,24 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
     fi
     cpu_rt=$(awk -v c=$((c2 - c1)) -v t=$((t2 - t1)) -v r="$rt" 'BEGIN { printf "%.0f", c * 1e6 / t / r }')
     cpu_pct=$(awk -v c=$((c2 - c1)) -v t=$((t2 - t1)) 'BEGIN { printf "%.1f", c / t / 10 }')
-    record "$pt $key $rep ok $rt $p50 $p90 $p99 $p999 $cpu_rt $cpu_pct ${rss:--} $other_pct"
-    log "$tag: rt/s=$rt p50=${p50}us p99=${p99}us server_cpu=${cpu_rt}ns/rt (${cpu_pct}%) rss=${rss}KiB cpu0_other=${other_pct}%"
+    record "$pt $key $rep ok $rt $p50 $p90 $p99 $p999 $cpu_rt $cpu_pct ${rss:--} $other_pct $idle_pct"
+    log "$tag: rt/s=$rt p50=${p50}us p99=${p99}us server_cpu=${cpu_rt}ns/rt (${cpu_pct}%) rss=${rss}KiB cpu0_other=${other_pct}%$([ "$idle_pct" != - ] && echo " idle_only_cpu=${idle_pct}%")"
   else
     record "$pt $key $rep failed - - - - - - - - -"
-    kill -0 "$pid" 2>/dev/null || note "${LABEL[$key]}: server exited during $pt rep $rep: $(tail -n 2 "$RUN_DIR/server-$key.log" | tr '\n' ' ')"
+    kill -0 "$pid" 2>/dev/null || note "${LABEL[$srv]}: server exited during $pt rep $rep: $(tail -n 2 "$RUN_DIR/server-$srv.log" | tr '\n' ' ')"
     log "$tag: FAILED (loadgen status $rc, bad_bytes=${bad:-?}): $(tail -n 2 "$err" | tr '\n' ' ')"
   fi
   settle "$pid"
 }
 
-for key in "${ECHO_SERVERS[@]}"; do start_server "$key"; done
+RUNNING_ECHO=("${ECHO_SERVERS[@]}")
+case " ${POINTS[*]} " in *" idle10k "*)
+  for key in "${ECHO_SERVERS[@]}"; do [ -n "${CMD[$key-dl]:-}" ] && RUNNING_ECHO+=("$key-dl"); done ;;
+esac
+for key in "${RUNNING_ECHO[@]}"; do start_server "$key"; done
 # Prime every server once (1 s, 64 connections, not recorded): first-touch page faults, heap
 # growth and lazy set-up stay out of the first recorded run.
-for key in "${ECHO_SERVERS[@]}"; do
+for key in "${RUNNING_ECHO[@]}"; do
   [ -n "${SPID[$key]:-}" ] || continue
   timeout 20 taskset -c 1 "$LOADGEN" --host 127.0.0.1 --port "${SPORT[$key]}" --connections 64 --size 64 \
     --duration 1 --warmup 0 >"$RUN_DIR/prime-$key.out" 2>&1 ||
@@ -477,7 +502,7 @@ for pt in "${POINTS[@]}"; do
   done
 done
 declare -A SPEAK
-for key in "${ECHO_SERVERS[@]}"; do
+for key in "${RUNNING_ECHO[@]}"; do
   [ -n "${SPID[$key]:-}" ] && SPEAK[$key]=$(status_kib "${SPID[$key]}" VmHWM)
   stop_server "$key"
 done
@@ -623,10 +648,17 @@ REPORT="$RUN_DIR/report.md"
   echo
   echo "### Memory"
   echo
-  echo "| server | RSS after start MiB | RSS with 10,000 idle + 64 active MiB | peak RSS (VmHWM) MiB | SIGTERM |"
-  echo "|---|---:|---:|---:|---|"
+  echo "RSS with idle connections and its peak are those of the instance that served the idle point (with read deadlines, except raw C)."
+  echo
+  echo "| server | RSS after start MiB | RSS with 10,000 idle + 64 active MiB | per idle connection KiB | server CPU % holding only the 10,000 idle | peak RSS (VmHWM) MiB | SIGTERM |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   for key in "${ECHO_SERVERS[@]}"; do
-    echo "| ${LABEL[$key]} | $(mib "${SSTART_RSS[$key]:-}") | $(mib "$(median_of "$RESULTS" 12 idle10k "$key" 4)") | $(mib "${SPEAK[$key]:-}") | ${SEXIT[$key]:-not started} |"
+    local_dl=$key; [ -n "${SPID[$key-dl]:-}" ] && local_dl=$key-dl
+    idle_rss=$(median_of "$RESULTS" 12 idle10k "$key" 4)
+    per_idle=$(awk -v r="$idle_rss" -v s="${SSTART_RSS[$local_dl]:-}" 'BEGIN { if (r == "" || s == "") print "-"; else printf "%.1f", (r - s) / 10064 }')
+    exits="${SEXIT[$key]:-not started}"; [ "$local_dl" != "$key" ] && exits="$exits; with deadlines: ${SEXIT[$local_dl]:-not started}"
+    idle_cpu=$(median_of "$RESULTS" 14 idle10k "$key" 4)
+    echo "| ${LABEL[$key]} | $(mib "${SSTART_RSS[$key]:-}") | $(mib "$idle_rss") | $per_idle | ${idle_cpu:--} | $(mib "${SPEAK[$local_dl]:-}") | $exits |"
   done
   if [ $DO_HTTP = 1 ]; then
     echo

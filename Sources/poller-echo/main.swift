@@ -125,7 +125,7 @@ final class Server: Sendable {
 
     /// Echoes until end of file, an error, the idle timeout, or shutdown.
     func serve(_ connection: Connection) async {
-        var size = 4096
+        var size = 512
         var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
         while true {
@@ -135,7 +135,7 @@ final class Server: Sendable {
                 try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                 bytesEchoed.add(n, ordering: .relaxed)
                 if n == size && size < 65536 {
-                    // A busy stream: grow the buffer once (idle connections keep 4 KiB).
+                    // A busy stream: grow the buffer once (idle and small-message connections keep 512 B).
                     buffer.deallocate()
                     size = 65536
                     buffer = .allocate(byteCount: size, alignment: 16)

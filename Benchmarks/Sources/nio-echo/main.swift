@@ -1,9 +1,11 @@
 // nio-echo: SwiftNIO echo server on ONE event loop, the NIO peer of poller-echo.
 //
-//   nio-echo [--host 127.0.0.1] [--port 0]
+//   nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS]
 //
 // Prints "nio-echo: listening on HOST:PORT", echoes every byte on every connection (write on
-// channelRead, flush on channelReadComplete) and exits 0 on SIGINT/SIGTERM.
+// channelRead, flush on channelReadComplete) and exits 0 on SIGINT/SIGTERM. With
+// --idle-timeout, NIO's IdleStateHandler closes a connection that has read nothing for that
+// long (NIO's idiom for a read deadline).
 import Dispatch
 import NIOCore
 import NIOPosix
@@ -29,6 +31,14 @@ final class EchoHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
     }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
 }
 
 /// Writes straight to a file descriptor: Swift 6 rejects Glibc's `stdout`/`stderr` globals.
@@ -37,26 +47,28 @@ func say(_ fd: Int32, _ line: String) {
     line.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
 }
 
-func parseArguments() -> (host: String, port: Int) {
+func parseArguments() -> (host: String, port: Int, idleTimeout: Double) {
     var host = "127.0.0.1"
     var port = 0
+    var idleTimeout = 0.0
     var args = CommandLine.arguments.dropFirst()
     while let a = args.popFirst() {
         switch a {
         case "--host": host = args.popFirst() ?? host
         case "--port": port = Int(args.popFirst() ?? "") ?? port
+        case "--idle-timeout": idleTimeout = Double(args.popFirst() ?? "") ?? idleTimeout
         default:
-            say(2, "usage: nio-echo [--host 127.0.0.1] [--port 0]")
+            say(2, "usage: nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS]")
             exit(2)
         }
     }
-    return (host, port)
+    return (host, port, idleTimeout)
 }
 
 /// Everything runs here, not in top-level code: top-level code in main.swift is MainActor
 /// code under Swift 6, and a signal handler set up there crashed when SIGTERM arrived.
 nonisolated func runServer() throws {
-    let (host, port) = parseArguments()
+    let (host, port, idleTimeout) = parseArguments()
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     var sources: [DispatchSourceSignal] = []
@@ -76,6 +88,10 @@ nonisolated func runServer() throws {
         .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
         .childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                if idleTimeout > 0 {
+                    try channel.pipeline.syncOperations.addHandler(
+                        IdleStateHandler(readTimeout: .nanoseconds(Int64(idleTimeout * 1e9))))
+                }
                 try channel.pipeline.syncOperations.addHandler(EchoHandler())
             }
         }
