@@ -57,10 +57,19 @@ public struct PollDescriptor: Sendable, Hashable {
     /// hang-up, an error or urgent data on this descriptor it returns at once without
     /// consuming readiness: a short read no longer proves the queue empty then. Same errors as
     /// ``wait(for:)``, except that an error event is left to the read to report.
-    package nonisolated(nonsending) func waitAfterDrainingRead() async throws(PollError) {
+    package nonisolated(nonsending) func waitAfterDrainingRead(cancellable: Bool = true) async throws(PollError) {
         if let error = await poller.wait(
-            slot, generation: generation, mode: .read, cancellable: true, afterDrainingRead: true)
+            slot, generation: generation, mode: .read, cancellable: cancellable, afterDrainingRead: true)
         {
+            throw error
+        }
+    }
+
+    /// ``wait(for:)`` that ignores task cancellation when `cancellable` is false, as Go's waits
+    /// do: only readiness, a deadline or ``unblock()`` end it, and no cancellation handler is
+    /// installed for it (which saves a task status record per wait).
+    package nonisolated(nonsending) func wait(for mode: PollMode, cancellable: Bool) async throws(PollError) {
+        if let error = await poller.wait(slot, generation: generation, mode: mode, cancellable: cancellable) {
             throw error
         }
     }

@@ -98,10 +98,26 @@ final class FDMutex: Sendable {
     ///   (see ``unlock(_:drained:)``); false for `.write`.
     /// - Throws: ``NetError/closed`` once closing; ``NetError/cancelled`` if the task is
     ///   cancelled while it waits. In both cases the caller holds neither lock nor reference.
+    @inline(__always)
     nonisolated(nonsending) func lock(_ direction: Direction) async throws(NetError) -> Bool {
-        enum Step { case acquired(drained: Bool), closed, wait(UInt64) }
-        let step: Step = state.withLockAnnotated { s in
-            if s.closing { return .closed }
+        // The uncontended case does not suspend: kept inline in the caller, it costs no async
+        // call (no frame from the task allocator, no executor check).
+        switch try beginLock(direction) {
+        case .acquired(let drained): return drained
+        case .wait(let ticket): return try await waitForLock(direction, ticket: ticket)
+        }
+    }
+
+    enum LockStep {
+        case acquired(drained: Bool)
+        /// The direction is held: the caller holds a reference and must wait with this ticket.
+        case wait(UInt64)
+    }
+
+    /// The first step of ``lock(_:)``: takes a reference, and the direction if it is free.
+    func beginLock(_ direction: Direction) throws(NetError) -> LockStep {
+        let step: LockStep? = state.withLockAnnotated { s in
+            if s.closing { return nil }
             s.references += 1
             if !s[direction].held {
                 s[direction].held = true
@@ -110,12 +126,14 @@ final class FDMutex: Sendable {
             s.nextWaiterID &+= 1
             return .wait(s.nextWaiterID)
         }
-        let id: UInt64
-        switch step {
-        case .acquired(let drained): return drained
-        case .closed: throw .closed
-        case .wait(let ticket): id = ticket
-        }
+        guard let step else { throw .closed }
+        return step
+    }
+
+    /// The slow path of ``lock(_:)``: queues behind the current owner (holding the reference
+    /// taken by ``beginLock(_:)``) until handed the lock, closed or cancelled.
+    @inline(never)
+    nonisolated(nonsending) private func waitForLock(_ direction: Direction, ticket id: UInt64) async throws(NetError) -> Bool {
         let failure: NetError? = await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<NetError?, Never>) in
                 let immediate: NetError?? = state.withLockAnnotated { s in

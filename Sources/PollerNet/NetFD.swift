@@ -35,6 +35,8 @@ public final class NetFD: Sendable {
     /// wait for fresh readiness before its system call instead of after one that fails with
     /// EAGAIN. Set once, before the descriptor is shared.
     private let shortReadsDrain = Atomic<Bool>(false)
+    /// See ``observesTaskCancellation``.
+    private let cancellationObserved = Atomic<Bool>(true)
     /// Work to do after `close(2)` (a Unix listener unlinks its path).
     private let afterClose: (@Sendable () -> Void)?
 
@@ -101,6 +103,17 @@ public final class NetFD: Sendable {
     /// and which turns the shortcut off). Not true of Unix sockets passing credentials, which
     /// stop at every change of sender; so it is set only for TCP.
     func declareShortReadsDrain() { shortReadsDrain.store(true, ordering: .relaxed) }
+
+    /// Whether task cancellation ends a read, write or accept blocked in the poller (true, the
+    /// default: it throws ``NetError/cancelled``). Set it to false for Go's model, where only
+    /// ``close()`` and deadlines interrupt a blocked operation: each wait then installs no
+    /// cancellation handler, which saves a task status record (and an executor check) per
+    /// wait on a hot connection. A wait queued for the read or write lock behind another
+    /// operation still observes cancellation.
+    public var observesTaskCancellation: Bool {
+        get { cancellationObserved.load(ordering: .relaxed) }
+        set { cancellationObserved.store(newValue, ordering: .relaxed) }
+    }
 
     /// Whether short reads drain the receive queue (see ``declareShortReadsDrain()``).
     var shortReadsDrainQueue: Bool { shortReadsDrain.load(ordering: .relaxed) }

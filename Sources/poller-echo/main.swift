@@ -125,6 +125,9 @@ final class Server: Sendable {
 
     /// Echoes until end of file, an error, the idle timeout, or shutdown.
     func serve(_ connection: Connection) async {
+        // Go's model: shutdown closes the connection (which wakes a blocked read or write with
+        // .closed); nothing cancels this task, so its waits need no cancellation handler.
+        connection.observesTaskCancellation = false
         var size = 512
         var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }

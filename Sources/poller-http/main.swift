@@ -54,6 +54,8 @@ func asksToClose(_ buffer: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> 
 }
 
 func serve(_ connection: Connection) async {
+    // Connections end by close (peer, error or process exit), never by task cancellation.
+    connection.observesTaskCancellation = false
     let capacity = 16384
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
     defer { buffer.deallocate() }

@@ -239,6 +239,30 @@ extension PollerNetTests {
             }
         }
 
+        @Test("with task cancellation not observed, a cancelled read stays blocked until data arrives, and close still wakes one",
+              arguments: BackendKind.allCases)
+        func cancellationNotObserved(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let pair = try await TCPPair.make(poller)
+                let client = pair.client
+                client.observesTaskCancellation = false
+                let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
+                try await waitUntilParked(poller)
+                reader.cancel()
+                await sleep(ms: 50)
+                #expect(poller.parkedWaiterCount == 1, "the cancelled read stopped waiting")
+                try await pair.server.write(Array("data".utf8))
+                #expect(try await reader.value == Array("data".utf8))
+                // Go's way to interrupt such a read: close the connection.
+                let second = Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 10) } }
+                try await waitUntilParked(poller)
+                second.cancel()
+                try await client.close()
+                #expect(await second.value == .closed)
+                await pair.close()
+            }
+        }
+
         @Test("two blocked readers: one gets the byte, close wakes the other with closed", arguments: BackendKind.allCases)
         func queuedReaders(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
