@@ -182,6 +182,7 @@ struct SlotState {
 /// A type-stable descriptor slot: allocated once, never freed while its poller lives, and
 /// reused LIFO across opens (Go's pollCache), so a late kernel event or timer can always look
 /// it up and compare generations.
+@usableFromInline
 final class DescriptorSlot: Sendable {
     let index: UInt32
     let state: Mutex<SlotState>

@@ -498,6 +498,7 @@ public final class Poller: Sendable {
 
     /// Go's pollWait (and, with `ignoringErrors`, pollWaitCanceled): returns nil once the
     /// direction is ready, or the error that ended the wait.
+    @usableFromInline
     nonisolated(nonsending) func wait(
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, cancellable: Bool, ignoringErrors: Bool = false,
         afterDrainingRead: Bool = false
@@ -554,6 +555,7 @@ public final class Poller: Sendable {
 
     /// Parks the current task on one direction. The check and the commit happen under the
     /// slot's lock, with the continuation already created, so nothing can slip in between.
+    @inline(__always)
     nonisolated(nonsending) private func park(
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool,
         afterDrainingRead: Bool
