@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Echo and HTTP benchmarks of poller-echo side by side with raw C epoll, Go's net and SwiftNIO.
 #
-#   scripts/bench.sh            full grid: 3 interleaved repetitions, 1 s warm-up + 5 s per run
+#   scripts/bench.sh            full grid: 5 interleaved repetitions, 1 s warm-up + 4 s per run
 #   scripts/bench.sh --quick    1 repetition, 0.4 s warm-up + 1.2 s per run (under a minute
 #                               measuring with five servers on a quiet machine; retries add)
 #
 # Options (after --quick, to override it):
-#   --reps N          repetitions per grid point (default 3; --quick: 1)
-#   --duration S      measured seconds per run (default 5; --quick: 1.2)
+#   --reps N          repetitions per grid point (default 5; --quick: 1)
+#   --duration S      measured seconds per run (default 4; --quick: 1.2)
 #   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.4)
 #   --servers LIST    comma-separated subset of: c-epoll,poller-epoll,poller-uring,go,nio
 #   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k
@@ -35,7 +35,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 ORIG_CMD="scripts/bench.sh${*:+ $*}"
 
-MODE=full REPS=3 DURATION=5 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
+MODE=full REPS=5 DURATION=4 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
 SERVERS_WANTED="c-epoll,poller-epoll,poller-uring,go,nio"
 POINTS_WANTED="c1,c64,c512,c64-4k,idle10k"
 DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md"

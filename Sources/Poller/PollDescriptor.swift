@@ -44,34 +44,28 @@ public struct PollDescriptor: Sendable, Hashable {
     ///   the task is cancelled while waiting; ``PollError/doubleWait`` if another waiter holds
     ///   this direction; ``PollError/invalidMode`` for `.readWrite`.
     nonisolated(nonsending) public func wait(for mode: PollMode) async throws(PollError) {
-        if let error = await poller.wait(slot, generation: generation, mode: mode, cancellable: true) {
-            throw error
-        }
+        try await wait(for: mode, cancellable: true)
     }
 
-    /// The wait of a read that skipped its system call because the previous read on this
-    /// descriptor returned fewer bytes than asked for and so drained the receive queue (TCP).
+    /// ``wait(for:)`` with two knobs for the net layer.
     ///
-    /// Like ``wait(for:)`` with `.read` (latched readiness from anything that arrived since the
-    /// last ``reset(for:)`` ends it at once), except that once the kernel has reported a
-    /// hang-up, an error or urgent data on this descriptor it returns at once without
-    /// consuming readiness: a short read no longer proves the queue empty then. Same errors as
-    /// ``wait(for:)``, except that an error event is left to the read to report.
+    /// - `cancellable: false` ignores task cancellation, as Go's waits do: only readiness, a
+    ///   deadline or ``unblock()`` end the wait, and no cancellation handler is installed (which
+    ///   saves a task status record per wait).
+    /// - `afterDrainingRead: true` (reads) is the wait of a read that skipped its system call
+    ///   because the previous read returned fewer bytes than asked for and so drained the
+    ///   receive queue (TCP). Latched readiness from anything that arrived since the last
+    ///   ``reset(for:)`` ends it at once, as usual; but once the kernel has reported a hang-up,
+    ///   an error or urgent data on this descriptor it returns at once without consuming
+    ///   readiness, since a short read no longer proves the queue empty then, and it leaves an
+    ///   error event to the read to report.
     @inlinable  // the net layer's hot path: one async frame fewer per wait
-    package nonisolated(nonsending) func waitAfterDrainingRead(cancellable: Bool = true) async throws(PollError) {
+    package nonisolated(nonsending) func wait(
+        for mode: PollMode, cancellable: Bool, afterDrainingRead: Bool = false
+    ) async throws(PollError) {
         if let error = await poller.wait(
-            slot, generation: generation, mode: .read, cancellable: cancellable, afterDrainingRead: true)
+            slot, generation: generation, mode: mode, cancellable: cancellable, afterDrainingRead: afterDrainingRead)
         {
-            throw error
-        }
-    }
-
-    /// ``wait(for:)`` that ignores task cancellation when `cancellable` is false, as Go's waits
-    /// do: only readiness, a deadline or ``unblock()`` end it, and no cancellation handler is
-    /// installed for it (which saves a task status record per wait).
-    @inlinable
-    package nonisolated(nonsending) func wait(for mode: PollMode, cancellable: Bool) async throws(PollError) {
-        if let error = await poller.wait(slot, generation: generation, mode: mode, cancellable: cancellable) {
             throw error
         }
     }

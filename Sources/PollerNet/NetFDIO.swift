@@ -162,18 +162,14 @@ extension NetFD {
     ///
     /// With `afterDrainingRead`, returns at once (without consuming readiness) if the poller
     /// has seen a hang-up, error or urgent data, so that the caller's read reports what is
-    /// queued (see `PollDescriptor.waitAfterDrainingRead()`).
+    /// queued (see `PollDescriptor.wait(for:cancellable:afterDrainingRead:)`).
     @inline(__always)
     nonisolated(nonsending) func waitReady(
         _ mode: PollMode, call: String, afterDrainingRead: Bool = false
     ) async throws(NetError) {
         do {
-            let cancellable = observesTaskCancellation
-            if afterDrainingRead {
-                try await pollDescriptor.waitAfterDrainingRead(cancellable: cancellable)
-            } else {
-                try await pollDescriptor.wait(for: mode, cancellable: cancellable)
-            }
+            try await pollDescriptor.wait(
+                for: mode, cancellable: observesTaskCancellation, afterDrainingRead: afterDrainingRead)
         } catch .notPollable {
             if isSocket, let pending = SocketOptions.pendingError(fd), pending != 0 {
                 throw NetError.fromErrno(pending, call: call)
