@@ -41,10 +41,12 @@ final class FDMutex: Sendable {
         /// The last read ended short on a stream whose short reads drain the receive queue.
         var readDrained = false
 
+        /// In place (`_modify`, not get-then-set), so that appending to or removing from a
+        /// direction's waiter queue does not copy the queue.
         subscript(direction: Direction) -> DirectionState {
             get { direction == .read ? read : write }
-            set {
-                if direction == .read { read = newValue } else { write = newValue }
+            _modify {
+                if direction == .read { yield &read } else { yield &write }
             }
         }
 
