@@ -2,7 +2,8 @@
 # The whole test suite, every behavioural test on both backends (epoll and io_uring; the
 # io_uring cases are reported as skipped, with the reason, where io_uring cannot run), then
 # the same suite under ThreadSanitizer and under AddressSanitizer, then the short soak
-# (10,000 connections against poller-echo, 10 s per backend). Installs liburing-dev first if
+# (10,000 connections against poller-echo, 10 s per backend), then the DocC documentation
+# of both libraries, which must build without a warning (scripts/docs.sh). Installs liburing-dev first if
 # it is missing.
 #
 #   scripts/test.sh            everything (what CI runs)
@@ -57,6 +58,9 @@ if [ "$quick" = 0 ]; then
 
   echo "== short soak (both backends)"
   bash scripts/soak.sh --short
+
+  echo "== documentation (DocC, warnings are errors)"
+  bash scripts/docs.sh
 fi
 echo "== result"
 grep -E 'Test run with' .test-output.log | tail -n 1

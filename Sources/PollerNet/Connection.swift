@@ -10,7 +10,7 @@ import Poller
 /// Cancellation: cancelling the task of a blocked ``read(into:)``, ``write(_:)-(UnsafeRawBufferPointer)``
 /// or accept throws ``NetError/cancelled``. Nothing is consumed by a cancelled read, and the
 /// connection stays open and usable. A cancelled write may have sent part of its bytes; use
-/// ``writeReportingProgress(_:)`` when the count matters.
+/// ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)`` when the count matters.
 ///
 /// Closing: ``close()`` wakes blocked operations with ``NetError/closed`` and returns once the
 /// descriptor is really closed. A connection dropped without `close()` is closed when its
@@ -97,7 +97,7 @@ public final class Connection: Sendable {
     /// - Throws: ``NetError/timeout`` once the write deadline has passed; ``NetError/closed``;
     ///   ``NetError/cancelled``; ``NetError/connectionReset``; `.system(call: "send", errno:
     ///   EPIPE)` after the peer has gone. Part of the buffer may have been sent before the
-    ///   error: ``writeReportingProgress(_:)`` says how much.
+    ///   error: ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)`` says how much.
     @inlinable  // one async frame fewer per write in the caller's task
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         if let error = await netFD.write(buffer).error { throw error }

@@ -10,9 +10,11 @@ extension Connection {
     /// only a hint.
     ///
     /// - Parameters:
+    ///   - host: a numeric IPv4 or IPv6 address, or `"localhost"`.
+    ///   - port: the TCP port.
     ///   - timeout: how long the connect may take; nil waits as long as the kernel does. Zero
     ///     or negative fails with ``NetError/timeout`` without connecting.
-    ///   - poller: the poller for the connection; nil for ``Poller/shared()``.
+    ///   - poller: the poller for the connection; nil for `Poller.shared()`.
     /// - Throws: ``NetError/timeout``; ``NetError/cancelled`` if the task is cancelled while
     ///   connecting; `.system(call: "connect", errno: ECONNREFUSED)` when nobody listens;
     ///   ``NetError/invalidAddress(_:)``. On every failure the socket is closed.

@@ -8,7 +8,7 @@ public protocol Listener: Sendable {
     /// The bound address (for TCP, with the port the kernel chose when 0 was asked for).
     var localAddress: SocketAddress { get }
     /// The poller for the listener and the connections it accepts; nil for
-    /// ``Poller/shared()``.
+    /// `Poller.shared()`.
     var poller: Poller? { get }
 }
 

@@ -2,13 +2,13 @@ import Glibc
 import Poller
 import Synchronization
 
-/// A non-blocking descriptor registered with a ``Poller``: Go's `internal/poll.FD`.
+/// A non-blocking descriptor registered with a `Poller`: Go's `internal/poll.FD`.
 ///
 /// `NetFD` owns its descriptor from ``init(adopting:poller:isStream:isSocket:)`` until
 /// ``close()`` (or, if nobody calls it, until deinit). It serialises operations the way Go's
 /// fdMutex does:
 /// - reads (``read(into:)``, ``accept()``) take the read lock, writes take the write lock
-///   (an ``FDMutex``), so one reader and one writer run at once and later callers queue in
+///   (an `FDMutex`), so one reader and one writer run at once and later callers queue in
 ///   order without spinning;
 /// - every operation, locked or not, holds a reference for as long as it runs;
 /// - ``close()`` marks the descriptor closing (new operations fail with ``NetError/closed``),
@@ -46,7 +46,8 @@ public final class NetFD: Sendable {
     /// leak it.
     ///
     /// - Parameters:
-    ///   - poller: the poller to register with; nil for ``Poller/shared()``.
+    ///   - fd: an open descriptor; from here on the `NetFD` owns it.
+    ///   - poller: the poller to register with; nil for `Poller.shared()`.
     ///   - isStream: true for stream sockets and pipes (a zero-byte read is end of file).
     ///   - isSocket: true for sockets (writes use `send` with `MSG_NOSIGNAL`).
     public convenience init(

@@ -12,7 +12,7 @@ public final class TCPListener: Listener {
     public let netFD: NetFD
     /// The bound address, with the port the kernel chose when 0 was asked for.
     public let localAddress: SocketAddress
-    /// The poller for the listener and its connections; nil for ``Poller/shared()``.
+    /// The poller for the listener and its connections; nil for `Poller.shared()`.
     public let poller: Poller?
 
     private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
@@ -28,10 +28,12 @@ public final class TCPListener: Listener {
     /// Go does, so a port can be reused right after its listener closes.
     ///
     /// - Parameters:
+    ///   - host: the numeric address to bind (see above).
+    ///   - port: the TCP port; 0 for one the kernel picks.
     ///   - backlog: the accept queue length; nil for the system's `net.core.somaxconn`
     ///     (4096 if unreadable), as Go uses.
     ///   - poller: the poller for the listener and the connections it accepts; nil for
-    ///     ``Poller/shared()``.
+    ///     `Poller.shared()`.
     /// - Throws: ``NetError/invalidAddress(_:)``; `.system(call: "bind", errno: EADDRINUSE)`
     ///   and the like. The socket is closed on every failure.
     public static func listen(

@@ -10,7 +10,7 @@ public final class UnixListener: Listener {
     public let netFD: NetFD
     /// The socket's path.
     public let localAddress: SocketAddress
-    /// The poller for the listener and its connections; nil for ``Poller/shared()``.
+    /// The poller for the listener and its connections; nil for `Poller.shared()`.
     public let poller: Poller?
 
     private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
