@@ -82,8 +82,8 @@ extension NetFD {
     /// Uses the write deadline for the timeout and clears it on return. Nothing else can
     /// use this NetFD yet, so the write direction is ours without the lock.
     func awaitConnect(deadline: ContinuousClock.Instant?) async throws(NetError) {
-        try incref()
-        defer { decref() }
+        try fdMutex.incref()
+        defer { fdMutex.decref() }
         if let deadline { pollDescriptor.setDeadline(deadline, for: .write) }
         defer { if deadline != nil { pollDescriptor.setDeadline(nil, for: .write) } }
         while true {

@@ -121,9 +121,6 @@ public final class NetFD: Sendable {
 
     // MARK: References and direction locks (Go's fdMutex)
 
-    func incref() throws(NetError) { try fdMutex.incref() }
-    func decref() { fdMutex.decref() }
-
     /// Runs `body` holding a reference (for operations that never wait: shutdown, options,
     /// deadlines).
     func withReference<R>(_ body: () throws(NetError) -> R) throws(NetError) -> R {
