@@ -283,6 +283,38 @@ extension PollerNetTests {
             }
         }
     
+        @Test("readers queued behind a blocked read are served in the order they arrived", arguments: BackendKind.allCases)
+        func queuedReadersInOrder(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let pair = try await TCPPair.make(poller)
+                let readers = await startReadersOneByOne(pair.client, count: 5)
+                try await pair.server.write([0, 1, 2, 3, 4])
+                for (i, reader) in readers.enumerated() {
+                    #expect(try await reader.value == [UInt8(i)])
+                }
+                await pair.close()
+            }
+        }
+
+        @Test("cancelling a reader queued for the read lock throws cancelled; the queue moves on past it",
+              arguments: BackendKind.allCases)
+        func cancelQueuedReader(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let pair = try await TCPPair.make(poller)
+                let client = pair.client
+                let readers = await startReadersOneByOne(client, count: 3)
+                readers[1].cancel()
+                await #expect(throws: NetError.cancelled) { try await readers[1].value }
+                try await pair.server.write([10, 11])
+                #expect(try await readers[0].value == [10])
+                #expect(try await readers[2].value == [11])
+                // Nothing was consumed by the cancelled reader, and no reference leaked:
+                // close completes.
+                try await client.close()
+                await pair.close()
+            }
+        }
+
         @Test("closing a connection is seen by the peer at once (FIN), 50 times in a row", arguments: BackendKind.allCases)
         func closeSendsFIN(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in

@@ -106,6 +106,17 @@ func temporarySocketPath(_ tag: String) -> String {
 }
 
 /// Sleeps, ignoring cancellation.
+/// Starts `count` one-byte reads on `connection`, 20 ms apart so that their order is known:
+/// the first parks in the poller holding the read lock, the others queue for it in turn.
+func startReadersOneByOne(_ connection: Connection, count: Int) async -> [Task<[UInt8], any Error>] {
+    var readers: [Task<[UInt8], any Error>] = []
+    for _ in 0..<count {
+        readers.append(Task { try await connection.read(maxBytes: 1) })
+        await sleep(ms: 20)
+    }
+    return readers
+}
+
 func sleep(ms: Int) async {
     try? await Task.sleep(for: .milliseconds(ms))
 }
