@@ -9,8 +9,7 @@ extension PollerNetTests {
     struct Close {
         @Test("close unblocks a blocked read with closed (not a timeout), even after deadline juggling", arguments: BackendKind.allCases)
         func closeUnblocksRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 // Go's TestReadTimeoutMustNotReturn: combined deadline split, read cleared.
                 try client.setDeadline(.now - .seconds(5))
@@ -23,14 +22,12 @@ extension PollerNetTests {
                 #expect(throws: NetError.closed) { try error.get() }
                 #expect(NetError.closed.description == "use of closed network connection")
                 #expect(!NetError.closed.isTimeout)
-                await pair.close()
             }
         }
 
         @Test("close unblocks a blocked write, which reports its partial count with closed", arguments: BackendKind.allCases)
         func closeUnblocksWrite(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let payload = [UInt8](repeating: 1, count: 64 << 20)
                 let writer = Task { await client.writeReportingProgress(payload) }
@@ -39,7 +36,6 @@ extension PollerNetTests {
                 let result = await writer.value
                 #expect(result.error == .closed)
                 #expect(result.bytesWritten > 0)
-                await pair.close()
             }
         }
 
@@ -62,8 +58,7 @@ extension PollerNetTests {
 
         @Test("every operation after close fails with closed", arguments: BackendKind.allCases)
         func operationsAfterClose(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.server.write([1, 2, 3])
                 try await pair.client.close()
                 await expectNetError(.closed) { () async throws(NetError) in try await pair.client.read(maxBytes: 1) }
@@ -74,7 +69,6 @@ extension PollerNetTests {
                 try await pair.listener.close()
                 await expectNetError(.closed) { () async throws(NetError) in try await pair.listener.accept() }
                 await expectNetError(.closed) { () async throws(NetError) in try pair.listener.setDeadline(nil) }
-                await pair.close()
             }
         }
 
@@ -98,8 +92,7 @@ extension PollerNetTests {
 
         @Test("cancelling a write blocked on a full buffer throws cancelled; the connection still works", arguments: BackendKind.allCases)
         func cancelWrite(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let payload = [UInt8](repeating: 1, count: 64 << 20)
                 let writer = Task { await client.writeReportingProgress(payload) }
@@ -110,7 +103,6 @@ extension PollerNetTests {
                 #expect(result.bytesWritten > 0)
                 try await pair.server.write([3])
                 #expect(try await client.read(maxBytes: 1) == [3])
-                await pair.close()
             }
         }
 

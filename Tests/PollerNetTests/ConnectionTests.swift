@@ -8,8 +8,7 @@ extension PollerNetTests {
     struct Connections {
         @Test("a dialled connection echoes bytes and reports both addresses", arguments: BackendKind.allCases)
         func echo(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 #expect(pair.client.remoteAddress == pair.listener.localAddress)
                 #expect(pair.server.remoteAddress == pair.client.localAddress)
                 #expect(pair.listener.localAddress.description == "127.0.0.1:\(pair.listener.localAddress.port!)")
@@ -29,14 +28,12 @@ extension PollerNetTests {
                 // The peer sees end of file; a second close reports closed.
                 try await expectPeerClosed(pair.server, kind: kind)
                 await expectNetError(.closed) { () async throws(NetError) in try await pair.client.close() }
-                await pair.close()
             }
         }
 
         @Test("1 MiB echoed through a server task arrives exactly", arguments: BackendKind.allCases)
         func bigEcho(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let size = 1 << 20
                 var payload = [UInt8](repeating: 0, count: size)
                 var state: UInt32 = 12345
@@ -76,7 +73,6 @@ extension PollerNetTests {
                 try await echo.value
                 #expect(received.count == size)
                 #expect(checksum(received) == checksum(payload))
-                await pair.close()
             }
         }
 
@@ -120,8 +116,7 @@ extension PollerNetTests {
 
         @Test("closeWrite: the peer reads end of file and can still write back", arguments: BackendKind.allCases)
         func halfClose(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("request".utf8))
                 try pair.client.closeWrite()
                 var got: [UInt8] = []
@@ -136,24 +131,20 @@ extension PollerNetTests {
                 #expect(error == .system(call: "send", errno: EPIPE))
                 try await pair.server.close()
                 try await expectPeerClosed(pair.client, kind: kind)
-                await pair.close()
             }
         }
 
         @Test("closeRead makes later reads return end of file", arguments: BackendKind.allCases)
         func closeRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try pair.client.closeRead()
                 await expectNetError(.endOfFile) { () async throws(NetError) in try await pair.client.read(maxBytes: 1) }
-                await pair.close()
             }
         }
 
         @Test("a peer's reset mid-stream is an error, not a crash", arguments: BackendKind.allCases)
         func peerReset(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("ping".utf8))
                 #expect(try await pair.server.read(maxBytes: 10) == Array("ping".utf8))
                 setLingerZero(pair.server.netFD.fd)
@@ -167,7 +158,6 @@ extension PollerNetTests {
                     let error = await netError { () async throws(NetError) in try await pair.client.write([1, 2, 3]) }
                     #expect(error == .system(call: "send", errno: EPIPE) || error == .connectionReset)
                 }
-                await pair.close()
             }
         }
 
@@ -224,8 +214,7 @@ extension PollerNetTests {
 
         @Test("cancelling a blocked read throws cancelled and leaves the connection usable", arguments: BackendKind.allCases)
         func cancelRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
                 try await waitUntilParked(poller)
@@ -235,15 +224,13 @@ extension PollerNetTests {
                 #expect(poller.parkedWaiterCount == 0)
                 try await pair.server.write(Array("after".utf8))
                 #expect(try await client.read(maxBytes: 10) == Array("after".utf8))
-                await pair.close()
             }
         }
 
         @Test("with task cancellation not observed, a cancelled read stays blocked until data arrives, and close still wakes one",
               arguments: BackendKind.allCases)
         func cancellationNotObserved(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 client.observesTaskCancellation = false
                 let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
@@ -259,14 +246,12 @@ extension PollerNetTests {
                 second.cancel()
                 try await client.close()
                 #expect(await second.value == .closed)
-                await pair.close()
             }
         }
 
         @Test("two blocked readers: one gets the byte, close wakes the other with closed", arguments: BackendKind.allCases)
         func queuedReaders(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let readers = (0..<2).map { _ in
                     Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 1) }
@@ -279,28 +264,24 @@ extension PollerNetTests {
                 for reader in readers { outcomes.append(await reader.result.mapError { $0 as! NetError }) }
                 #expect(outcomes.filter { (try? $0.get()) == [7] }.count == 1)
                 #expect(outcomes.filter { if case .failure(.closed) = $0 { true } else { false } }.count == 1)
-                await pair.close()
             }
         }
     
         @Test("readers queued behind a blocked read are served in the order they arrived", arguments: BackendKind.allCases)
         func queuedReadersInOrder(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let readers = await startReadersOneByOne(pair.client, count: 5)
                 try await pair.server.write([0, 1, 2, 3, 4])
                 for (i, reader) in readers.enumerated() {
                     #expect(try await reader.value == [UInt8(i)])
                 }
-                await pair.close()
             }
         }
 
         @Test("cancelling a reader queued for the read lock throws cancelled; the queue moves on past it",
               arguments: BackendKind.allCases)
         func cancelQueuedReader(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let readers = await startReadersOneByOne(client, count: 3)
                 readers[1].cancel()
@@ -311,7 +292,6 @@ extension PollerNetTests {
                 // Nothing was consumed by the cancelled reader, and no reference leaked:
                 // close completes.
                 try await client.close()
-                await pair.close()
             }
         }
 

@@ -9,8 +9,7 @@ extension PollerNetTests {
     struct Deadlines {
         @Test("a read deadline in the past times out at once, even with data waiting; clearing it reads the data", arguments: BackendKind.allCases)
         func pastReadDeadline(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.server.write(Array("READ TIMEOUT TEST".utf8))
                 await sleep(ms: 20)
                 try pair.client.setReadDeadline(.now - .seconds(5))
@@ -24,14 +23,12 @@ extension PollerNetTests {
                 try await pair.client.write([1])
                 try pair.client.setReadDeadline(nil)
                 #expect(try await pair.client.read(maxBytes: 100) == Array("READ TIMEOUT TEST".utf8))
-                await pair.close()
             }
         }
 
         @Test("a read deadline in the future times out no earlier than the deadline, and again after", arguments: BackendKind.allCases)
         func futureReadDeadline(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let start = ContinuousClock.now
                 try pair.client.setReadDeadline(in: .milliseconds(50))
                 await expectNetError(.timeout) { () async throws(NetError) in try await pair.client.read(maxBytes: 1) }
@@ -44,14 +41,12 @@ extension PollerNetTests {
                 try pair.client.setReadDeadline(in: .milliseconds(30))
                 await expectNetError(.timeout) { () async throws(NetError) in try await pair.client.read(maxBytes: 1) }
                 #expect(ContinuousClock.now - rearm >= .milliseconds(30))
-                await pair.close()
             }
         }
 
         @Test("a deadline extended while a read is blocked keeps it waiting until data arrives", arguments: BackendKind.allCases)
         func extendWhileBlocked(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 try client.setReadDeadline(in: .milliseconds(100))
                 let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
@@ -60,14 +55,12 @@ extension PollerNetTests {
                 await sleep(ms: 200)  // past the original deadline
                 try await pair.server.write([42])
                 #expect(try await reader.value == [42])
-                await pair.close()
             }
         }
 
         @Test("a deadline cleared while a read is blocked keeps it waiting; one moved to the past wakes it", arguments: BackendKind.allCases)
         func clearWhileBlocked(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 try client.setReadDeadline(in: .milliseconds(80))
                 let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
@@ -82,7 +75,6 @@ extension PollerNetTests {
                 await sleep(ms: 50)
                 try client.setReadDeadline(.now - .seconds(1))
                 await #expect(throws: NetError.timeout) { try await second.value }
-                await pair.close()
             }
         }
 
@@ -140,8 +132,7 @@ extension PollerNetTests {
 
         @Test("a write to a peer that never reads times out with the bytes written so far", arguments: BackendKind.allCases)
         func writeTimeout(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 // A raw buffer, so the timed write does not start with a 64 MiB copy (slow
                 // under AddressSanitizer: the deadline could pass before the first send).
                 let big = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 20, alignment: 16)
@@ -160,7 +151,6 @@ extension PollerNetTests {
                 // A past write deadline fails even a write that would fit (Go's TestWriteTimeout).
                 try pair.server.setWriteDeadline(.now - .seconds(5))
                 await expectNetError(.timeout) { () async throws(NetError) in try await pair.server.write([1]) }
-                await pair.close()
             }
         }
 

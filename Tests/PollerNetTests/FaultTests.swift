@@ -70,15 +70,13 @@ extension PollerNetTests {
 
         @Test("a peer's reset while a read is blocked wakes it with connectionReset", arguments: BackendKind.allCases)
         func resetMidRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let reader = Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 16) } }
                 try await waitUntilParked(poller)
                 setLingerZero(pair.server.netFD.fd)
                 try await pair.server.close()
                 #expect(await reader.value == .connectionReset)
-                await pair.close()
             }
         }
 
@@ -89,8 +87,7 @@ extension PollerNetTests {
             // test run would die here rather than fail politely.
             let previous = signal(SIGPIPE, SIG_DFL)
             defer { signal(SIGPIPE, previous) }
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let writer = Task {
                     await client.writeReportingProgress([UInt8](repeating: 1, count: 32 << 20))
@@ -106,7 +103,6 @@ extension PollerNetTests {
                     let error = await netError { () async throws(NetError) in try await client.write([1]) }
                     #expect(error == .connectionReset || error == .system(call: "send", errno: EPIPE))
                 }
-                await pair.close()
             }
         }
 

@@ -14,8 +14,7 @@ extension PollerNetTests {
         @Test("a FIN queued behind data is reported by the read after the one that took the data",
               arguments: BackendKind.allCases)
         func finBehindData(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
                 try pair.client.closeWrite()
                 // Let the poller take the data-and-FIN edge before the first read resets it.
@@ -25,15 +24,13 @@ extension PollerNetTests {
                 await expectNetError(.endOfFile) { () async throws(NetError) in
                     try await pair.server.read(maxBytes: 16)
                 }
-                await pair.close()
             }
         }
 
         @Test("a reset queued behind data is reported by the read after the one that took the data",
               arguments: BackendKind.allCases)
         func resetBehindData(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
                 setLingerZero(pair.client.netFD.fd)
                 try await pair.client.close()
@@ -43,14 +40,12 @@ extension PollerNetTests {
                 await expectNetError(.connectionReset) { () async throws(NetError) in
                     try await pair.server.read(maxBytes: 16)
                 }
-                await pair.close()
             }
         }
 
         @Test("bytes behind an urgent-data mark are read, not stranded", arguments: BackendKind.allCases)
         func bytesBehindUrgentMark(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let fd = pair.client.netFD.fd
                 // "abc", then "X" as urgent data, then "def": a read stops at the mark.
                 for (text, flags) in [("abc", Int32(0)), ("X", Int32(MSG_OOB)), ("def", Int32(0))] {
@@ -65,15 +60,13 @@ extension PollerNetTests {
                 }
                 // Without SO_OOBINLINE the urgent byte is out of band: the stream is the rest.
                 #expect(received == Array("abcdef".utf8))
-                await pair.close()
             }
         }
 
         @Test("a read after a short read still fails at an expired deadline with data waiting",
               arguments: BackendKind.allCases)
         func deadlineAfterShortRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
                 #expect(try await pair.server.read(maxBytes: 16) == Array("abc".utf8))
                 try await pair.client.write(Array("def".utf8))
@@ -85,15 +78,13 @@ extension PollerNetTests {
                 // Clearing the deadline makes the waiting bytes readable again.
                 try pair.server.setReadDeadline(nil)
                 #expect(try await pair.server.read(maxBytes: 16) == Array("def".utf8))
-                await pair.close()
             }
         }
 
         @Test("a read after a short read wakes with closed when the connection is closed",
               arguments: BackendKind.allCases)
         func closeAfterShortRead(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
                 #expect(try await pair.server.read(maxBytes: 16) == Array("abc".utf8))
                 let server = pair.server
@@ -101,15 +92,13 @@ extension PollerNetTests {
                 try await waitUntilParked(poller)
                 try await server.close()
                 #expect(await reader.value == .closed)
-                await pair.close()
             }
         }
 
         @Test("small messages sent one at a time all arrive, each read taking what has come",
               arguments: BackendKind.allCases)
         func manyShortReads(kind: BackendKind) async throws {
-            try await withNetPoller(kind) { poller in
-                let pair = try await TCPPair.make(poller)
+            try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
                 let writer = Task {
                     for i in 0..<2000 { try await client.write([UInt8(truncatingIfNeeded: i)]) }
@@ -129,7 +118,6 @@ extension PollerNetTests {
                 }
                 try await writer.value
                 #expect(received == (0..<2000).map { UInt8(truncatingIfNeeded: $0) })
-                await pair.close()
             }
         }
     }

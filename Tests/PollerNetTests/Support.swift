@@ -71,6 +71,24 @@ struct TCPPair {
     }
 }
 
+/// ``withNetPoller(_:sourceLocation:_:)`` with a connected ``TCPPair`` on that poller, closed
+/// after `body` whether it returns or throws.
+func withTCPPair(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, TCPPair) async throws -> Void
+) async throws {
+    try await withNetPoller(kind, sourceLocation: sourceLocation) { poller in
+        let pair = try await TCPPair.make(poller)
+        do {
+            try await body(poller, pair)
+        } catch {
+            await pair.close()
+            throw error
+        }
+        await pair.close()
+    }
+}
+
 /// Runs `body` with the error it throws, failing the test if it does not throw.
 func expectNetError<R>(
     _ expected: NetError, sourceLocation: SourceLocation = #_sourceLocation,
