@@ -253,7 +253,7 @@ start_server() {  # start_server KEY: pinned to CPU 0; waits (<= 15 s) for "list
   track "$pid"
   now_us; deadline=$((NOW_US + 15000000))
   while :; do
-    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$logf" | head -n 1)
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p;T;q' "$logf")
     [ -n "$port" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then
       reap "$pid"
@@ -598,7 +598,7 @@ command -v go >/dev/null && GO_V=$(go version | awk '{ print $3 }')
 NIO_V=$(awk '/"identity" : "swift-nio"/ { f = 1 } f && /"version"/ { gsub(/[",]/, "", $3); print $3; exit }' \
   "$ROOT/Benchmarks/Package.resolved" 2>/dev/null)
 WRK_V="wrk not installed"
-command -v wrk >/dev/null && WRK_V=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')
+command -v wrk >/dev/null && WRK_V=$(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')
 KERNEL=$(uname -r)
 [ -n "$NIO_V" ] || NIO_V=unknown
 

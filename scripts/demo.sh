@@ -33,7 +33,7 @@ for backend in epoll io_uring; do
   pid=$!
   port=''
   for _ in $(seq 1 100); do
-    port=$(grep -o '127.0.0.1:[0-9]*' "$log" | head -n 1 | cut -d: -f2 || true)
+    port=$(sed -n 's/.*127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p;T;q' "$log" || true)
     [ -n "$port" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05

@@ -4,8 +4,12 @@
 # root; otherwise says exactly what to do. Sourced or run by the other scripts.
 set -euo pipefail
 
+# The library list is read into a variable first: `ldconfig -p | grep -q` under pipefail fails
+# at random, since grep exits at its first match and ldconfig dies of SIGPIPE (issue 11).
 have_liburing() {
-  [ -f /usr/include/liburing.h ] && ldconfig -p 2>/dev/null | grep -q 'liburing\.so\.2' &&
+  local libs
+  libs=$(ldconfig -p 2>/dev/null) || libs=""
+  [ -f /usr/include/liburing.h ] && [[ "$libs" == *liburing.so.2* ]] &&
     { [ -e /usr/lib/x86_64-linux-gnu/liburing.so ] || [ -e /usr/lib/aarch64-linux-gnu/liburing.so ] ||
       ls /usr/lib/*/liburing.so /usr/lib/liburing.so >/dev/null 2>&1; }
 }

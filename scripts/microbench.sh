@@ -18,7 +18,7 @@ mkdir -p Benchmarks
   echo "spread with the code of a week earlier, checked side by side)."
   echo "Memory per open descriptor: heap (glibc mallinfo2) and resident (VmRSS) bytes added by"
   echo "registering 10,000 UDP sockets with a fresh poller, then by wrapping 10,000 in NetFDs."
-  echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(swift --version 2>&1 | head -n 1)"
+  echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(swift --version 2>&1 | sed -n 1p)"
   echo
   for b in epoll io_uring; do
     echo '```'

@@ -99,7 +99,8 @@ alive() { kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1
 fd_count() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }  # utime+stime
-kv() { grep -o "\b$1=[^ ]*" <<<"$2" | head -1 | cut -d= -f2; }
+# No `| head` in pipelines here: under pipefail the writer's SIGPIPE fails the pipeline at random.
+kv() { [[ " $2" =~ [[:space:]]$1=([^ ]*) ]] && echo "${BASH_REMATCH[1]}"; }
 
 declare -A R=()   # results: R[backend:key]
 FAILED=0
@@ -114,7 +115,7 @@ soak_one() {
   PIDS[$spid]=1
   local port='' i
   for i in $(seq 1 100); do
-    port=$(sed -n 's/^poller-echo: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$dir/server.out" 2>/dev/null | head -1)
+    port=$(sed -n 's/^poller-echo: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p;T;q' "$dir/server.out" 2>/dev/null)
     [ -n "$port" ] && break
     alive "$spid" || break
     sleep 0.1
@@ -179,7 +180,7 @@ soak_one() {
   R[$backend:client]=$cline
   [ $crc = 0 ] || fails+=("client exit $crc")
   if grep -q '^poller-soak: ' "$dir/client.err"; then
-    grep -v -e 'idle phase' -e 'ramp complete' -e 'progress' "$dir/client.err" | head -20 | sed "s/^/soak: [$backend] client: /" >&2
+    grep -v -e 'idle phase' -e 'ramp complete' -e 'progress' "$dir/client.err" | sed -n "1,20s/^/soak: [$backend] client: /p" >&2
   fi
 
   # Server fd count must settle back to where it was.
@@ -235,9 +236,9 @@ soak_one() {
   local parked; parked=$(sed -n 's/.*parked \([0-9][0-9]*\).*/\1/p' <<<"$final")
   R[$backend:parked]=${parked:-n/a}
   if [ -n "$parked" ] && [ "$parked" != 0 ]; then fails+=("parked $parked"); fi
-  if grep -v -e '^poller-echo: stopping$' "$dir/server.err" | grep -q .; then
-    grep -v -e '^poller-echo: stopping$' "$dir/server.err" | sort | uniq -c | sort -rn | head -10 \
-      | sed "s/^/soak: [$backend] server stderr: /" >&2
+  if [ -n "$(grep -v -e '^poller-echo: stopping$' "$dir/server.err")" ]; then
+    grep -v -e '^poller-echo: stopping$' "$dir/server.err" | sort | uniq -c | sort -rn \
+      | sed -n "1,10s/^/soak: [$backend] server stderr: /p" >&2
   fi
 
   if [ ${#fails[@]} = 0 ]; then
