@@ -87,6 +87,8 @@ int cpoller_thread_start(uint64_t *thread, void *(*fn)(void *), void *arg) {
 
 int cpoller_thread_join(uint64_t thread) { return pthread_join((pthread_t)thread, NULL); }
 
+int cpoller_thread_detach(uint64_t thread) { return pthread_detach((pthread_t)thread); }
+
 int64_t cpoller_heap_bytes_in_use(void) {
     struct mallinfo2 m = mallinfo2();
     return (int64_t)(m.uordblks + m.hblkhd);

@@ -34,6 +34,7 @@ public final class Poller: Sendable {
     private let parked = Atomic<Int>(0)
     private let loopExited: ParkerBox
     private let shutdownStarted = Atomic<Bool>(false)
+    let hooks: TestHooks
 
     struct TimerState {
         var heap = DeadlineHeap()
@@ -62,6 +63,17 @@ public final class Poller: Sendable {
         var forcePipeWake = false
         var autoPrefersIOUring = BackendChoice.autoPrefersIOUring
         var threadName = "poller"
+        var hooks = TestHooks()
+    }
+
+    /// Seams that widen race windows which are otherwise a few instructions wide, so tests
+    /// can force the interleavings the code must survive. Inert (nil) outside tests.
+    struct TestHooks: Sendable {
+        /// In `register`, after the shutdown check and before the slot is opened.
+        var registerAfterShutdownCheck: (@Sendable () -> Void)?
+        /// On the poller thread during shutdown, after the backend is closed and before the
+        /// open descriptors are unblocked.
+        var shutdownBeforeSweep: (@Sendable () -> Void)?
     }
 
     init(backend choice: BackendChoice, options: Options) throws(PollerError) {
@@ -95,6 +107,7 @@ public final class Poller: Sendable {
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
         loopExited = start.exited
+        hooks = options.hooks
         start.poller.withLockAnnotated { $0 = self }
         start.go.unpark()
         if PollerLog.enabled {
@@ -139,6 +152,12 @@ public final class Poller: Sendable {
         guard fd >= 0 else { throw .registrationFailed(errno: EBADF) }
         if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
         if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
+        hooks.registerAfterShutdownCheck?()
+        // A shutdown may start from here on. It closes the backend before it unblocks the open
+        // slots, so either the backend refuses this registration (EBADF, the slot is retired)
+        // or it was accepted before the close, hence the slot was opened before the sweep,
+        // which then finds it and marks it closing. No registration outlives the poller
+        // unseen (a wait on one would park forever).
         let (slot, generation) = openSlot(fd: fd)
         let token = PollToken(slot: slot.index, generation: generation)
         let r = backend.register(fd: fd, token: token)
@@ -193,20 +212,30 @@ public final class Poller: Sendable {
     /// Stops the poller thread: every descriptor still open is unblocked (its waiters return
     /// ``PollError/closing``), the thread exits, and the backend's descriptors are closed.
     /// Tasks that prefer ``executor`` afterwards run on the global executor. Idempotent.
-    /// Called from a task running on ``executor``, it requests the stop and returns at once
-    /// instead of waiting for the thread (which would wait for itself).
+    /// Called from a task running on ``executor`` (that is, on the poller thread), it requests
+    /// the stop and returns at once instead of waiting for the thread, which would wait for
+    /// itself; the thread then ends when that task's job returns.
     public func shutdown() {
+        let onPollerThread = cpoller_thread_id() == threadID
         guard shutdownStarted.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent)
             .exchanged
         else {
+            // A second call waits for the first one's stop, except on the poller thread,
+            // which cannot see its own loop end (issue 11: a second shutdown from the
+            // executor parked the poller thread on its own exit).
+            guard !onPollerThread else { return }
             loopExited.park()
             loopExited.unpark()
             return
         }
         runQueue.state.withLockAnnotated { $0.stopRequested = true }
         backend.wake()
-        guard cpoller_thread_id() != threadID else { return }
-        _ = cpoller_thread_join(threadID)
+        if onPollerThread {
+            // Nobody else will join the thread: let it release its stack when it ends.
+            _ = cpoller_thread_detach(threadID)
+        } else {
+            _ = cpoller_thread_join(threadID)
+        }
     }
 
     // MARK: The loop
@@ -339,19 +368,25 @@ public final class Poller: Sendable {
     func didPark() { parked.add(1, ordering: .sequentiallyConsistent) }
     func didUnpark(_ count: Int = 1) { parked.subtract(count, ordering: .sequentiallyConsistent) }
 
-    /// Poller thread, after the loop: unblock what is still open, close the backend, and
-    /// route later jobs to the global executor.
+    /// Poller thread, after the loop: close the backend, unblock what is still open, and route
+    /// later jobs to the global executor.
+    ///
+    /// The backend is closed before the sweep: a `register` racing this either reaches the
+    /// backend after the close and is refused, or opened its slot before the sweep, which then
+    /// marks it closing. Sweeping first would miss a slot opened just after the sweep whose
+    /// registration still reached the live backend (issue 11).
     private func closeEverything() {
-        for slot in table.allSlots {
-            let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
-            if let generation { unblock(slot, generation: generation) }
-        }
         var leftover: [UnownedJob] = []
         runQueue.state.withLockAnnotated { s in
             s.stopped = true
             swap(&s.jobs, &leftover)
         }
         backend.shutdown()
+        hooks.shutdownBeforeSweep?()
+        for slot in table.allSlots {
+            let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
+            if let generation { unblock(slot, generation: generation) }
+        }
         for job in leftover { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
         loopExited.unpark()
     }

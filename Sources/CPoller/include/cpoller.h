@@ -145,6 +145,7 @@ int cpoller_count_open_fds(void);
 // Starts a detached-free (joinable) pthread running fn(arg). Returns 0 or errno.
 int cpoller_thread_start(uint64_t *thread, void *(*fn)(void *), void *arg);
 int cpoller_thread_join(uint64_t thread);
+int cpoller_thread_detach(uint64_t thread);
 // ThreadSanitizer happens-before annotations for a lock at addr (no-ops without TSan).
 void cpoller_tsan_acquire(void *addr);
 void cpoller_tsan_release(void *addr);
