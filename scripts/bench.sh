@@ -592,7 +592,8 @@ ratio() { [ -z "$1" ] || [ -z "$2" ] && { echo "—"; return; }; awk -v a="$1" -
 mib() { [ -z "$1" ] || [ "$1" = - ] && { echo "—"; return; }; awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-SWIFT_V=$(swift --version 2>&1 | grep -m1 -o 'Swift version [^ ]*' || echo unknown)
+SWIFT_V=$(swift --version 2>&1 | awk '!f && match($0, /Swift version [^ ]*/) { print substr($0, RSTART, RLENGTH); f = 1 }')
+[ -n "$SWIFT_V" ] || SWIFT_V=unknown
 GO_V="not installed"
 command -v go >/dev/null && GO_V=$(go version | awk '{ print $3 }')
 NIO_V=$(awk '/"identity" : "swift-nio"/ { f = 1 } f && /"version"/ { gsub(/[",]/, "", $3); print $3; exit }' \

@@ -15,6 +15,9 @@ bash scripts/ensure-deps.sh
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
+echo "== the scripts (no SIGPIPE-prone pipelines; ensure-deps 50 times)"
+bash scripts/check-scripts.sh
+
 echo "== build (debug, warnings are errors)"
 swift build --build-tests -Xswiftc -warnings-as-errors 2>&1 | tail -n 3
 

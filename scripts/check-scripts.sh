@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regression check for the scripts themselves (issue 11, item 1: "ensure-deps fails about one
+# run in ten on a fresh machine"). Under `set -o pipefail`, `producer | grep -q` and
+# `producer | head` fail at random: the reader exits early, the producer dies of SIGPIPE,
+# and the pipeline reports that death. So:
+#   1. no script may pipe into `grep -q`, `grep -m`, `head` or `sed ...q` (comments aside);
+#   2. scripts/ensure-deps.sh must succeed 50 times in a row on a machine where it succeeds once.
+# Run by scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bad=0
+for f in scripts/*.sh .ci/run; do
+  # Strip comments, then look for a pipe into an early-exiting reader.
+  hits=$(sed -e 's/^[[:space:]]*#.*$//' -e 's/[[:space:]]#[[:space:]].*$//' "$f" |
+    grep -nE '\|[[:space:]]*(grep[[:space:]]+(-[a-zA-Z]*[qm]|--quiet|--max-count)|head([[:space:]]|$))' || true)
+  if [ -n "$hits" ]; then
+    echo "check-scripts: $f pipes into an early-exiting reader (SIGPIPE under pipefail):" >&2
+    echo "$hits" | sed "s|^|  $f:|" >&2
+    bad=1
+  fi
+done
+[ "$bad" = 0 ] || exit 1
+
+for i in $(seq 1 50); do
+  if ! bash scripts/ensure-deps.sh >/dev/null 2>"${TMPDIR:-/tmp}/ensure-deps.err"; then
+    echo "check-scripts: scripts/ensure-deps.sh failed on run $i of 50:" >&2
+    cat "${TMPDIR:-/tmp}/ensure-deps.err" >&2
+    exit 1
+  fi
+done
+echo "check-scripts: no pipe into an early-exiting reader; ensure-deps.sh passed 50 of 50 runs"
