@@ -143,11 +143,54 @@ struct RateLimitedLog {
     }
 }
 
+/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
+/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
+/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
+/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
+final class BackoffTimer: Sendable {
+    private let readFD: Int32, writeFD: Int32
+    private let descriptor: PollDescriptor
+
+    init(poller: Poller) throws(PollError) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        (readFD, writeFD) = (fds[0], fds[1])
+        do {
+            descriptor = try poller.register(fds[0])
+        } catch {
+            Glibc.close(fds[0])
+            Glibc.close(fds[1])
+            throw error
+        }
+    }
+
+    /// Returns after `duration`, or at once after `unblock()`.
+    func sleep(for duration: Duration) async {
+        descriptor.setDeadline(in: duration, for: .read)
+        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
+    }
+
+    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
+    func unblock() { descriptor.unblock() }
+
+    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
+    func close() {
+        try? descriptor.close()
+        Glibc.close(readFD)
+        Glibc.close(writeFD)
+    }
+}
+
 /// The server's live connections and totals.
 final class Server: Sendable {
     let listener: TCPListener
     let options: Options
     let poller: Poller
+    let backoffTimer: BackoffTimer
     private let connections = Mutex<[Int: Connection]>([:])
     private let nextID = Atomic<Int>(0)
     let accepted = Atomic<Int>(0)
@@ -157,10 +200,11 @@ final class Server: Sendable {
     let writeTimedOut = Atomic<Int>(0)
     let stopping = Atomic<Bool>(false)
 
-    init(listener: TCPListener, options: Options, poller: Poller) {
+    init(listener: TCPListener, options: Options, poller: Poller, backoffTimer: BackoffTimer) {
         self.listener = listener
         self.options = options
         self.poller = poller
+        self.backoffTimer = backoffTimer
     }
 
     var executor: (any TaskExecutor)? { options.onPollerExecutor ? poller.executor : nil }
@@ -187,7 +231,7 @@ final class Server: Sendable {
                     // not stop accepting while the process stays up.
                     backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
                     acceptErrorLog("accept: \(error); retrying in \(backoff)")
-                    try? await Task.sleep(for: backoff)
+                    await backoffTimer.sleep(for: backoff)
                 } else {
                     // accept4 succeeded but setting up that one connection failed (it is
                     // closed): no reason to slow down the next one.
@@ -284,6 +328,7 @@ final class Server: Sendable {
     func stop() async {
         stopping.store(true, ordering: .relaxed)
         try? await listener.close()
+        backoffTimer.unblock()  // an accept loop backing off returns at once
         let open = connections.withLockAnnotated { Array($0.values) }
         for connection in open { try? await connection.close() }
         let deadline = ContinuousClock.now + .seconds(5)
@@ -314,7 +359,13 @@ nonisolated func run(_ options: Options) async -> Int32 {
     }
     print("poller-echo: listening on \(listener.localAddress) (backend \(poller.backendKind): \(poller.backendReason))")
     fflush(nil)
-    let server = Server(listener: listener, options: options, poller: poller)
+    let backoffTimer: BackoffTimer
+    do {
+        backoffTimer = try BackoffTimer(poller: poller)
+    } catch {
+        fail("backoff timer: \(error)")
+    }
+    let server = Server(listener: listener, options: options, poller: poller, backoffTimer: backoffTimer)
     let acceptTask = Task(executorPreference: server.executor) { await server.acceptLoop() }
 
     do {
@@ -325,6 +376,7 @@ nonisolated func run(_ options: Options) async -> Int32 {
     log("stopping")
     await server.stop()
     await acceptTask.value
+    backoffTimer.close()
     // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
     print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
         + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "

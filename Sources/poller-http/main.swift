@@ -395,7 +395,10 @@ func serve(_ connection: Connection, _ options: Options) async {
             queued = 0
             queuedCount = 0
         }
-        if close { return }
+        if close {
+            await lingeringClose(connection, buffer)
+            return
+        }
         if !needBytes { continue }  // the queue bound stopped parsing: more requests are buffered
         // 3. Read more. Keep the unparsed bytes at the front so a head can use the whole buffer.
         if start > 0 {
@@ -429,6 +432,21 @@ func serve(_ connection: Connection, _ options: Options) async {
     }
 }
 
+/// After a reply that closes the connection: send FIN after it, then read and discard what the
+/// peer still sends (at most 64 KiB, for at most 1 s) before the caller closes. Closing with
+/// unread input would send a reset, which can destroy the reply before the peer has read it
+/// (Go's closeWriteAndWait does the same). Bounded, so it cannot be used to hold a connection.
+func lingeringClose(_ connection: Connection, _ buffer: UnsafeMutableRawBufferPointer) async {
+    do {
+        try connection.closeWrite()
+        try connection.setReadDeadline(in: .seconds(1))
+        var discarded = 0
+        while discarded < 65536 { discarded += try await connection.read(into: buffer) }
+    } catch {
+        // End of file (the peer closed too), the deadline, or a reset: done either way.
+    }
+}
+
 // MARK: Accepting
 
 /// Whether `error` came from accept4 itself (the listener's condition: back off) rather than
@@ -442,6 +460,48 @@ func isAcceptFailure(_ error: NetError) -> Bool {
     }
 }
 
+/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
+/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
+/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
+/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
+final class BackoffTimer: Sendable {
+    private let readFD: Int32, writeFD: Int32
+    private let descriptor: PollDescriptor
+
+    init(poller: Poller) throws(PollError) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        (readFD, writeFD) = (fds[0], fds[1])
+        do {
+            descriptor = try poller.register(fds[0])
+        } catch {
+            Glibc.close(fds[0])
+            Glibc.close(fds[1])
+            throw error
+        }
+    }
+
+    /// Returns after `duration`, or at once after `unblock()`.
+    func sleep(for duration: Duration) async {
+        descriptor.setDeadline(in: duration, for: .read)
+        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
+    }
+
+    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
+    func unblock() { descriptor.unblock() }
+
+    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
+    func close() {
+        try? descriptor.close()
+        Glibc.close(readFD)
+        Glibc.close(writeFD)
+    }
+}
+
 /// The number of connections being served (shared by the accept loop and connection tasks).
 final class OpenCount: Sendable {
     let value = Atomic<Int>(0)
@@ -449,7 +509,7 @@ final class OpenCount: Sendable {
 
 /// Accepts until the listener is closed. Invariant: only `.closed` ends the loop, and accept
 /// errors back off (5 ms doubling to 1 s) instead of spinning.
-func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ options: Options) async {
+func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: BackoffTimer, _ options: Options) async {
     let open = OpenCount()
     var backoff: Duration = .zero
     var acceptErrorLog = RateLimitedLog()
@@ -465,7 +525,7 @@ func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ options: Options) a
             if isAcceptFailure(error) {
                 backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
                 acceptErrorLog("accept: \(error); retrying in \(backoff)")
-                try? await Task.sleep(for: backoff)
+                await backoffTimer.sleep(for: backoff)
             } else {
                 acceptErrorLog("accept: setting up a connection: \(error)")
             }
@@ -499,11 +559,14 @@ nonisolated func run() async {
         let listener = try TCPListener.listen(host: options.host, port: options.port, poller: poller)
         print("poller-http: listening on \(listener.localAddress) (backend \(poller.backendKind))")
         fflush(nil)
-        let server = Task(executorPreference: poller.executor) { await acceptLoop(listener, poller, options) }
+        let backoffTimer = try BackoffTimer(poller: poller)
+        let server = Task(executorPreference: poller.executor) { await acceptLoop(listener, poller, backoffTimer, options) }
         // SIGINT/SIGTERM: stop accepting and exit 0 (open connections end with the process).
         try? await TerminationSignal.wait(poller: poller)
         try? await listener.close()
+        backoffTimer.unblock()
         await server.value
+        backoffTimer.close()
         poller.shutdown()
         exit(0)
     } catch {
