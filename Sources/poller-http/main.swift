@@ -326,11 +326,14 @@ func parseHead(_ head: UnsafeRawBufferPointer, maxBodyBytes: Int) -> Head {
 func serve(_ connection: Connection, _ options: Options) async {
     // Connections end by close (peer, error or process exit), never by task cancellation.
     connection.observesTaskCancellation = false
+    // One allocation per connection: the read buffer (a whole head must fit), then the reply
+    // queue. Untouched pages of an idle connection's buffer cost no resident memory.
     let capacity = options.maxHeaderBytes
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
-    defer { buffer.deallocate() }
-    let out = UnsafeMutableRawBufferPointer.allocate(byteCount: maxQueuedResponses * longestReply, alignment: 16)
-    defer { out.deallocate() }
+    let storage = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: capacity + maxQueuedResponses * longestReply, alignment: 16)
+    defer { storage.deallocate() }
+    let buffer = UnsafeMutableRawBufferPointer(rebasing: storage[0..<capacity])
+    let out = UnsafeMutableRawBufferPointer(rebasing: storage[capacity...])
     var start = 0, used = 0, scanned = 0, bodyLeft = 0
     var queued = 0, queuedCount = 0
     // Whether the read deadline is the current request's (--read-timeout from its first
