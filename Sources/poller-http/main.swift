@@ -336,9 +336,11 @@ func serve(_ connection: Connection, _ options: Options) async {
     let out = UnsafeMutableRawBufferPointer(rebasing: storage[capacity...])
     var start = 0, used = 0, scanned = 0, bodyLeft = 0
     var queued = 0, queuedCount = 0
-    // Whether the read deadline is the current request's (--read-timeout from its first
-    // bytes); it is set once per request so that a drip of bytes cannot push it back.
-    var requestDeadlineSet = false
+    // Requests completed so far (head read and body discarded), and the request whose
+    // --read-timeout deadline is in force (nil: the read deadline is the idle one or none).
+    // The request deadline is set once per request so that a drip of bytes cannot push it back.
+    var completedRequests = 0
+    var deadlineRequest: Int?
 
     func enqueue(_ reply: [UInt8]) {
         reply.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[queued...]).copyMemory(from: $0) }
@@ -359,6 +361,7 @@ func serve(_ connection: Connection, _ options: Options) async {
                     needBytes = true
                     break
                 }
+                completedRequests += 1
             }
             guard start < used else {
                 needBytes = true
@@ -384,8 +387,7 @@ func serve(_ connection: Connection, _ options: Options) async {
             }
             start = end
             scanned = end
-            // Between requests (no body pending): the next one gets a fresh request deadline.
-            if bodyLeft == 0 { requestDeadlineSet = false }
+            if bodyLeft == 0 { completedRequests += 1 }
         }
         // 2. Write the replies (all of them before waiting for more requests).
         if queued > 0 {
@@ -416,17 +418,19 @@ func serve(_ connection: Connection, _ options: Options) async {
         do {
             if (used > 0 || bodyLeft > 0), let readTimeout = options.readTimeout {
                 // Mid-request: its head and body must arrive by this deadline, set once.
-                if !requestDeadlineSet {
+                if deadlineRequest != completedRequests {
                     try connection.setReadDeadline(in: readTimeout)
-                    requestDeadlineSet = true
+                    deadlineRequest = completedRequests
                 }
             } else if let idleTimeout = options.idleTimeout {
                 // Waiting for a request (or no read timeout): pushed back on every read, which
                 // costs no heap operation once the timer is pending.
                 try connection.setReadDeadline(in: idleTimeout)
-            } else if requestDeadlineSet {
+                deadlineRequest = nil
+            } else if deadlineRequest != nil {
+                // Idle timeout off: no deadline between requests.
                 try connection.setReadDeadline(nil)
-                requestDeadlineSet = false
+                deadlineRequest = nil
             }
             used += try await connection.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[used...]))
         } catch {

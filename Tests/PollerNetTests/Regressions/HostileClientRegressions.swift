@@ -48,6 +48,24 @@ extension PollerNetTests {
             #expect(elapsed < .seconds(5))
         }
 
+        @Test("a finished request's read deadline does not close the connection while it waits for the next",
+              arguments: BackendKind.allCases)
+        func requestDeadlineEndsWithTheRequest(backend: BackendKind) throws {
+            // With the idle timeout off, the per-request deadline of a request that arrived in
+            // two reads must be cleared once it is answered, or it would close the idle
+            // keep-alive connection 0.3 s later.
+            let server = try ServerProcess.start(.http, backend: backend, ["--idle-timeout", "0", "--read-timeout", "0.3"])
+            defer { server.stop() }
+            let client = try Client(port: server.port)
+            defer { client.close() }
+            client.sendAllowingClose(Array("GET / HTTP/1.1\r\n".utf8))
+            usleep(50_000)  // the head arrives in two reads: the request deadline is set
+            client.sendAllowingClose(Array("\r\n".utf8))
+            let reply = String(decoding: client.receive(count: 12, waitingMs: 2000), as: UTF8.self)
+            #expect(reply == "HTTP/1.1 200")
+            #expect(!client.peerClosed(waitingMs: 1000), "the idle connection was closed by a stale request deadline")
+        }
+
         // MARK: Write deadlines
 
         @Test("a client that never reads is disconnected by the write deadline", arguments: ServerKind.allCases, BackendKind.allCases)
