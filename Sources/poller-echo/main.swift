@@ -1,23 +1,55 @@
 // poller-echo: the seeds' echo server made real, on PollerNet.
 //
 //   poller-echo [--host 127.0.0.1] [--port 0] [--backend epoll|io_uring|auto]
-//               [--idle-timeout SECONDS] [--global-executor]
+//               [--idle-timeout SECONDS] [--write-timeout SECONDS]
+//               [--max-connections N] [--global-executor]
 //
-// One task per connection, echoing everything. With --idle-timeout, every read carries a
-// read deadline of that many seconds and a connection idle that long is closed. Connection
-// tasks run on the poller's own thread (its TaskExecutor) unless --global-executor is given.
-// SIGINT/SIGTERM stop it cleanly: stop accepting, unblock and close every connection, print
-// totals, exit 0. Port 0 picks a free port; the first line printed says which.
+// One task per connection, echoing everything. Connection tasks run on the poller's own
+// thread (its TaskExecutor) unless --global-executor is given. SIGINT/SIGTERM stop it
+// cleanly: stop accepting, unblock and close every connection, print totals, exit 0. Port 0
+// picks a free port; the first line printed says which.
+//
+// Defaults a public server needs (each can be changed; 0 turns a timeout or the cap off):
+//   --idle-timeout 60     every read carries a read deadline this far ahead: a connection
+//                         that sends nothing for that long is closed.
+//   --write-timeout 30    every echo write must finish within this: a peer that sends but
+//                         never reads cannot pin its connection (and its buffer) forever.
+//   --max-connections N   at most N open connections (default min(16384, RLIMIT_NOFILE - 64));
+//                         beyond it new connections are accepted and closed at once (shed),
+//                         so the listen queue keeps draining and the server keeps its
+//                         descriptors; shedding is logged at most once a second.
+// Accept errors (out of descriptors or memory, aborted handshakes, firewall refusals, anything
+// else) never stop the server: it backs off (5 ms doubling to 1 s) and retries, logging at most
+// once a second; accepting ends only when the listener is closed at shutdown.
 import Glibc
 import Poller
 import PollerNet
 import Synchronization
 
+let usageText = """
+    usage: poller-echo [--host H] [--port P] [--backend epoll|io_uring|auto]
+                       [--idle-timeout S] [--write-timeout S] [--max-connections N] [--global-executor]
+      --idle-timeout S      close a connection that sends nothing for S seconds (default 60; 0 = off)
+      --write-timeout S     close a connection whose echo cannot be written within S seconds
+                            (a peer that does not read; default 30; 0 = off)
+      --max-connections N   shed (accept and close) connections beyond N open ones
+                            (default min(16384, RLIMIT_NOFILE - 64); 0 = no cap)
+    """
+
+/// The largest timeout accepted, in seconds (one day): anything longer is a typo or an attack
+/// on the flag parser (Double accepts "inf" and "1e300", which overflow Duration).
+let maxTimeoutSeconds = 86_400.0
+
 struct Options {
     var host = "127.0.0.1"
     var port: UInt16 = 0
     var backend: BackendChoice = .auto
-    var idleTimeout: Duration?
+    /// nil: off. Read deadline per read.
+    var idleTimeout: Duration? = .seconds(60)
+    /// nil: off. Write deadline per write.
+    var writeTimeout: Duration? = .seconds(30)
+    /// Int.max: no cap.
+    var maxConnections = defaultMaxConnections()
     var onPollerExecutor = true
 
     static func parse(_ arguments: [String]) -> Options {
@@ -44,18 +76,43 @@ struct Options {
                 } catch {
                     fail("\(error)")
                 }
-            case "--idle-timeout":
-                guard let s = Double(value(arg)), s > 0 else { fail("--idle-timeout needs seconds > 0") }
-                options.idleTimeout = .nanoseconds(Int64(s * 1e9))
+            case "--idle-timeout": options.idleTimeout = parseTimeout(arg, value(arg))
+            case "--write-timeout": options.writeTimeout = parseTimeout(arg, value(arg))
+            case "--max-connections":
+                let text = value(arg)
+                guard let n = Int(text), n >= 0, n <= 10_000_000 else {
+                    fail("--max-connections needs a whole number 0...10000000 (0 = no cap), got '\(text)'")
+                }
+                options.maxConnections = n == 0 ? .max : n
             case "--global-executor": options.onPollerExecutor = false
             case "-h", "--help":
-                print("usage: poller-echo [--host H] [--port P] [--backend epoll|io_uring|auto] [--idle-timeout S] [--global-executor]")
+                print(usageText)
                 exit(0)
-            default: fail("unknown argument \(arg)")
+            default: fail("unknown argument \(arg)\n\(usageText)")
             }
         }
         return options
     }
+}
+
+/// Seconds → a timeout: 0 is off (nil); otherwise finite, 0.001...86400, or exit 2 with a
+/// message. Never traps: the range check comes before the conversion to integer nanoseconds.
+func parseTimeout(_ flag: String, _ text: String) -> Duration? {
+    guard let seconds = Double(text), seconds.isFinite, seconds == 0 || (seconds >= 0.001 && seconds <= maxTimeoutSeconds)
+    else {
+        fail("\(flag) needs seconds: 0 (off) or 0.001...\(Int(maxTimeoutSeconds)), got '\(text)'")
+    }
+    if seconds == 0 { return nil }
+    return .nanoseconds(Int64((seconds * 1e9).rounded()))
+}
+
+/// min(16384, RLIMIT_NOFILE - 64), at least 1: the cap keeps a margin of descriptors for the
+/// server itself (poller, signal pipe, listener, runtime), so a full house sheds connections
+/// instead of running accept into EMFILE.
+func defaultMaxConnections() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 16384 }
+    return max(1, min(16384, Int(clamping: limit.rlim_cur) - 64))
 }
 
 func fail(_ message: String) -> Never {
@@ -64,90 +121,204 @@ func fail(_ message: String) -> Never {
     exit(2)
 }
 
+/// A log line that may repeat at a high rate (an accept error on every connection, shedding
+/// under a flood): printed at most once per `interval`, with how many were suppressed since.
+/// Used from one task only (the accept loop), so it needs no lock.
+struct RateLimitedLog {
+    let interval: Duration
+    private var last: ContinuousClock.Instant?
+    private var suppressed = 0
+
+    init(interval: Duration = .seconds(1)) { self.interval = interval }
+
+    mutating func callAsFunction(_ line: @autoclosure () -> String) {
+        let now = ContinuousClock.now
+        if let last, now - last < interval {
+            suppressed += 1
+            return
+        }
+        log(suppressed > 0 ? "\(line()) (\(suppressed) more since the last report)" : line())
+        last = now
+        suppressed = 0
+    }
+}
+
+/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
+/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
+/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
+/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
+final class BackoffTimer: Sendable {
+    private let readFD: Int32, writeFD: Int32
+    private let descriptor: PollDescriptor
+
+    init(poller: Poller) throws(PollError) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        (readFD, writeFD) = (fds[0], fds[1])
+        do {
+            descriptor = try poller.register(fds[0])
+        } catch {
+            Glibc.close(fds[0])
+            Glibc.close(fds[1])
+            throw error
+        }
+    }
+
+    /// Returns after `duration`, or at once after `unblock()`.
+    func sleep(for duration: Duration) async {
+        descriptor.setDeadline(in: duration, for: .read)
+        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
+    }
+
+    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
+    func unblock() { descriptor.unblock() }
+
+    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
+    func close() {
+        try? descriptor.close()
+        Glibc.close(readFD)
+        Glibc.close(writeFD)
+    }
+}
+
 /// The server's live connections and totals.
 final class Server: Sendable {
     let listener: TCPListener
     let options: Options
     let poller: Poller
+    let backoffTimer: BackoffTimer
     private let connections = Mutex<[Int: Connection]>([:])
     private let nextID = Atomic<Int>(0)
     let accepted = Atomic<Int>(0)
+    let shed = Atomic<Int>(0)
     let bytesEchoed = Atomic<Int>(0)
     let idleClosed = Atomic<Int>(0)
+    let writeTimedOut = Atomic<Int>(0)
     let stopping = Atomic<Bool>(false)
 
-    init(listener: TCPListener, options: Options, poller: Poller) {
+    init(listener: TCPListener, options: Options, poller: Poller, backoffTimer: BackoffTimer) {
         self.listener = listener
         self.options = options
         self.poller = poller
+        self.backoffTimer = backoffTimer
     }
 
     var executor: (any TaskExecutor)? { options.onPollerExecutor ? poller.executor : nil }
 
+    /// Accepts until the listener is closed (shutdown). Invariant: no error other than
+    /// `.closed` ends this loop, and no error makes it spin: accept errors back off.
     func acceptLoop() async {
-        var backoff: Duration = .milliseconds(5)
+        var backoff: Duration = .zero
+        var acceptErrorLog = RateLimitedLog()
+        var shedLog = RateLimitedLog()
         while !stopping.load(ordering: .relaxed) {
             let connection: Connection
             do {
                 connection = try await listener.accept()
-                backoff = .milliseconds(5)
-            } catch .tooManyOpenFiles(let errno) {
-                // Out of descriptors: the connection stays queued; back off as Go's http server does.
-                log("accept: \(ErrnoText.name(errno)); retrying in \(backoff)")
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(1))
-                continue
+                backoff = .zero
             } catch .closed {
                 return
             } catch {
                 if stopping.load(ordering: .relaxed) { return }
-                log("accept: \(error)")
+                if Self.isAcceptFailure(error) {
+                    // Out of descriptors or memory, a firewall's EPERM, an EPROTO, or anything
+                    // else accept4 says: the condition may persist, so back off (Go's servers
+                    // do the same) instead of spinning, and keep trying: a public server must
+                    // not stop accepting while the process stays up.
+                    backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
+                    acceptErrorLog("accept: \(error); retrying in \(backoff)")
+                    await backoffTimer.sleep(for: backoff)
+                } else {
+                    // accept4 succeeded but setting up that one connection failed (it is
+                    // closed): no reason to slow down the next one.
+                    acceptErrorLog("accept: setting up a connection: \(error)")
+                }
                 continue
             }
             accepted.add(1, ordering: .relaxed)
             let id = nextID.add(1, ordering: .relaxed).newValue
-            let registered = connections.withLockAnnotated { c -> Bool in
-                guard !stopping.load(ordering: .relaxed) else { return false }
+            let admitted = connections.withLockAnnotated { c -> Bool? in
+                guard !stopping.load(ordering: .relaxed) else { return nil }
+                guard c.count < options.maxConnections else { return false }
                 c[id] = connection
                 return true
             }
-            guard registered else {
+            switch admitted {
+            case nil:
                 try? await connection.close()
                 return
-            }
-            Task(executorPreference: executor) {
-                await self.serve(connection)
-                _ = self.connections.withLockAnnotated { $0.removeValue(forKey: id) }
+            case false?:
+                // Over the cap: shed. Accepting and closing keeps the listen queue moving
+                // (clients get an immediate end of file rather than a hung handshake) and
+                // costs no memory beyond the moment.
+                shed.add(1, ordering: .relaxed)
+                shedLog("at the connection cap (\(options.maxConnections)): shedding new connections")
                 try? await connection.close()
+            case true?:
+                Task(executorPreference: executor) {
+                    await self.serve(connection)
+                    _ = self.connections.withLockAnnotated { $0.removeValue(forKey: id) }
+                    try? await connection.close()
+                }
             }
         }
     }
 
-    /// Echoes until end of file, an error, the idle timeout, or shutdown.
+    /// Whether `error` came from accept4 itself (the listener's condition) rather than from
+    /// setting up an accepted connection.
+    static func isAcceptFailure(_ error: NetError) -> Bool {
+        switch error {
+        case .tooManyOpenFiles: true
+        case .system(let call, _): call.hasPrefix("accept")
+        case .connectionReset, .endOfFile: false  // the new peer went away during setup
+        default: true  // timeout, cancelled, or anything new: treat it as the listener's
+        }
+    }
+
+    /// Echoes until end of file, an error, the idle or write timeout, or shutdown.
     func serve(_ connection: Connection) async {
         // Go's model: shutdown closes the connection (which wakes a blocked read or write with
         // .closed); nothing cancels this task, so its waits need no cancellation handler.
         connection.observesTaskCancellation = false
+        let idleTimeout = options.idleTimeout, writeTimeout = options.writeTimeout
         var size = 512
         var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
         while true {
+            let n: Int
             do {
-                if let idle = options.idleTimeout { try connection.setReadDeadline(in: idle) }
-                let n = try await connection.read(into: buffer)
-                try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                bytesEchoed.add(n, ordering: .relaxed)
-                if n == size && size < 65536 {
-                    // A busy stream: grow the buffer once (idle and small-message connections keep 512 B).
-                    buffer.deallocate()
-                    size = 65536
-                    buffer = .allocate(byteCount: size, alignment: 16)
-                }
+                // Moving a pending deadline later costs no heap operation (the timer re-arms
+                // when it fires), so one deadline per read is cheap.
+                if let idleTimeout { try connection.setReadDeadline(in: idleTimeout) }
+                n = try await connection.read(into: buffer)
             } catch .timeout {
                 idleClosed.add(1, ordering: .relaxed)
                 return
             } catch {
                 return  // end of file, reset, closed by shutdown: the connection is done
+            }
+            do {
+                // The write deadline bounds how long a peer that does not read can hold this
+                // task and its buffer. Set per write (moved later: cheap), so only a write that
+                // blocks for the whole timeout fails.
+                if let writeTimeout { try connection.setWriteDeadline(in: writeTimeout) }
+                try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            } catch .timeout {
+                writeTimedOut.add(1, ordering: .relaxed)
+                return
+            } catch {
+                return
+            }
+            bytesEchoed.add(n, ordering: .relaxed)
+            if n == size && size < 65536 {
+                // A busy stream: grow the buffer once (idle and small-message connections keep 512 B).
+                buffer.deallocate()
+                size = 65536
+                buffer = .allocate(byteCount: size, alignment: 16)
             }
         }
     }
@@ -157,6 +328,7 @@ final class Server: Sendable {
     func stop() async {
         stopping.store(true, ordering: .relaxed)
         try? await listener.close()
+        backoffTimer.unblock()  // an accept loop backing off returns at once
         let open = connections.withLockAnnotated { Array($0.values) }
         for connection in open { try? await connection.close() }
         let deadline = ContinuousClock.now + .seconds(5)
@@ -169,16 +341,6 @@ final class Server: Sendable {
 func log(_ line: String) {
     var text = "poller-echo: \(line)\n"
     _ = text.withUTF8 { write(2, $0.baseAddress, $0.count) }
-}
-
-enum ErrnoText {
-    static func name(_ e: Int32) -> String {
-        switch e {
-        case EMFILE: "EMFILE"
-        case ENFILE: "ENFILE"
-        default: "errno \(e)"
-        }
-    }
 }
 
 nonisolated func run(_ options: Options) async -> Int32 {
@@ -197,7 +359,13 @@ nonisolated func run(_ options: Options) async -> Int32 {
     }
     print("poller-echo: listening on \(listener.localAddress) (backend \(poller.backendKind): \(poller.backendReason))")
     fflush(nil)
-    let server = Server(listener: listener, options: options, poller: poller)
+    let backoffTimer: BackoffTimer
+    do {
+        backoffTimer = try BackoffTimer(poller: poller)
+    } catch {
+        fail("backoff timer: \(error)")
+    }
+    let server = Server(listener: listener, options: options, poller: poller, backoffTimer: backoffTimer)
     let acceptTask = Task(executorPreference: server.executor) { await server.acceptLoop() }
 
     do {
@@ -208,11 +376,14 @@ nonisolated func run(_ options: Options) async -> Int32 {
     log("stopping")
     await server.stop()
     await acceptTask.value
+    backoffTimer.close()
     // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
     print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
         + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "
         + "closed \(server.idleClosed.load(ordering: .relaxed)) idle, "
-        + "parked \(poller.parkedWaiterCount), registered \(poller.openDescriptorCount)")
+        + "parked \(poller.parkedWaiterCount), registered \(poller.openDescriptorCount), "
+        + "write timeouts \(server.writeTimedOut.load(ordering: .relaxed)), "
+        + "shed \(server.shed.load(ordering: .relaxed))")
     fflush(nil)
     poller.shutdown()
     return 0
