@@ -10,19 +10,50 @@ public protocol Listener: Sendable {
     /// The poller for the listener and the connections it accepts; nil for
     /// `Poller.shared()`.
     var poller: Poller? { get }
+    /// How many descriptors below the soft RLIMIT_NOFILE ``accept()`` leaves free for the
+    /// rest of the process: a connection that would take one of them is closed at once
+    /// (shed) and ``accept()`` throws ``NetError/tooManyOpenFiles(errno:)``. 0 turns shedding
+    /// off. Conformers that do not say take ``defaultDescriptorHeadroom``.
+    ///
+    /// Why: a process sitting at its descriptor limit can be killed by code it does not
+    /// control. libdispatch (under Swift's global executor) aborts with SIGILL when its worker
+    /// monitor cannot open `/proc/<tid>/stat`, so a flood of connections that fills the table
+    /// would crash the server whatever it does with the error.
+    var descriptorHeadroom: Int { get }
 }
 
 extension Listener {
-    /// Waits for and returns the next connection (TCP_NODELAY on for TCP, registered with
-    /// this listener's poller).
+    /// The headroom listeners keep unless told otherwise: 16 descriptors.
     ///
-    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when out of descriptors (the
-    ///   connection stays queued: back off and retry); ``NetError/timeout`` once the deadline
-    ///   set by ``setDeadline(_:)`` has passed, even with a connection pending;
-    ///   ``NetError/closed`` if the listener is or gets closed; ``NetError/cancelled`` if the
-    ///   task is cancelled while waiting (the listener stays usable).
+    /// Enough for what the runtime opens on its own (libdispatch's monitor opens one file at
+    /// a time, its timers a few descriptors once) with room to spare; small beside common
+    /// limits (1,024 and up), a quarter of a 64-descriptor limit.
+    public static var defaultDescriptorHeadroom: Int { 16 }
+
+    /// ``defaultDescriptorHeadroom``, for conformers that keep no value of their own.
+    public var descriptorHeadroom: Int { Self.defaultDescriptorHeadroom }
+
+    /// Waits for and returns the next connection (TCP_NODELAY on for TCP, registered with
+    /// this listener's poller), keeping ``descriptorHeadroom`` descriptors free.
+    ///
+    /// A connection is never returned in the top ``descriptorHeadroom`` descriptor slots below
+    /// the soft RLIMIT_NOFILE (the kernel hands out the lowest free number, so such a number
+    /// means the lower slots are full): it is closed at once, its client sees end of file (or
+    /// a reset if it had sent data), and this throws `tooManyOpenFiles(errno: EMFILE)`. Each
+    /// call sheds at most one connection; accepting again at once is safe (the shed
+    /// connection is gone, so there is nothing to spin on), and backing off as Go's servers
+    /// do is fine too. Connections are served again as soon as descriptors below the
+    /// headroom free up.
+    ///
+    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when a connection was shed to keep the
+    ///   headroom (EMFILE), or when no descriptor at all is free (EMFILE, or ENFILE for the
+    ///   whole system; the connection then stays queued); in both cases back off or do other
+    ///   work and retry. ``NetError/timeout`` once the deadline set by ``setDeadline(_:)``
+    ///   has passed, even with a connection pending; ``NetError/closed`` if the listener is
+    ///   or gets closed; ``NetError/cancelled`` if the task is cancelled while waiting (the
+    ///   listener stays usable).
     nonisolated(nonsending) public func accept() async throws(NetError) -> Connection {
-        let fd = try await netFD.accept()
+        let fd = try await netFD.accept(keepingFree: max(0, descriptorHeadroom))
         return try Connection(adopting: fd, poller: poller)
     }
 

@@ -21,8 +21,10 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     case cancelled
     /// The peer reset the connection (ECONNRESET).
     case connectionReset
-    /// `accept` ran out of descriptors (EMFILE for the process, ENFILE for the system). The
-    /// pending connection stays queued; back off and retry, as Go's servers do.
+    /// `accept` ran out of descriptors (EMFILE for the process, ENFILE for the system), or a
+    /// listener shed a connection to keep its ``Listener/descriptorHeadroom`` free (EMFILE;
+    /// that connection has been closed). Otherwise the pending connection stays queued. Back
+    /// off (or do other work) and retry, as Go's servers do.
     case tooManyOpenFiles(errno: Int32)
     /// A system call failed: `call` names it ("connect", "read", "send", …) and `errno` says
     /// why. ECONNREFUSED from a dial and EPIPE from a write after the peer left arrive here.

@@ -120,23 +120,51 @@ extension NetFD {
     /// Accepts one pending connection: Go's `FD.Accept`.
     ///
     /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`. EINTR and ECONNABORTED (a client that
-    /// gave up while queued) are retried silently.
+    /// gave up while queued) are retried silently. Keeps no descriptor headroom: a listener's
+    /// ``Listener/accept()`` does (see ``Listener/descriptorHeadroom``).
     ///
     /// - Returns: the new descriptor, owned by the caller.
-    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` for EMFILE/ENFILE (back off and retry);
-    ///   ``NetError/timeout``, ``NetError/closed``, ``NetError/cancelled`` as for reads;
-    ///   ``NetError/system(call:errno:)`` with call "accept4".
+    /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` for EMFILE/ENFILE (the connection stays
+    ///   queued: back off and retry); ``NetError/timeout``, ``NetError/closed``,
+    ///   ``NetError/cancelled`` as for reads; ``NetError/system(call:errno:)`` with call
+    ///   "accept4".
     nonisolated(nonsending) public func accept() async throws(NetError) -> Int32 {
+        try await accept(keepingFree: 0)
+    }
+
+    /// ``accept()`` that sheds a connection rather than let it take one of the last
+    /// `headroom` descriptors below the soft RLIMIT_NOFILE.
+    ///
+    /// The check costs one `getrlimit` and no descriptor: the kernel hands out the lowest free
+    /// number, so an accepted number in the top `headroom` slots (`fd >= limit - headroom`)
+    /// means every slot below it was taken. Such a connection is closed at once (the client
+    /// sees end of file, or a reset if it had sent data) and the call throws
+    /// `tooManyOpenFiles(errno: EMFILE)`. Invariant: a connection this returns has a number
+    /// below `limit - headroom`, so connections accepted here never occupy the top `headroom`
+    /// slots, and those stay free for whatever else in the process needs a descriptor
+    /// (libdispatch's worker monitor aborts the process when it cannot open
+    /// `/proc/<tid>/stat`). Holes below the mark are used first, so nothing is shed while the
+    /// lower slots have room, however fragmented.
+    nonisolated(nonsending) func accept(keepingFree headroom: Int) async throws(NetError) -> Int32 {
         _ = try await fdMutex.lock(.read)
         defer { fdMutex.unlock(.read) }
         try prepare(.read)
         while true {
             let s = SocketOptions.acceptNonBlocking(fd)
-            if s >= 0 { return s }
+            if s >= 0 {
+                if headroom > 0 && DescriptorLimit.isInHeadroom(s, headroom: headroom) {
+                    Glibc.close(s)
+                    throw .tooManyOpenFiles(errno: EMFILE)
+                }
+                return s
+            }
             let e = errno
             switch e {
             case EINTR, ECONNABORTED: continue
             case EAGAIN, EWOULDBLOCK: try await waitReady(.read, call: "accept4")
+            // Out of descriptors altogether (something other than this listener took the
+            // headroom, or there is none): nothing can be accepted, so the connection stays
+            // queued for a retry once descriptors free up.
             case EMFILE, ENFILE: throw .tooManyOpenFiles(errno: e)
             default: throw .system(call: "accept4", errno: e)
             }

@@ -14,11 +14,15 @@ public final class TCPListener: Listener {
     public let localAddress: SocketAddress
     /// The poller for the listener and its connections; nil for `Poller.shared()`.
     public let poller: Poller?
+    /// The descriptors ``accept()`` keeps free below the soft RLIMIT_NOFILE, shedding
+    /// connections that would take them (see ``Listener/descriptorHeadroom``).
+    public let descriptorHeadroom: Int
 
-    private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?) {
+    private init(netFD: NetFD, localAddress: SocketAddress, poller: Poller?, descriptorHeadroom: Int) {
         self.netFD = netFD
         self.localAddress = localAddress
         self.poller = poller
+        self.descriptorHeadroom = max(0, descriptorHeadroom)
     }
 
     /// Binds and listens on `host:port`.
@@ -34,10 +38,14 @@ public final class TCPListener: Listener {
     ///     (4096 if unreadable), as Go uses.
     ///   - poller: the poller for the listener and the connections it accepts; nil for
     ///     `Poller.shared()`.
+    ///   - descriptorHeadroom: how many descriptors below the soft RLIMIT_NOFILE
+    ///     ``accept()`` keeps free, shedding connections that would take them (see
+    ///     ``Listener/descriptorHeadroom``); 0 never sheds. Negative counts as 0.
     /// - Throws: ``NetError/invalidAddress(_:)``; `.system(call: "bind", errno: EADDRINUSE)`
     ///   and the like. The socket is closed on every failure.
     public static func listen(
-        host: String, port: UInt16, backlog: Int32? = nil, poller: Poller? = nil
+        host: String, port: UInt16, backlog: Int32? = nil, poller: Poller? = nil,
+        descriptorHeadroom: Int = TCPListener.defaultDescriptorHeadroom
     ) throws(NetError) -> TCPListener {
         let address = try SocketAddress(host: host, port: port)
         let fd = try SocketOptions.makeStreamSocket(family: address.family)
@@ -55,6 +63,7 @@ public final class TCPListener: Listener {
         // NetFD owns fd from here, closing it itself on failure.
         let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
         let local = try SocketOptions.localAddress(fd)
-        return TCPListener(netFD: netFD, localAddress: local, poller: poller)
+        return TCPListener(
+            netFD: netFD, localAddress: local, poller: poller, descriptorHeadroom: descriptorHeadroom)
     }
 }
