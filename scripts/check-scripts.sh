@@ -4,7 +4,8 @@
 # `producer | head` fail at random: the reader exits early, the producer dies of SIGPIPE,
 # and the pipeline reports that death. So:
 #   1. no script may pipe into `grep -q`, `grep -m`, `head` or `sed ...q` (comments aside);
-#   2. scripts/ensure-deps.sh must succeed 50 times in a row on a machine where it succeeds once.
+#   2. (and the README's examples match Examples/*, which the build compiles);
+#   3. scripts/ensure-deps.sh must succeed 50 times in a row on a machine where it succeeds once.
 # Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,17 @@ for f in scripts/*.sh .ci/run; do
   fi
 done
 [ "$bad" = 0 ] || exit 1
+
+# The README's code blocks are compiled as Examples/*; the lines between the markers there
+# must appear verbatim in the README, or the README shows code nobody compiles.
+for f in Examples/*/main.swift; do
+  block=$(sed -n '/^\/\/ README begin$/,/^\/\/ README end$/p' "$f" | sed '1d;$d')
+  [ -n "$block" ] || continue
+  if ! python3 -c 'import sys; sys.exit(0 if sys.argv[1] in open("README.md").read() else 1)' "$block"; then
+    echo "check-scripts: the README's copy of $f differs from the compiled example" >&2
+    exit 1
+  fi
+done
 
 for i in $(seq 1 50); do
   if ! bash scripts/ensure-deps.sh >/dev/null 2>"${TMPDIR:-/tmp}/ensure-deps.err"; then
