@@ -76,8 +76,14 @@ extension NetFD {
     /// Writes every byte of `buffer`, waiting for buffer space as needed: Go's `FD.Write`.
     ///
     /// Never throws: the result says how many bytes went out and, if not all did, why (a
-    /// timeout or close mid-way reports the partial count with the error). Sockets are written
-    /// with `send(MSG_NOSIGNAL)`, so a vanished peer gives EPIPE, never SIGPIPE.
+    /// timeout or close mid-way reports the partial count with the error).
+    ///
+    /// A vanished peer or reader gives `.system(call: "send" or "write", errno: EPIPE)`,
+    /// never SIGPIPE, without touching the process's signal dispositions: sockets are written
+    /// with `send(MSG_NOSIGNAL)`; other descriptors (pipes, FIFOs) with write(2) while SIGPIPE
+    /// is blocked in the calling thread, and a SIGPIPE that write raised is consumed before
+    /// the thread's mask is restored (a SIGPIPE already pending before the write is left
+    /// pending). This costs non-socket writes three extra system calls each.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         do throws(NetError) {
             _ = try await fdMutex.lock(.write)
@@ -93,7 +99,7 @@ extension NetFD {
                 let chunk = min(buffer.count - written, maxChunk)
                 let n = isSocket
                     ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
-                    : Glibc.write(fd, base + written, chunk)
+                    : writeWithoutSIGPIPE(fd, base + written, chunk)
                 if n > 0 {
                     written += n
                     continue

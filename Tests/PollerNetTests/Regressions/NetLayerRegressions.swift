@@ -63,7 +63,79 @@ extension PollerNetTests {
                 }
             }
         }
+
+        // MARK: 9. SIGPIPE from write(2) on non-socket descriptors
+
+        @Test("a write to a pipe whose reader has closed returns EPIPE instead of killing the process with SIGPIPE",
+              arguments: BackendKind.allCases)
+        func pipeWriteAfterReaderClosed(kind: BackendKind) async throws {
+            // SIGPIPE's default action kills the process: without the fix this test run dies
+            // here instead of failing politely.
+            let previous = signal(SIGPIPE, SIG_DFL)
+            defer { signal(SIGPIPE, previous) }
+            try await withNetPoller(kind) { poller in
+                var fds: [Int32] = [-1, -1]
+                try #require(pipe(&fds) == 0)
+                Glibc.close(fds[0])
+                let writer = try NetFD(adopting: fds[1], poller: poller, isStream: true, isSocket: false)
+                let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 3, alignment: 1)
+                defer { bytes.deallocate() }
+                bytes.initializeMemory(as: UInt8.self, repeating: 7)
+                for _ in 0..<3 {
+                    let result = await writer.write(UnsafeRawBufferPointer(bytes))
+                    #expect(result == WriteResult(bytesWritten: 0, error: .system(call: "write", errno: EPIPE)))
+                }
+                #expect(!sigpipePending(), "a SIGPIPE was left pending")
+                try await writer.close()
+            }
+        }
+
+        @Test("masking SIGPIPE around write(2) leaves the thread's signal mask, and a SIGPIPE the caller already had pending, as they were")
+        func pipeWriteLeavesSignalStateAlone() throws {
+            let previous = signal(SIGPIPE, SIG_DFL)
+            defer { signal(SIGPIPE, previous) }
+            var fds: [Int32] = [-1, -1]
+            try #require(pipe(&fds) == 0)
+            Glibc.close(fds[0])
+            defer { Glibc.close(fds[1]) }
+            var byte: UInt8 = 1
+            // No suspension point below: all of it runs on this thread.
+            #expect(!sigpipeBlocked())
+            #expect(writeWithoutSIGPIPE(fds[1], &byte, 1) == -1 && errno == EPIPE)
+            #expect(!sigpipeBlocked(), "the thread's mask was not restored")
+            #expect(!sigpipePending())
+
+            // The caller blocks SIGPIPE and has one pending: it must survive the write.
+            var sigpipe = sigset_t()
+            sigemptyset(&sigpipe)
+            sigaddset(&sigpipe, SIGPIPE)
+            var saved = sigset_t()
+            pthread_sigmask(SIG_BLOCK, &sigpipe, &saved)
+            raise(SIGPIPE)
+            #expect(sigpipePending())
+            #expect(writeWithoutSIGPIPE(fds[1], &byte, 1) == -1 && errno == EPIPE)
+            #expect(sigpipeBlocked(), "the caller's blocked SIGPIPE was unblocked")
+            #expect(sigpipePending(), "the caller's pending SIGPIPE was consumed")
+            var zero = timespec(tv_sec: 0, tv_nsec: 0)
+            _ = sigtimedwait(&sigpipe, nil, &zero)
+            pthread_sigmask(SIG_SETMASK, &saved, nil)
+        }
     }
+}
+
+/// Whether SIGPIPE is pending for this thread or the process.
+func sigpipePending() -> Bool {
+    var pending = sigset_t()
+    sigemptyset(&pending)
+    sigpending(&pending)
+    return sigismember(&pending, SIGPIPE) == 1
+}
+
+/// Whether SIGPIPE is blocked in this thread's mask.
+func sigpipeBlocked() -> Bool {
+    var mask = sigset_t()
+    pthread_sigmask(SIG_SETMASK, nil, &mask)
+    return sigismember(&mask, SIGPIPE) == 1
 }
 
 // MARK: - Helpers
