@@ -120,6 +120,44 @@ extension PollerNetTests {
             _ = sigtimedwait(&sigpipe, nil, &zero)
             pthread_sigmask(SIG_SETMASK, &saved, nil)
         }
+
+        // MARK: 10. Reads of nothing after close; writes claiming too much
+
+        @Test("read(maxBytes: 0) on a closed connection throws closed, as a read into an empty buffer does, and returns an empty array while open",
+              arguments: BackendKind.allCases)
+        func emptyReadAfterClose(kind: BackendKind) async throws {
+            try await withTCPPair(kind) { _, pair in
+                let client = pair.client
+                #expect(try await client.read(maxBytes: 0) == [])
+                #expect(try await client.read(maxBytes: -1) == [])
+                try await client.close()
+                await expectNetError(.closed) { () async throws(NetError) in try await client.read(maxBytes: 0) }
+                await expectNetError(.closed) { () async throws(NetError) in try await client.read(maxBytes: -1) }
+                await expectNetError(.closed) { () async throws(NetError) in
+                    try await client.read(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+                }
+            }
+        }
+
+        @Test("a write call claiming more bytes than it was given fails the write with EIO and never counts past the buffer",
+              arguments: BackendKind.allCases)
+        func writeClaimingTooMuch(kind: BackendKind) async throws {
+            try await withTCPPair(kind) { _, pair in
+                let fd = pair.client.netFD.fd
+                let calls = Counter()
+                var hooks = NetTestHooks.Hooks()
+                // The first call takes one byte; the second claims five more than it was given.
+                hooks.writeCall = { target, count in
+                    guard target == fd else { return nil }
+                    return calls.increment() == 1 ? 1 : count + 5
+                }
+                let result = await NetTestHooks.with(hooks) {
+                    await pair.client.writeReportingProgress([1, 2, 3, 4])
+                }
+                #expect(result == WriteResult(bytesWritten: 1, error: .system(call: "send", errno: EIO)))
+                #expect(calls.value == 2)
+            }
+        }
     }
 }
 
@@ -145,6 +183,14 @@ final class Flag: Sendable {
     private let value = Atomic<Bool>(false)
     func set() { value.store(true, ordering: .sequentiallyConsistent) }
     var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}
+
+/// A counter shared between tasks.
+final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    /// Adds one; returns the new value.
+    func increment() -> Int { count.add(1, ordering: .sequentiallyConsistent).newValue }
+    var value: Int { count.load(ordering: .sequentiallyConsistent) }
 }
 
 /// A one-shot gate: ``wait()`` suspends until ``open()`` (and returns at once after it).
