@@ -182,7 +182,11 @@ enum ErrnoText {
 }
 
 nonisolated func run(_ options: Options) async -> Int32 {
-    TerminationSignal.install()
+    do {
+        try TerminationSignal.install()
+    } catch {
+        fail("signal handlers: \(error)")
+    }
     let poller: Poller
     do {
         poller = try Poller(backend: options.backend)

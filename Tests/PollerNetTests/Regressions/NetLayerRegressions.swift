@@ -158,7 +158,134 @@ extension PollerNetTests {
                 #expect(calls.value == 2)
             }
         }
+
+        // MARK: 11. TerminationSignal
+
+        @Test("TerminationSignal.install throws EMFILE when the pipe cannot be created, and changes no signal handler")
+        func terminationInstallFailure() throws {
+            TerminationSignal.uninstallForTesting()
+            let before = signalHandler(SIGTERM)
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            let saved = limit
+            // No descriptor number is free below the limit: pipe2 fails with EMFILE.
+            limit.rlim_cur = 0
+            try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+            let error: NetError?
+            do {
+                try TerminationSignal.install()
+                error = nil
+            } catch let e {
+                error = e
+            }
+            var restore = saved
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &restore)
+            defer { TerminationSignal.uninstallForTesting() }
+            #expect(error == .system(call: "pipe2", errno: EMFILE))
+            #expect(signalHandler(SIGTERM) == before, "a handler was installed although install threw")
+            #expect(TerminationSignal.writeFDForTesting == -1)
+        }
+
+        @Test("TerminationSignal's pipe is close-on-exec and non-blocking from the start")
+        func terminationPipeFlags() throws {
+            TerminationSignal.uninstallForTesting()
+            try TerminationSignal.install()
+            defer { TerminationSignal.uninstallForTesting() }
+            let fd = TerminationSignal.writeFDForTesting
+            #expect(fcntl(fd, F_GETFD) & FD_CLOEXEC != 0)
+            #expect(fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
+        }
+
+        @Test("a second concurrent TerminationSignal.wait is rejected with EBUSY, and the first still returns on SIGTERM",
+              arguments: BackendKind.allCases)
+        func terminationSecondWaiter(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                TerminationSignal.uninstallForTesting()
+                try TerminationSignal.install()
+                defer { TerminationSignal.uninstallForTesting() }
+                let first = Task { await netError { () async throws(NetError) in try await TerminationSignal.wait(poller: poller) } }
+                try await waitUntilParked(poller)
+                let secondDone = Flag()
+                let second = Task {
+                    defer { secondDone.set() }
+                    return await netError { () async throws(NetError) in try await TerminationSignal.wait(poller: poller) }
+                }
+                if await waitUntil(seconds: 2, { secondDone.isSet }) {
+                    #expect(await second.value == .system(call: "TerminationSignal.wait", errno: EBUSY))
+                } else {
+                    Issue.record("a second wait parked instead of being rejected")
+                    second.cancel()
+                    _ = await second.value
+                }
+                raiseUnblocked(SIGTERM)
+                #expect(await first.value == nil)
+            }
+        }
+
+        @Test("TerminationSignal.wait reports errors as they are: not installed, cancelled, poller shut down",
+              arguments: BackendKind.allCases)
+        func terminationWaitErrors(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                TerminationSignal.uninstallForTesting()
+                await expectNetError(.system(call: "TerminationSignal.wait", errno: EBADF)) { () async throws(NetError) in
+                    try await TerminationSignal.wait(poller: poller)
+                }
+                try TerminationSignal.install()
+                defer { TerminationSignal.uninstallForTesting() }
+                let cancelled = Task { await netError { () async throws(NetError) in try await TerminationSignal.wait(poller: poller) } }
+                try await waitUntilParked(poller)
+                cancelled.cancel()
+                #expect(await cancelled.value == .cancelled)
+                let interrupted = Task { await netError { () async throws(NetError) in try await TerminationSignal.wait(poller: poller) } }
+                try await waitUntilParked(poller)
+                poller.shutdown()
+                #expect(await interrupted.value == .closed)
+            }
+        }
+
+        @Test("the termination signal handler leaves errno as the interrupted code had it")
+        func terminationHandlerPreservesErrno() throws {
+            TerminationSignal.uninstallForTesting()
+            try TerminationSignal.install()
+            defer { TerminationSignal.uninstallForTesting() }
+            // Fill the pipe, so that the handler's write fails with EAGAIN and sets errno.
+            let fd = TerminationSignal.writeFDForTesting
+            let block = [UInt8](repeating: 1, count: 4096)
+            while write(fd, block, block.count) > 0 {}
+            var byte: UInt8 = 1
+            while write(fd, &byte, 1) > 0 {}
+            try #require(errno == EAGAIN)
+            // raise delivers to this thread before it returns, and leaves errno alone itself.
+            let after = raiseUnblocked(SIGTERM, errnoBefore: ERANGE)
+            #expect(after == ERANGE, "errno changed to \(after) across the signal handler")
+        }
     }
+}
+
+/// Raises `signal` in this thread with it unblocked for the duration, and returns errno as
+/// it is right after the handler ran (set to `errnoBefore` just before raising).
+///
+/// Test tasks run on Dispatch's worker threads, which block SIGTERM and SIGINT: a plain
+/// raise there would leave the signal pending on the thread, never handled.
+@discardableResult
+func raiseUnblocked(_ signal: Int32, errnoBefore: Int32 = 0) -> Int32 {
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, signal)
+    var saved = sigset_t()
+    pthread_sigmask(SIG_UNBLOCK, &set, &saved)
+    errno = errnoBefore
+    raise(signal)
+    let after = errno
+    pthread_sigmask(SIG_SETMASK, &saved, nil)
+    return after
+}
+
+/// The handler address installed for `signal` (SIG_DFL is nil).
+func signalHandler(_ signal: Int32) -> UnsafeRawPointer? {
+    var current = sigaction()
+    sigaction(signal, nil, &current)
+    return unsafeBitCast(current.__sigaction_handler.sa_handler, to: UnsafeRawPointer?.self)
 }
 
 /// Whether SIGPIPE is pending for this thread or the process.
