@@ -66,6 +66,8 @@ int cpoller_set_nonblocking(int fd) {
 
 int cpoller_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
+int cpoller_pipe_cloexec_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0 ? -errno : 0; }
+
 int cpoller_count_open_fds(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -errno;

@@ -58,7 +58,8 @@ public final class Connection: Sendable {
 
     /// Reads at most `buffer.count` bytes into `buffer`, waiting until at least one arrives.
     ///
-    /// An empty buffer returns 0 at once.
+    /// An empty buffer returns 0 without a system call (after ``close()`` it throws
+    /// ``NetError/closed``, as Go does).
     ///
     /// - Throws: ``NetError/endOfFile`` once the peer has closed its side;
     ///   ``NetError/timeout`` once the read deadline has passed (even with data waiting);
@@ -70,9 +71,16 @@ public final class Connection: Sendable {
     }
 
     /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array.
-    /// Same errors as ``read(into:)``; `maxBytes` ≤ 0 returns an empty array.
+    ///
+    /// Same errors as ``read(into:)``. `maxBytes` ≤ 0 reads nothing and returns an empty
+    /// array, but like a read into an empty buffer (and Go's `Read` with an empty slice) it
+    /// still takes its turn for the read lock and throws ``NetError/closed`` after
+    /// ``close()``.
     nonisolated(nonsending) public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
-        guard maxBytes > 0 else { return [] }
+        guard maxBytes > 0 else {
+            _ = try await netFD.read(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
+            return []
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBytes, alignment: 1)
         defer { buffer.deallocate() }
         let n = try await netFD.read(into: buffer)

@@ -16,6 +16,11 @@ import Synchronization
 ///   if it does not get the lock.
 /// - Once `closing` is set, no reference is added: queued and later lock attempts fail with
 ///   ``NetError/closed``; current owners keep their locks until they unlock.
+/// - A close suspended in ``awaitLastReference()`` holds no reference, so whichever path drops
+///   the last one (unlock, decref, a cancelled or failed lock attempt, queued or not yet
+///   queued) resumes it: every reference is dropped through `State.release()`, whose result
+///   is never discarded (Go's decref/rwunlock report "last reference while closing" to the
+///   caller, which then destroys the descriptor, for the same reason).
 /// - `readDrained` belongs to the read lock's owner: it is read when the lock is taken and
 ///   written when it is released, never in between by anyone else.
 final class FDMutex: Sendable {
@@ -51,6 +56,11 @@ final class FDMutex: Sendable {
         }
 
         /// Drops a reference; the close waiting for the last one, if this was it.
+        ///
+        /// Every caller must resume what this returns (outside the mutex), whatever it
+        /// believes about the count: once ``awaitLastReference()`` has dropped close's own
+        /// reference, any release, on any path, may be the last, and a discarded result
+        /// would leave the close suspended forever with its descriptor open.
         mutating func release() -> UnsafeContinuation<Void, Never>? {
             precondition(references > 0, "FDMutex: inconsistent reference count")
             references -= 1
@@ -66,6 +76,12 @@ final class FDMutex: Sendable {
 
     /// Whether ``close()`` has started.
     var isClosing: Bool { state.withLockAnnotated { $0.closing } }
+
+    /// For tests: the reference count, whether closing has started, and whether a close is
+    /// suspended in ``awaitLastReference()`` waiting for the last reference.
+    var snapshot: (references: Int, closing: Bool, closeWaiting: Bool) {
+        state.withLockAnnotated { ($0.references, $0.closing, $0.closeWaiter != nil) }
+    }
 
     // MARK: References (Go's incref/decref)
 
@@ -136,28 +152,28 @@ final class FDMutex: Sendable {
     /// taken by ``beginLock(_:)``) until handed the lock, closed or cancelled.
     @inline(never)
     nonisolated(nonsending) private func waitForLock(_ direction: Direction, ticket id: UInt64) async throws(NetError) -> Bool {
+        if NetTestHooks.active.load(ordering: .relaxed), let hook = NetTestHooks.current.beforeLockQueue {
+            await hook(self, direction)
+        }
         let failure: NetError? = await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<NetError?, Never>) in
-                let immediate: NetError?? = state.withLockAnnotated { s in
+                let (immediate, closeWaiter): (NetError??, UnsafeContinuation<Void, Never>?) = state.withLockAnnotated { s in
                     // The reference taken above is still ours: close cannot have finished.
-                    if s.closing {
-                        _ = s.release()  // close holds its own reference: never the last
-                        return .some(.closed)
-                    }
+                    // But it may have dropped its own reference already (it is suspended in
+                    // awaitLastReference), so this release can be the last one.
+                    if s.closing { return (.some(.closed), s.release()) }
                     if !s[direction].held {
                         // Freed between the first step and here.
                         s[direction].held = true
-                        return .some(nil)
+                        return (.some(nil), nil)
                     }
                     // Cancelled before queueing: the handler ran and found nothing to remove.
-                    if Task.isCancelled {
-                        _ = s.release()  // not closing: never resumes a close
-                        return .some(.cancelled)
-                    }
+                    if Task.isCancelled { return (.some(.cancelled), s.release()) }
                     s[direction].waiters.append(Waiter(id: id, continuation: continuation))
-                    return .none
+                    return (.none, nil)
                 }
                 if case .some(let result) = immediate { continuation.resume(returning: result) }
+                closeWaiter?.resume()
             }
         } onCancel: {
             let (waiter, closeWaiter): (Waiter?, UnsafeContinuation<Void, Never>?) = state.withLockAnnotated { s in

@@ -24,7 +24,9 @@ public final class NetFD: Sendable {
     /// Whether a zero-byte read means end of file (stream sockets, pipes).
     public let isStream: Bool
     /// Whether `fd` is a socket: writes then use `send(MSG_NOSIGNAL)`, so a peer that has
-    /// gone away yields EPIPE instead of SIGPIPE.
+    /// gone away yields EPIPE instead of SIGPIPE. Other descriptors get EPIPE too, at the
+    /// cost of masking SIGPIPE in the writing thread around each write(2)
+    /// (see ``write(_:)``).
     public let isSocket: Bool
 
     /// References and the two direction locks.
@@ -49,7 +51,9 @@ public final class NetFD: Sendable {
     ///   - fd: an open descriptor; from here on the `NetFD` owns it.
     ///   - poller: the poller to register with; nil for `Poller.shared()`.
     ///   - isStream: true for stream sockets and pipes (a zero-byte read is end of file).
-    ///   - isSocket: true for sockets (writes use `send` with `MSG_NOSIGNAL`).
+    ///   - isSocket: true for sockets (writes use `send` with `MSG_NOSIGNAL`); false for
+    ///     pipes and other descriptors (writes use write(2) with SIGPIPE masked in the
+    ///     writing thread, so a closed reader gives EPIPE, not SIGPIPE).
     public convenience init(
         adopting fd: Int32, poller: Poller? = nil, isStream: Bool = true, isSocket: Bool = true
     ) throws(NetError) {

@@ -26,7 +26,8 @@ extension NetFD {
     /// Reads at most `buffer.count` bytes: Go's `FD.Read`.
     ///
     /// Waits for readiness through the poller when nothing is available. An empty buffer
-    /// returns 0 at once, without a system call (a zero read would look like end of file).
+    /// returns 0 without a system call (a zero read would look like end of file), once it
+    /// has the read lock: like Go's, it throws ``NetError/closed`` after ``close()``.
     ///
     /// - Returns: the number of bytes read, at least 1 for a non-empty buffer.
     /// - Throws: ``NetError/endOfFile`` when the peer has closed its side (streams);
@@ -38,7 +39,11 @@ extension NetFD {
         let previousReadDrained = try await fdMutex.lock(.read)
         var drained = false
         defer { fdMutex.unlock(.read, drained: drained) }
-        guard buffer.count > 0, let base = buffer.baseAddress else { return 0 }
+        guard buffer.count > 0, let base = buffer.baseAddress else {
+            // Nothing read: the queue is as the last read left it.
+            drained = previousReadDrained
+            return 0
+        }
         let count = isStream ? min(buffer.count, maxChunk) : buffer.count
         if previousReadDrained {
             // The last read ended short, so the queue was empty then, and every arrival since
@@ -76,8 +81,19 @@ extension NetFD {
     /// Writes every byte of `buffer`, waiting for buffer space as needed: Go's `FD.Write`.
     ///
     /// Never throws: the result says how many bytes went out and, if not all did, why (a
-    /// timeout or close mid-way reports the partial count with the error). Sockets are written
-    /// with `send(MSG_NOSIGNAL)`, so a vanished peer gives EPIPE, never SIGPIPE.
+    /// timeout or close mid-way reports the partial count with the error).
+    ///
+    /// A system call claiming to have taken more bytes than it was given (a kernel or shim
+    /// bug) stops the write with `.system(call: "send" or "write", errno: EIO)`; that call's
+    /// count is not trusted, so `bytesWritten` counts only the bytes before it and never
+    /// exceeds `buffer.count`.
+    ///
+    /// A vanished peer or reader gives `.system(call: "send" or "write", errno: EPIPE)`,
+    /// never SIGPIPE, without touching the process's signal dispositions: sockets are written
+    /// with `send(MSG_NOSIGNAL)`; other descriptors (pipes, FIFOs) with write(2) while SIGPIPE
+    /// is blocked in the calling thread, and a SIGPIPE that write raised is consumed before
+    /// the thread's mask is restored (a SIGPIPE already pending before the write is left
+    /// pending). This costs non-socket writes three extra system calls each.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         do throws(NetError) {
             _ = try await fdMutex.lock(.write)
@@ -91,9 +107,18 @@ extension NetFD {
             guard let base = buffer.baseAddress else { return WriteResult(bytesWritten: 0, error: nil) }
             while written < buffer.count {
                 let chunk = min(buffer.count - written, maxChunk)
-                let n = isSocket
-                    ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
-                    : Glibc.write(fd, base + written, chunk)
+                let n: Int
+                if NetTestHooks.active.load(ordering: .relaxed), let injected = NetTestHooks.current.writeCall?(fd, chunk) {
+                    n = injected
+                } else {
+                    n = isSocket
+                        ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
+                        : writeWithoutSIGPIPE(fd, base + written, chunk)
+                }
+                if n > chunk {
+                    // Impossible from a sane kernel; trusting it would move past the buffer.
+                    throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
+                }
                 if n > 0 {
                     written += n
                     continue

@@ -344,7 +344,11 @@ func log(_ line: String) {
 }
 
 nonisolated func run(_ options: Options) async -> Int32 {
-    TerminationSignal.install()
+    do {
+        try TerminationSignal.install()
+    } catch {
+        fail("signal handlers: \(error)")
+    }
     let poller: Poller
     do {
         poller = try Poller(backend: options.backend)

@@ -559,9 +559,9 @@ func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: Backo
 }
 
 nonisolated func run() async {
-    TerminationSignal.install()
     let options = parse()
     do {
+        try TerminationSignal.install()
         let poller = try Poller(backend: options.backend)
         let listener = try TCPListener.listen(host: options.host, port: options.port, poller: poller)
         print("poller-http: listening on \(listener.localAddress) (backend \(poller.backendKind))")

@@ -140,6 +140,8 @@ int cpoller_set_nonblocking(int fd);
 // accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): the new descriptor, or -1 with errno
 // set (Swift's Glibc module hides accept4).
 int cpoller_accept_nonblocking(int fd);
+// pipe2(fds, O_CLOEXEC | O_NONBLOCK): 0, or -errno (Swift's Glibc module hides pipe2).
+int cpoller_pipe_cloexec_nonblocking(int fds[2]);
 // The number of open descriptors of this process (entries in /proc/self/fd), or -errno.
 int cpoller_count_open_fds(void);
 // Starts a detached-free (joinable) pthread running fn(arg). Returns 0 or errno.
