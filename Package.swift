@@ -29,8 +29,10 @@ let package = Package(
         // Go's internal/poll.FD and net.Conn over the poller: listeners, connections, dial.
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
-        .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet"]),
-        .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet"]),
+        // What the two servers share (flag checks, logging, the accept-error policy); internal.
+        .target(name: "ServerSupport", dependencies: ["Poller", "PollerNet"]),
+        .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet", "ServerSupport"]),
+        .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet", "ServerSupport"]),
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "PollerNet", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),

@@ -24,6 +24,7 @@
 import Glibc
 import Poller
 import PollerNet
+import ServerSupport
 import Synchronization
 
 let usageText = """
@@ -35,10 +36,6 @@ let usageText = """
       --max-connections N   shed (accept and close) connections beyond N open ones
                             (default min(16384, RLIMIT_NOFILE - 64); 0 = no cap)
     """
-
-/// The largest timeout accepted, in seconds (one day): anything longer is a typo or an attack
-/// on the flag parser (Double accepts "inf" and "1e300", which overflow Duration).
-let maxTimeoutSeconds = 86_400.0
 
 struct Options {
     var host = "127.0.0.1"
@@ -95,96 +92,6 @@ struct Options {
     }
 }
 
-/// Seconds → a timeout: 0 is off (nil); otherwise finite, 0.001...86400, or exit 2 with a
-/// message. Never traps: the range check comes before the conversion to integer nanoseconds.
-func parseTimeout(_ flag: String, _ text: String) -> Duration? {
-    guard let seconds = Double(text), seconds.isFinite, seconds == 0 || (seconds >= 0.001 && seconds <= maxTimeoutSeconds)
-    else {
-        fail("\(flag) needs seconds: 0 (off) or 0.001...\(Int(maxTimeoutSeconds)), got '\(text)'")
-    }
-    if seconds == 0 { return nil }
-    return .nanoseconds(Int64((seconds * 1e9).rounded()))
-}
-
-/// min(16384, RLIMIT_NOFILE - 64), at least 1: the cap keeps a margin of descriptors for the
-/// server itself (poller, signal pipe, listener, runtime), so a full house sheds connections
-/// instead of running accept into EMFILE.
-func defaultMaxConnections() -> Int {
-    var limit = rlimit()
-    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 16384 }
-    return max(1, min(16384, Int(clamping: limit.rlim_cur) - 64))
-}
-
-func fail(_ message: String) -> Never {
-    var text = "poller-echo: \(message)\n"
-    _ = text.withUTF8 { write(2, $0.baseAddress, $0.count) }
-    exit(2)
-}
-
-/// A log line that may repeat at a high rate (an accept error on every connection, shedding
-/// under a flood): printed at most once per `interval`, with how many were suppressed since.
-/// Used from one task only (the accept loop), so it needs no lock.
-struct RateLimitedLog {
-    let interval: Duration
-    private var last: ContinuousClock.Instant?
-    private var suppressed = 0
-
-    init(interval: Duration = .seconds(1)) { self.interval = interval }
-
-    mutating func callAsFunction(_ line: @autoclosure () -> String) {
-        let now = ContinuousClock.now
-        if let last, now - last < interval {
-            suppressed += 1
-            return
-        }
-        log(suppressed > 0 ? "\(line()) (\(suppressed) more since the last report)" : line())
-        last = now
-        suppressed = 0
-    }
-}
-
-/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
-/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
-/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
-/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
-final class BackoffTimer: Sendable {
-    private let readFD: Int32, writeFD: Int32
-    private let descriptor: PollDescriptor
-
-    init(poller: Poller) throws(PollError) {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        (readFD, writeFD) = (fds[0], fds[1])
-        do {
-            descriptor = try poller.register(fds[0])
-        } catch {
-            Glibc.close(fds[0])
-            Glibc.close(fds[1])
-            throw error
-        }
-    }
-
-    /// Returns after `duration`, or at once after `unblock()`.
-    func sleep(for duration: Duration) async {
-        descriptor.setDeadline(in: duration, for: .read)
-        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
-    }
-
-    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
-    func unblock() { descriptor.unblock() }
-
-    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
-    func close() {
-        try? descriptor.close()
-        Glibc.close(readFD)
-        Glibc.close(writeFD)
-    }
-}
-
 /// The server's live connections and totals.
 final class Server: Sendable {
     let listener: TCPListener
@@ -212,31 +119,18 @@ final class Server: Sendable {
     /// Accepts until the listener is closed (shutdown). Invariant: no error other than
     /// `.closed` ends this loop, and no error makes it spin: accept errors back off.
     func acceptLoop() async {
-        var backoff: Duration = .zero
-        var acceptErrorLog = RateLimitedLog()
+        var acceptErrors = AcceptErrorPolicy()
         var shedLog = RateLimitedLog()
         while !stopping.load(ordering: .relaxed) {
             let connection: Connection
             do {
                 connection = try await listener.accept()
-                backoff = .zero
+                acceptErrors.accepted()
             } catch .closed {
                 return
             } catch {
                 if stopping.load(ordering: .relaxed) { return }
-                if Self.isAcceptFailure(error) {
-                    // Out of descriptors or memory, a firewall's EPERM, an EPROTO, or anything
-                    // else accept4 says: the condition may persist, so back off (Go's servers
-                    // do the same) instead of spinning, and keep trying: a public server must
-                    // not stop accepting while the process stays up.
-                    backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
-                    acceptErrorLog("accept: \(error); retrying in \(backoff)")
-                    await backoffTimer.sleep(for: backoff)
-                } else {
-                    // accept4 succeeded but setting up that one connection failed (it is
-                    // closed): no reason to slow down the next one.
-                    acceptErrorLog("accept: setting up a connection: \(error)")
-                }
+                await acceptErrors.failed(error, timer: backoffTimer)
                 continue
             }
             accepted.add(1, ordering: .relaxed)
@@ -265,17 +159,6 @@ final class Server: Sendable {
                     try? await connection.close()
                 }
             }
-        }
-    }
-
-    /// Whether `error` came from accept4 itself (the listener's condition) rather than from
-    /// setting up an accepted connection.
-    static func isAcceptFailure(_ error: NetError) -> Bool {
-        switch error {
-        case .tooManyOpenFiles: true
-        case .system(let call, _): call.hasPrefix("accept")
-        case .connectionReset, .endOfFile: false  // the new peer went away during setup
-        default: true  // timeout, cancelled, or anything new: treat it as the listener's
         }
     }
 
@@ -336,11 +219,6 @@ final class Server: Sendable {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }
-}
-
-func log(_ line: String) {
-    var text = "poller-echo: \(line)\n"
-    _ = text.withUTF8 { write(2, $0.baseAddress, $0.count) }
 }
 
 nonisolated func run(_ options: Options) async -> Int32 {

@@ -30,6 +30,7 @@
 import Glibc
 import Poller
 import PollerNet
+import ServerSupport
 import Synchronization
 
 let usageText = """
@@ -71,10 +72,6 @@ let longestReply = [okKeepAlive, okKeepAlive10, okClose, badRequest, contentTooL
 let maxQueuedResponses = 32
 
 // MARK: Options
-
-/// The largest timeout accepted, in seconds (one day). Double parses "inf" and "1e300", which
-/// would trap converting to Duration; the range check comes first.
-let maxTimeoutSeconds = 86_400.0
 
 struct Options: Sendable {
     var host = "127.0.0.1"
@@ -127,52 +124,6 @@ func parse() -> Options {
         }
     }
     return options
-}
-
-/// Seconds → a timeout: 0 is off (nil); otherwise finite and 0.001...86400, or exit 2.
-func parseTimeout(_ flag: String, _ text: String) -> Duration? {
-    guard let seconds = Double(text), seconds.isFinite, seconds == 0 || (seconds >= 0.001 && seconds <= maxTimeoutSeconds)
-    else {
-        fail("\(flag) needs seconds: 0 (off) or 0.001...\(Int(maxTimeoutSeconds)), got '\(text)'")
-    }
-    if seconds == 0 { return nil }
-    return .nanoseconds(Int64((seconds * 1e9).rounded()))
-}
-
-/// min(16384, RLIMIT_NOFILE - 64), at least 1: a margin of descriptors stays for the server
-/// itself, so a full house sheds connections instead of running accept into EMFILE.
-func defaultMaxConnections() -> Int {
-    var limit = rlimit()
-    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 16384 }
-    return max(1, min(16384, Int(clamping: limit.rlim_cur) - 64))
-}
-
-func fail(_ message: String) -> Never {
-    log(message)
-    exit(2)
-}
-
-func log(_ line: String) {
-    var text = "poller-http: \(line)\n"
-    _ = text.withUTF8 { write(2, $0.baseAddress, $0.count) }
-}
-
-/// A log line that may repeat at a high rate: printed at most once per second, with how many
-/// were suppressed since. Used from the accept loop only, so it needs no lock.
-struct RateLimitedLog {
-    private var last: ContinuousClock.Instant?
-    private var suppressed = 0
-
-    mutating func callAsFunction(_ line: @autoclosure () -> String) {
-        let now = ContinuousClock.now
-        if let last, now - last < .seconds(1) {
-            suppressed += 1
-            return
-        }
-        log(suppressed > 0 ? "\(line()) (\(suppressed) more since the last report)" : line())
-        last = now
-        suppressed = 0
-    }
 }
 
 // MARK: Parsing (bytes only, no allocation)
@@ -456,59 +407,6 @@ func lingeringClose(_ connection: Connection, _ buffer: UnsafeMutableRawBufferPo
 
 // MARK: Accepting
 
-/// Whether `error` came from accept4 itself (the listener's condition: back off) rather than
-/// from setting up one accepted connection.
-func isAcceptFailure(_ error: NetError) -> Bool {
-    switch error {
-    case .tooManyOpenFiles: true
-    case .system(let call, _): call.hasPrefix("accept")
-    case .connectionReset, .endOfFile: false
-    default: true
-    }
-}
-
-/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
-/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
-/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
-/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
-final class BackoffTimer: Sendable {
-    private let readFD: Int32, writeFD: Int32
-    private let descriptor: PollDescriptor
-
-    init(poller: Poller) throws(PollError) {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        (readFD, writeFD) = (fds[0], fds[1])
-        do {
-            descriptor = try poller.register(fds[0])
-        } catch {
-            Glibc.close(fds[0])
-            Glibc.close(fds[1])
-            throw error
-        }
-    }
-
-    /// Returns after `duration`, or at once after `unblock()`.
-    func sleep(for duration: Duration) async {
-        descriptor.setDeadline(in: duration, for: .read)
-        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
-    }
-
-    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
-    func unblock() { descriptor.unblock() }
-
-    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
-    func close() {
-        try? descriptor.close()
-        Glibc.close(readFD)
-        Glibc.close(writeFD)
-    }
-}
-
 /// The number of connections being served (shared by the accept loop and connection tasks).
 final class OpenCount: Sendable {
     let value = Atomic<Int>(0)
@@ -518,24 +416,17 @@ final class OpenCount: Sendable {
 /// errors back off (5 ms doubling to 1 s) instead of spinning.
 func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: BackoffTimer, _ options: Options) async {
     let open = OpenCount()
-    var backoff: Duration = .zero
-    var acceptErrorLog = RateLimitedLog()
+    var acceptErrors = AcceptErrorPolicy()
     var shedLog = RateLimitedLog()
     while true {
         let connection: Connection
         do {
             connection = try await listener.accept()
-            backoff = .zero
+            acceptErrors.accepted()
         } catch .closed {
             return
         } catch {
-            if isAcceptFailure(error) {
-                backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
-                acceptErrorLog("accept: \(error); retrying in \(backoff)")
-                await backoffTimer.sleep(for: backoff)
-            } else {
-                acceptErrorLog("accept: setting up a connection: \(error)")
-            }
+            await acceptErrors.failed(error, timer: backoffTimer)
             continue
         }
         // Only this loop increments, so load-then-add cannot overshoot the cap.

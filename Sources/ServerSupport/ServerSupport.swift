@@ -1,0 +1,154 @@
+// What poller-echo and poller-http share: flag checks, logging, and the accept-error policy
+// (back off on the poller's own timers, log at most once a second, never stop accepting).
+// An internal target of the package, not a product.
+import Glibc
+import Poller
+import PollerNet
+
+/// The program's name as invoked (its last path component), the prefix of every log line.
+public let programName: String = {
+    guard let first = CommandLine.arguments.first, let name = first.split(separator: "/").last else {
+        return "server"
+    }
+    return String(name)
+}()
+
+/// Writes "<program>: <line>" to stderr in one write(2).
+public func log(_ line: String) {
+    var text = "\(programName): \(line)\n"
+    _ = text.withUTF8 { write(2, $0.baseAddress, $0.count) }
+}
+
+/// Logs `message` and exits with status 2 (bad usage).
+public func fail(_ message: String) -> Never {
+    log(message)
+    exit(2)
+}
+
+/// The largest timeout accepted, in seconds (one day): anything longer is a typo or an attack
+/// on the flag parser (Double accepts "inf" and "1e300", which overflow Duration).
+public let maxTimeoutSeconds = 86_400.0
+
+/// Seconds → a timeout: 0 is off (nil); otherwise finite, 0.001...86400, or exit 2 with a
+/// message. Never traps: the range check comes before the conversion to integer nanoseconds.
+public func parseTimeout(_ flag: String, _ text: String) -> Duration? {
+    guard let seconds = Double(text), seconds.isFinite, seconds == 0 || (seconds >= 0.001 && seconds <= maxTimeoutSeconds)
+    else {
+        fail("\(flag) needs seconds: 0 (off) or 0.001...\(Int(maxTimeoutSeconds)), got '\(text)'")
+    }
+    if seconds == 0 { return nil }
+    return .nanoseconds(Int64((seconds * 1e9).rounded()))
+}
+
+/// min(16384, RLIMIT_NOFILE - 64), at least 1: the cap keeps a margin of descriptors for the
+/// server itself (poller, signal pipe, listener, runtime), so a full house sheds connections
+/// instead of running accept into EMFILE.
+public func defaultMaxConnections() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 16384 }
+    return max(1, min(16384, Int(clamping: limit.rlim_cur) - 64))
+}
+
+/// A log line that may repeat at a high rate (an accept error on every connection, shedding
+/// under a flood): printed at most once per `interval`, with how many were suppressed since.
+/// Used from one task only (the accept loop), so it needs no lock.
+public struct RateLimitedLog {
+    let interval: Duration
+    private var last: ContinuousClock.Instant?
+    private var suppressed = 0
+
+    public init(interval: Duration = .seconds(1)) { self.interval = interval }
+
+    public mutating func callAsFunction(_ line: @autoclosure () -> String) {
+        let now = ContinuousClock.now
+        if let last, now - last < interval {
+            suppressed += 1
+            return
+        }
+        log(suppressed > 0 ? "\(line()) (\(suppressed) more since the last report)" : line())
+        last = now
+        suppressed = 0
+    }
+}
+
+/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
+/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
+/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
+/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
+public final class BackoffTimer: Sendable {
+    private let readFD: Int32, writeFD: Int32
+    private let descriptor: PollDescriptor
+
+    public init(poller: Poller) throws(PollError) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        (readFD, writeFD) = (fds[0], fds[1])
+        do {
+            descriptor = try poller.register(fds[0])
+        } catch {
+            Glibc.close(fds[0])
+            Glibc.close(fds[1])
+            throw error
+        }
+    }
+
+    /// Returns after `duration`, or at once after `unblock()`.
+    public func sleep(for duration: Duration) async {
+        descriptor.setDeadline(in: duration, for: .read)
+        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
+    }
+
+    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
+    public func unblock() { descriptor.unblock() }
+
+    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
+    public func close() {
+        try? descriptor.close()
+        Glibc.close(readFD)
+        Glibc.close(writeFD)
+    }
+}
+
+/// What an accept loop does with an error other than `.closed`. Invariant: nothing here ends
+/// the loop, and nothing lets it spin: a failure of accept4 itself (out of descriptors or
+/// memory, a firewall's EPERM, an EPROTO, anything new) may persist, so the loop backs off,
+/// 5 ms doubling to 1 s (Go's servers do the same), and tries again; a public server must not
+/// stop accepting while the process stays up.
+public struct AcceptErrorPolicy {
+    private var backoff: Duration = .zero
+    private var errorLog = RateLimitedLog()
+
+    public init() {}
+
+    /// After a successful accept: the next failure starts from the shortest backoff.
+    public mutating func accepted() { backoff = .zero }
+
+    /// Logs `error` (at most once a second) and, when accept4 itself failed, sleeps the
+    /// current backoff on `timer`.
+    public mutating func failed(_ error: NetError, timer: BackoffTimer) async {
+        guard Self.isAcceptFailure(error) else {
+            // accept4 succeeded but setting up that one connection failed (it is closed): no
+            // reason to slow down the next one.
+            errorLog("accept: setting up a connection: \(error)")
+            return
+        }
+        backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
+        errorLog("accept: \(error); retrying in \(backoff)")
+        await timer.sleep(for: backoff)
+    }
+
+    /// Whether `error` came from accept4 itself (the listener's condition) rather than from
+    /// setting up an accepted connection.
+    static func isAcceptFailure(_ error: NetError) -> Bool {
+        switch error {
+        case .tooManyOpenFiles: true
+        case .system(let call, _): call.hasPrefix("accept")
+        case .connectionReset, .endOfFile: false  // the new peer went away during setup
+        default: true  // timeout, cancelled, or anything new: treat it as the listener's
+        }
+    }
+}
