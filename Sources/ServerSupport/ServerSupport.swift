@@ -124,12 +124,29 @@ public struct AcceptErrorPolicy {
 
     public init() {}
 
-    /// After a successful accept: the next failure starts from the shortest backoff.
-    public mutating func accepted() { backoff = .zero }
+    /// The next connection from `listener`, or nil once it is closed or `running` turns
+    /// false. Every other error goes through ``failed(_:timer:)`` and accepting goes on.
+    public mutating func accept(
+        from listener: TCPListener, backingOffOn timer: BackoffTimer, while running: () -> Bool = { true }
+    ) async -> Connection? {
+        while running() {
+            do {
+                let connection = try await listener.accept()
+                backoff = .zero
+                return connection
+            } catch .closed {
+                return nil
+            } catch {
+                if !running() { return nil }
+                await failed(error, timer: timer)
+            }
+        }
+        return nil
+    }
 
     /// Logs `error` (at most once a second) and, when accept4 itself failed, sleeps the
     /// current backoff on `timer`.
-    public mutating func failed(_ error: NetError, timer: BackoffTimer) async {
+    mutating func failed(_ error: NetError, timer: BackoffTimer) async {
         guard Self.isAcceptFailure(error) else {
             // accept4 succeeded but setting up that one connection failed (it is closed): no
             // reason to slow down the next one.
@@ -150,5 +167,89 @@ public struct AcceptErrorPolicy {
         case .connectionReset, .endOfFile: false  // the new peer went away during setup
         default: true  // timeout, cancelled, or anything new: treat it as the listener's
         }
+    }
+}
+
+// MARK: Flags
+
+/// The command line, read one word at a time. A malformed value exits with status 2 and a
+/// message naming the flag; nothing here traps.
+public struct FlagReader {
+    private var words: ArraySlice<String>
+
+    public init(_ arguments: [String] = CommandLine.arguments) { words = arguments.dropFirst() }
+
+    /// The next word, or nil at the end.
+    public mutating func next() -> String? { words.popFirst() }
+
+    /// The value following `flag`.
+    public mutating func value(of flag: String) -> String {
+        guard let value = words.popFirst() else { fail("\(flag) needs a value") }
+        return value
+    }
+
+    /// A whole number in `range` following `flag`.
+    public mutating func integer(of flag: String, in range: ClosedRange<Int>) -> Int {
+        let text = value(of: flag)
+        guard let n = Int(text), range.contains(n) else {
+            fail("\(flag) needs a whole number \(range.lowerBound)...\(range.upperBound), got '\(text)'")
+        }
+        return n
+    }
+
+    /// For a word no server flag matched: `-h`/`--help` print `usage` and exit 0; anything
+    /// else is refused with `usage` and exit 2.
+    public func unknown(_ word: String, usage: String) -> Never {
+        if word == "-h" || word == "--help" {
+            print(usage)
+            exit(0)
+        }
+        fail("unknown argument \(word)\n\(usage)")
+    }
+}
+
+/// The flags both servers take, with their defaults: `--host`, `--port`, `--backend` (default
+/// from `POLLER_BACKEND`, else auto), `--idle-timeout`, `--write-timeout`, `--max-connections`.
+public struct ServerOptions: Sendable {
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 0
+    public var backend: BackendChoice
+    /// nil: off. The read deadline while waiting for data.
+    public var idleTimeout: Duration?
+    /// nil: off. The deadline of each write.
+    public var writeTimeout: Duration?
+    /// Int.max: no cap.
+    public var maxConnections = defaultMaxConnections()
+
+    public init(idleTimeout: Duration?, writeTimeout: Duration?) {
+        self.idleTimeout = idleTimeout
+        self.writeTimeout = writeTimeout
+        backend = .auto
+        if let env = getenv(BackendChoice.environmentVariable),
+           let choice = try? BackendChoice(parsing: String(cString: env))
+        {
+            backend = choice
+        }
+    }
+
+    /// Reads `flag` (and its value) if it is one of these flags; false if it is not.
+    public mutating func read(_ flag: String, from flags: inout FlagReader) -> Bool {
+        switch flag {
+        case "--host": host = flags.value(of: flag)
+        case "--port": port = UInt16(flags.integer(of: flag, in: 0...65535))
+        case "--backend":
+            do {
+                backend = try BackendChoice(parsing: flags.value(of: flag))
+            } catch {
+                fail("\(error)")
+            }
+        case "--idle-timeout": idleTimeout = parseTimeout(flag, flags.value(of: flag))
+        case "--write-timeout": writeTimeout = parseTimeout(flag, flags.value(of: flag))
+        case "--max-connections":
+            let n = flags.integer(of: flag, in: 0...10_000_000)
+            maxConnections = n == 0 ? .max : n
+        default: return false
+        }
+        return true
     }
 }

@@ -37,55 +37,25 @@ let usageText = """
                             (default min(16384, RLIMIT_NOFILE - 64); 0 = no cap)
     """
 
-struct Options {
-    var host = "127.0.0.1"
-    var port: UInt16 = 0
-    var backend: BackendChoice = .auto
-    /// nil: off. Read deadline per read.
-    var idleTimeout: Duration? = .seconds(60)
-    /// nil: off. Write deadline per write.
-    var writeTimeout: Duration? = .seconds(30)
-    /// Int.max: no cap.
-    var maxConnections = defaultMaxConnections()
+/// The shared server flags (`options.host`, `options.idleTimeout`, ...) and echo's own.
+@dynamicMemberLookup
+struct Options: Sendable {
+    var server = ServerOptions(idleTimeout: .seconds(60), writeTimeout: .seconds(30))
     var onPollerExecutor = true
+
+    subscript<T>(dynamicMember path: WritableKeyPath<ServerOptions, T>) -> T {
+        get { server[keyPath: path] }
+        set { server[keyPath: path] = newValue }
+    }
 
     static func parse(_ arguments: [String]) -> Options {
         var options = Options()
-        if let env = getenv(BackendChoice.environmentVariable),
-           let choice = try? BackendChoice(parsing: String(cString: env))
-        {
-            options.backend = choice
-        }
-        var args = arguments.dropFirst()
-        func value(_ flag: String) -> String {
-            guard let v = args.popFirst() else { fail("\(flag) needs a value") }
-            return v
-        }
-        while let arg = args.popFirst() {
-            switch arg {
-            case "--host": options.host = value(arg)
-            case "--port":
-                guard let p = UInt16(value(arg)) else { fail("--port needs a number 0...65535") }
-                options.port = p
-            case "--backend":
-                do {
-                    options.backend = try BackendChoice(parsing: value(arg))
-                } catch {
-                    fail("\(error)")
-                }
-            case "--idle-timeout": options.idleTimeout = parseTimeout(arg, value(arg))
-            case "--write-timeout": options.writeTimeout = parseTimeout(arg, value(arg))
-            case "--max-connections":
-                let text = value(arg)
-                guard let n = Int(text), n >= 0, n <= 10_000_000 else {
-                    fail("--max-connections needs a whole number 0...10000000 (0 = no cap), got '\(text)'")
-                }
-                options.maxConnections = n == 0 ? .max : n
+        var flags = FlagReader(arguments)
+        while let flag = flags.next() {
+            if options.server.read(flag, from: &flags) { continue }
+            switch flag {
             case "--global-executor": options.onPollerExecutor = false
-            case "-h", "--help":
-                print(usageText)
-                exit(0)
-            default: fail("unknown argument \(arg)\n\(usageText)")
+            default: flags.unknown(flag, usage: usageText)
             }
         }
         return options
@@ -121,18 +91,9 @@ final class Server: Sendable {
     func acceptLoop() async {
         var acceptErrors = AcceptErrorPolicy()
         var shedLog = RateLimitedLog()
-        while !stopping.load(ordering: .relaxed) {
-            let connection: Connection
-            do {
-                connection = try await listener.accept()
-                acceptErrors.accepted()
-            } catch .closed {
-                return
-            } catch {
-                if stopping.load(ordering: .relaxed) { return }
-                await acceptErrors.failed(error, timer: backoffTimer)
-                continue
-            }
+        while let connection = await acceptErrors.accept(
+            from: listener, backingOffOn: backoffTimer, while: { !stopping.load(ordering: .relaxed) })
+        {
             accepted.add(1, ordering: .relaxed)
             let id = nextID.add(1, ordering: .relaxed).newValue
             let admitted = connections.withLockAnnotated { c -> Bool? in

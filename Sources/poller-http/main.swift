@@ -73,54 +73,30 @@ let maxQueuedResponses = 32
 
 // MARK: Options
 
+/// The shared server flags (`options.host`, `options.idleTimeout`, ...) and HTTP's own.
+@dynamicMemberLookup
 struct Options: Sendable {
-    var host = "127.0.0.1"
-    var port: UInt16 = 0
-    var backend: BackendChoice = .auto
-    var idleTimeout: Duration? = .seconds(60)
+    var server = ServerOptions(idleTimeout: .seconds(60), writeTimeout: .seconds(10))
     var readTimeout: Duration? = .seconds(10)
-    var writeTimeout: Duration? = .seconds(10)
-    var maxConnections = defaultMaxConnections()
     var maxHeaderBytes = 16384
     var maxBodyBytes = 1 << 20
+
+    subscript<T>(dynamicMember path: WritableKeyPath<ServerOptions, T>) -> T {
+        get { server[keyPath: path] }
+        set { server[keyPath: path] = newValue }
+    }
 }
 
 func parse() -> Options {
     var options = Options()
-    var args = CommandLine.arguments.dropFirst()
-    func value(_ flag: String) -> String {
-        guard let v = args.popFirst() else { fail("\(flag) needs a value") }
-        return v
-    }
-    func integer(_ flag: String, _ range: ClosedRange<Int>) -> Int {
-        let text = value(flag)
-        guard let n = Int(text), range.contains(n) else {
-            fail("\(flag) needs a whole number \(range.lowerBound)...\(range.upperBound), got '\(text)'")
-        }
-        return n
-    }
-    while let arg = args.popFirst() {
-        switch arg {
-        case "--host": options.host = value(arg)
-        case "--port": options.port = UInt16(integer(arg, 0...65535))
-        case "--backend":
-            do {
-                options.backend = try BackendChoice(parsing: value(arg))
-            } catch {
-                fail("\(error)")
-            }
-        case "--idle-timeout": options.idleTimeout = parseTimeout(arg, value(arg))
-        case "--read-timeout": options.readTimeout = parseTimeout(arg, value(arg))
-        case "--write-timeout": options.writeTimeout = parseTimeout(arg, value(arg))
-        case "--max-connections":
-            let n = integer(arg, 0...10_000_000)
-            options.maxConnections = n == 0 ? .max : n
-        case "--max-header-bytes": options.maxHeaderBytes = integer(arg, 256...(1 << 20))
-        case "--max-body-bytes": options.maxBodyBytes = integer(arg, 0...(1 << 40))
-        case "-h", "--help":
-            print(usageText)
-            exit(0)
-        default: fail("unknown argument \(arg)\n\(usageText)")
+    var flags = FlagReader()
+    while let flag = flags.next() {
+        if options.server.read(flag, from: &flags) { continue }
+        switch flag {
+        case "--read-timeout": options.readTimeout = parseTimeout(flag, flags.value(of: flag))
+        case "--max-header-bytes": options.maxHeaderBytes = flags.integer(of: flag, in: 256...(1 << 20))
+        case "--max-body-bytes": options.maxBodyBytes = flags.integer(of: flag, in: 0...(1 << 40))
+        default: flags.unknown(flag, usage: usageText)
         }
     }
     return options
@@ -418,17 +394,7 @@ func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: Backo
     let open = OpenCount()
     var acceptErrors = AcceptErrorPolicy()
     var shedLog = RateLimitedLog()
-    while true {
-        let connection: Connection
-        do {
-            connection = try await listener.accept()
-            acceptErrors.accepted()
-        } catch .closed {
-            return
-        } catch {
-            await acceptErrors.failed(error, timer: backoffTimer)
-            continue
-        }
+    while let connection = await acceptErrors.accept(from: listener, backingOffOn: backoffTimer) {
         // Only this loop increments, so load-then-add cannot overshoot the cap.
         if open.value.load(ordering: .relaxed) >= options.maxConnections {
             // Shed: a 503 (into an empty send buffer, so it does not block; the deadline makes

@@ -209,14 +209,7 @@ extension PollerNetTests {
             #expect(!kind.isServed(third), "a third connection was served with a cap of 2")
             // Below the cap again: new connections are served (within 5 s).
             first.close()
-            let limit = ContinuousClock.now + .seconds(5)
-            var served = false
-            while !served && ContinuousClock.now < limit {
-                let next = try Client(port: server.port)
-                served = kind.isServed(next)
-                next.close()
-                if !served { usleep(50_000) }
-            }
+            let served = try kind.servesAgain(port: server.port)
             #expect(served, "no connection served after one of the two closed")
             #expect(server.stderr().contains("at the connection cap (2)"), "stderr: \(server.stderr())")
         }
@@ -269,14 +262,7 @@ extension PollerNetTests {
             _ = try server.setDescriptorLimit(saved)
             let lines = server.stderr().split(separator: "\n").filter { $0.contains("accept") }
             #expect(lines.count <= 2, "\(lines.count) accept error lines in 1 s: \(lines.prefix(5))")
-            let limit = ContinuousClock.now + .seconds(5)
-            var served = false
-            while !served && ContinuousClock.now < limit {
-                let client = try Client(port: server.port)
-                served = kind.isServed(client)
-                client.close()
-                if !served { usleep(50_000) }
-            }
+            let served = try kind.servesAgain(port: server.port)
             #expect(served, "not serving once descriptors were available again")
         }
 
@@ -323,6 +309,18 @@ enum ServerKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
             let reply = client.receive(count: 12, waitingMs: 2000)
             return String(decoding: reply, as: UTF8.self) == "HTTP/1.1 200"
         }
+    }
+
+    /// Whether a new connection to `port` is served within `limit`, trying every 50 ms.
+    func servesAgain(port: UInt16, within limit: Duration = .seconds(5)) throws -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            let client = try Client(port: port)
+            defer { client.close() }
+            if isServed(client) { return true }
+            usleep(50_000)
+        }
+        return false
     }
 }
 
