@@ -3,6 +3,7 @@
 // The ring is created with SINGLE_ISSUER | DEFER_TASKRUN, so every function here except
 // cpoller_uring_probe must be called on the thread that created the ring.
 #include "cpoller.h"
+#include "fault.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -158,6 +159,8 @@ enum { BATCH = 256, MAX_PASSES = 8 };
 
 int cpoller_uring_wait(cpoller_uring *u, cpoller_event *events, int cap, int64_t timeout_ns) {
     struct io_uring *ring = &u->ring;
+    int injected = cpoller_fault_take(CPOLLER_FAULT_WAIT, ring->ring_fd);
+    if (injected) return -injected;
     int r;
     if (timeout_ns == 0) {
         r = io_uring_submit_and_get_events(ring);
@@ -198,6 +201,10 @@ int cpoller_uring_wait(cpoller_uring *u, cpoller_event *events, int cap, int64_t
         if (sqflags & IORING_SQ_CQ_OVERFLOW) u->overflows++;
         io_uring_get_events(ring);
     }
+    // The kernel refused the enter for want of resources (-EAGAIN) or because completions
+    // must be reaped first (-EBUSY), and there was nothing to reap: report it, so the caller
+    // backs off instead of calling again at once.
+    if (n == 0 && (r == -EAGAIN || r == -EBUSY)) return r;
     return n;
 }
 

@@ -31,6 +31,9 @@ final class URingBackend: PollerBackend {
     private let state: Mutex<State>
     // The ring pointer is used only on the owner thread (or after the owner stopped).
     private nonisolated(unsafe) let ring: OpaquePointer
+    let faults = FaultLog()
+    var kernelFD: Int32 { ringFD }
+    let waitBackoff = WaitBackoff(call: "io_uring_enter (wait)")
 
     private struct Command {
         enum Kind { case arm, remove }
@@ -171,6 +174,11 @@ final class URingBackend: PollerBackend {
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
         applyCommands()
         let n = Int(cpoller_uring_wait(ring, events.baseAddress, Int32(events.count), timeoutNanos))
+        guard n >= 0 else {
+            waitBackoff.failed(errno: Int32(-n), timeoutNanos: timeoutNanos, wakeChannel: wakeChannel, log: faults)
+            return 0
+        }
+        waitBackoff.succeeded()
         guard n > 0 else { return 0 }
         var kept = 0
         var ended: [PollToken] = []

@@ -86,6 +86,68 @@ struct BackendRegressions {
             try pd.close()
         }
     }
+
+    // MARK: Item 5: failing waits
+
+    // Epoll only: epoll_pwait2 is an epoll system call; io_uring's wait has no such fallback.
+    @Test("Where epoll_pwait2 is refused with EPERM (a seccomp profile), the poller falls back to epoll_wait for good and still delivers events")
+    func pwait2RefusedFallsBack() async throws {
+        defer { cpoller_epoll_force_ms_timeouts(0) }  // let later pollers find epoll_pwait2 again
+        try await withPoller(.epoll) { poller in
+            let pipe = Pipe()
+            let pd = try poller.register(pipe.readFD)
+            // Every epoll_pwait2 on this poller is refused from now on, as under seccomp; the
+            // wake makes the poller leave the wait it may already be in.
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), poller.backend.kernelFD, EPERM, -1)
+            poller.backend.wake()
+            let waiter = startWait(pd, .read)
+            #expect(await waitersParked(poller, 1))
+            writeBytes(pipe.writeFD)
+            #expect(await waiter.outcome() == .ready)
+            let refusals = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), -1, 0, 0)
+            #expect(refusals == 1, "epoll_pwait2 was tried \(refusals) times: the fallback was not remembered")
+            #expect(cpoller_epoll_has_pwait2() == 0)
+            #expect(poller.backend.faults.reported.isEmpty, "a fallback is not a fault")
+            pd.unblock()
+            try pd.close()
+        }
+    }
+
+    @Test("A wait that keeps failing is reported once and backs off: the poller thread stays near idle, jobs still run, and events flow again once it succeeds",
+          arguments: BackendKind.allCases, [EBADF, EINVAL, EFAULT])
+    func failingWaitBacksOff(kind: BackendKind, error: Int32) async throws {
+        try await withPoller(kind) { poller in
+            let pipe = Pipe()
+            let pd = try poller.register(pipe.readFD)
+            let waiter = startWait(pd, .read)
+            #expect(await waitersParked(poller, 1))
+            let backend = poller.backend
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_WAIT), backend.kernelFD, error, -1)
+            defer { _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_WAIT), -1, 0, 0) }
+            backend.wake()
+            try await Task.sleep(for: .milliseconds(20))
+
+            let before = try #require(threadCPUNanos(poller))
+            try await Task.sleep(for: .seconds(1))
+            let used = try #require(threadCPUNanos(poller)) - before
+            #expect(used < 100_000_000, "the poller thread used \(used / 1_000_000) ms of CPU in 1 s")
+
+            // The loop is alive: a job sent to the poller thread runs.
+            let job = Task(executorPreference: poller.executor) { 42 }
+            #expect(await abandoningValue(of: job, within: .seconds(5)) == 42)
+
+            #expect(backend.faults.reported == ["\(backend.waitBackoff.call) \(error)"])
+            let failures = backend.waitBackoff.failures.load(ordering: .relaxed)
+            #expect(failures >= 2, "the wait was not retried")
+
+            // Once the wait works again, readiness is delivered.
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_WAIT), -1, 0, 0) >= failures)
+            writeBytes(pipe.writeFD)
+            #expect(await waiter.outcome() == .ready)
+            pd.unblock()
+            try pd.close()
+        }
+    }
 }
 
 // MARK: Helpers
