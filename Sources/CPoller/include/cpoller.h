@@ -74,18 +74,23 @@ typedef struct cpoller_uring cpoller_uring;
 cpoller_uring *cpoller_uring_create(unsigned sq_entries, unsigned cq_entries, int *err);
 void cpoller_uring_destroy(cpoller_uring *ring);
 int cpoller_uring_fd(const cpoller_uring *ring);
-// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token. Submits first if the
-// submission queue is full. The request is sent to the kernel by the next submit or wait.
+// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token, to be sent to
+// the kernel by the next submit or wait. Returns 0, or -EBUSY when the submission queue is
+// full (nothing queued).
 int cpoller_uring_arm(cpoller_uring *ring, int fd, uint64_t token);
-// Queues a level-triggered-style multishot poll for IN only (the wake-up channel).
+// Queues a level-triggered-style multishot poll for IN only (the wake-up channel). As above.
 int cpoller_uring_arm_in(cpoller_uring *ring, int fd, uint64_t token);
-// Cancels the poll request with user_data = token (never by fd number), submits everything
-// queued, and runs the ring's deferred task work so the cancelled poll has completed and
-// released its file reference when this returns. The cancel's own completion is skipped on
-// success and ignored on failure (-ENOENT).
-int cpoller_uring_remove(cpoller_uring *ring, uint64_t token);
-// Submits everything queued. Returns the number submitted or -errno.
+// Queues a cancel of every poll request with user_data = token (never by fd number); its own
+// completion is skipped on success and dropped by cpoller_uring_wait on failure (-ENOENT).
+// Returns 0, or -EBUSY when the submission queue is full (nothing queued).
+int cpoller_uring_queue_cancel(cpoller_uring *ring, uint64_t token);
+// Submits everything queued (EINTR is retried). Returns the number submitted or -errno; on
+// failure the requests stay queued for the next submit or wait.
 int cpoller_uring_submit(cpoller_uring *ring);
+// Flushes overflowed completions into the completion ring and runs the ring's deferred task
+// work (with DEFER_TASKRUN a cancelled poll completes, and drops its file reference, only
+// then). Returns 0 or -errno.
+int cpoller_uring_get_events(cpoller_uring *ring);
 // Submits what is queued and waits up to timeout_ns (< 0 forever, 0 poll) for at least one
 // completion, in one io_uring_enter. Then drains completions in bounded batches (flushing
 // overflowed completions and deferred task work) into events, at most cap. Returns the
@@ -141,7 +146,7 @@ enum {
     CPOLLER_FAULT_PWAIT2 = 1,
     // The ring's submission queue has no free entry (io_uring_get_sqe returns NULL); err unused.
     CPOLLER_FAULT_GET_SQE = 2,
-    // cpoller_uring_submit fails with err (-EBUSY, -EAGAIN, -ENOMEM, ...) before the kernel.
+    // cpoller_uring_submit fails with err (EBUSY, EAGAIN, ENOMEM, ...) before the kernel.
     CPOLLER_FAULT_SUBMIT = 3,
     // The poll request queued by cpoller_uring_arm / cpoller_uring_arm_in names descriptor
     // -1, so the kernel itself fails it (a completion with -EBADF and no IORING_CQE_F_MORE),

@@ -148,6 +148,138 @@ struct BackendRegressions {
             try pd.close()
         }
     }
+
+    // MARK: Item 7: io_uring submission failures
+    //
+    // io_uring only: epoll's registration and removal are single system calls whose errors
+    // are returned as they are; only the ring queues requests whose submission can fail later.
+
+    @Test("io_uring: a registration whose poll cannot be queued (queue full, submission refused) fails with registrationFailed instead of never firing",
+          arguments: [EBUSY, EAGAIN, ENOMEM])
+    func unqueueablePollFailsRegistration(error: Int32) async throws {
+        try await withPoller(.ioUring) { poller in
+            let pair = SocketPair()
+            let ringFD = poller.backend.kernelFD
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), ringFD, 0, -1)
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), ringFD, error, -1)
+            #expect(throws: PollError.registrationFailed(errno: error)) { try poller.register(pair.a) }
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), -1, 0, 0)
+            let refused = cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), -1, 0, 0)
+            #expect(refused >= 1, "no submission was attempted to make room")
+            #expect(poller.backend.faults.reported.contains("io_uring submission (register) \(error)"))
+
+            // Nothing was left behind: the descriptor registers and works once the ring does.
+            let pd = try poller.register(pair.a)
+            let waiter = startWait(pd, .read)
+            writeBytes(pair.b)
+            #expect(await waiter.outcome() == .ready)
+            pd.unblock()
+            try pd.close()
+        }
+    }
+
+    @Test("io_uring: a full submission queue and transient submission failures are retried, and the registration reports readiness",
+          arguments: [EBUSY, EAGAIN, ENOMEM])
+    func transientSubmitFailuresAreRetried(error: Int32) async throws {
+        try await withPoller(.ioUring) { poller in
+            let pair = SocketPair()
+            let ringFD = poller.backend.kernelFD
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), ringFD, 0, 2)
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), ringFD, error, 2)
+            let pd = try poller.register(pair.a)
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), -1, 0, 0) == 2)
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), -1, 0, 0) == 2)
+            let waiter = startWait(pd, .read)
+            writeBytes(pair.b)
+            #expect(await waiter.outcome() == .ready)
+            pd.unblock()
+            try pd.close()
+        }
+    }
+
+    @Test("io_uring: a poll request the kernel fails wakes readers and writers, and is re-armed, so a writer that then gets EAGAIN is woken by the next writable edge")
+    func failedPollIsRearmed() async throws {
+        try await withPoller(.ioUring) { poller in
+            let pair = SocketPair()
+            let filled = fillUntilBlocked(pair.a)
+            #expect(filled > 0)
+            let backend = try #require(poller.backend as? URingBackend)
+            // The registration's first poll request is sent for descriptor -1: the kernel
+            // fails it (-EBADF, no IORING_CQE_F_MORE), as it fails one it cannot serve.
+            _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_POLL_REQUEST), backend.kernelFD, 0, 1)
+            let pd = try poller.register(pair.a)
+            #expect(await becomesTrue { backend.rearmCount >= 1 }, "the failed poll was not re-armed")
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_POLL_REQUEST), -1, 0, 0) == 1)
+            #expect(backend.faults.reported.contains("io_uring poll \(EBADF)"))
+
+            // Both directions saw it: the writer as readiness (it retries its write), the
+            // reader as the error event Go reports to readers.
+            #expect(pd.isLatched(.write))
+            #expect(pd.resetResult(.read) == .notPollable)
+
+            // The writer retries, gets EAGAIN, and parks: only a live poll can wake it.
+            #expect(pd.resetResult(.write) == nil)
+            #expect(writeBytes(pair.a) < 0)
+            let writer = startWait(pd, .write)
+            #expect(await waitersParked(poller, 1))
+            drain(pair.b)
+            #expect(await writer.outcome() == .ready)
+            pd.unblock()
+            try pd.close()
+        }
+    }
+
+    @Test("io_uring: a deregistration whose cancel submission is refused at first still cancels the poll before close returns, so the peer sees EOF at once",
+          arguments: [EBUSY, EAGAIN, ENOMEM])
+    func refusedCancelStillCancels(error: Int32) async throws {
+        try await withPoller(.ioUring) { poller in
+            let fds = makeSocketPair()
+            defer { close(fds.b) }
+            let pd = try poller.register(fds.a)
+            let ringFD = poller.backend.kernelFD
+            // On the poller thread, so nothing else submits or runs the ring's task work
+            // between the close and the peer's read.
+            let job = Task(executorPreference: poller.executor) { () -> Int in
+                _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), ringFD, error, 2)
+                pd.unblock()
+                do { try pd.close() } catch { return -2 }
+                close(fds.a)
+                var byte: UInt8 = 0
+                return read(fds.b, &byte, 1)
+            }
+            let result = await abandoningValue(of: job, within: .seconds(5))
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), -1, 0, 0) == 2)
+            #expect(result == 0, "the peer's read returned \(String(describing: result)), not EOF: the poll still holds the socket")
+        }
+    }
+
+    @Test("io_uring: the wake-up channel's poll is re-armed when it ends, and while it cannot be (no submission-queue entry) jobs and wake-ups still reach the poller")
+    func wakePollIsRearmed() async throws {
+        try await withPoller(.ioUring) { poller in
+            let backend = try #require(poller.backend as? URingBackend)
+            let ringFD = backend.kernelFD
+            // End the wake-up channel's multishot poll (as overflow or the kernel would), and
+            // leave no submission-queue entry for its re-arm.
+            let ended = Task(executorPreference: poller.executor) { () -> Int32 in
+                var r = cpoller_uring_queue_cancel(backend.ring, PollToken.wake.raw)
+                if r == 0 { r = cpoller_uring_submit(backend.ring) }
+                _ = cpoller_uring_get_events(backend.ring)
+                _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), ringFD, 0, -1)
+                return r
+            }
+            #expect(await abandoningValue(of: ended, within: .seconds(5)) == 1)
+            for i in 0..<5 {
+                try await Task.sleep(for: .milliseconds(30))
+                let job = Task(executorPreference: poller.executor) { i }
+                #expect(await abandoningValue(of: job, within: .seconds(5)) == i, "a job did not reach the poller thread")
+            }
+            #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), -1, 0, 0) >= 1, "the re-arm was not attempted")
+            // Once entries are free again the poll is re-armed, and wake-ups keep working.
+            try await Task.sleep(for: .milliseconds(50))
+            let job = Task(executorPreference: poller.executor) { 7 }
+            #expect(await abandoningValue(of: job, within: .seconds(5)) == 7)
+        }
+    }
 }
 
 // MARK: Helpers
@@ -159,4 +291,12 @@ private func threadCPUNanos(_ poller: Poller) -> Int64? {
     var ts = timespec()
     guard clock_gettime(clock, &ts) == 0 else { return nil }
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// A raw non-blocking AF_UNIX stream socket pair; the caller closes both.
+private func makeSocketPair() -> (a: Int32, b: Int32) {
+    var fds: [Int32] = [-1, -1]
+    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+    precondition(socketpair(AF_UNIX, type, 0, &fds) == 0)
+    return (fds[0], fds[1])
 }
