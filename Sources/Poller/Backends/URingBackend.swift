@@ -25,8 +25,9 @@ import Synchronization
 ///   then the poll is re-armed: at once the first time, with a back-off (1 ms doubling to 1 s)
 ///   while it keeps failing, so a broken descriptor cannot make the loop spin. Without the
 ///   re-arm a writer that retried and got EAGAIN would park for good.
-/// - The wake-up channel's poll follows the same rules. While it is not armed the ring cannot
-///   see a wake-up, so every wait is bounded by the next retry and drains the channel after.
+/// - The wake-up channel's poll follows the same rules, its back-off capped at 10 ms. While it
+///   is not armed the ring cannot see a wake-up, so every wait is bounded by the next retry
+///   and drains the channel after.
 /// - A full submission queue is submitted and the request retried; a submission the kernel
 ///   refuses for want of resources (EAGAIN, ENOMEM) or until completions are reaped (EBUSY)
 ///   is retried after reaping and a short back-off (at most ~15 ms in all), then reported.
@@ -289,15 +290,17 @@ final class URingBackend: PollerBackend {
                 owner.trouble[token] = Trouble(failures: 1, rearmAt: nil)
                 rearmNow(token, now: now)
             } else {
-                owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures - 1))
+                owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures - 1, token))
             }
         }
         for token in ended { rearmNow(token, now: now) }
     }
 
-    /// 1 ms after the first repeated failure, doubling, at most 1 s.
-    static func rearmPause(_ n: Int) -> Int64 {
-        min(Int64(1_000_000) << min(max(n - 1, 0), 10), 1_000_000_000)
+    /// 1 ms after the first repeated failure, doubling, at most 1 s; at most 10 ms for the
+    /// wake-up channel, since every wait is bounded by its retry while it is down and a
+    /// wake-up waits for that.
+    static func rearmPause(_ n: Int, _ token: PollToken) -> Int64 {
+        min(Int64(1_000_000) << min(max(n - 1, 0), 10), token == .wake ? 10_000_000 : 1_000_000_000)
     }
 
     /// Queues the poll for `token` again if it is still live (or is the wake-up channel's);
@@ -325,7 +328,7 @@ final class URingBackend: PollerBackend {
         }
         faults.report("io_uring submission (re-arm)", errno: r, "retrying with back-off")
         let failures = (owner.trouble[token]?.failures ?? 0) + 1
-        owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures))
+        owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures, token))
     }
 
     /// Retries what is due (re-arms, cancels) and bounds `timeout` by the next retry. Owner
@@ -338,7 +341,8 @@ final class URingBackend: PollerBackend {
         for (token, trouble) in owner.trouble {
             if let at = trouble.rearmAt, at <= now { rearmNow(token, now: now) }
         }
-        var next: Int64 = owner.cancels.isEmpty ? .max : now + Self.rearmPause(1)
+        // A pending cancel is retried every 10 ms at least (it holds a file open meanwhile).
+        var next: Int64 = owner.cancels.isEmpty ? .max : now + 10_000_000
         for trouble in owner.trouble.values { if let at = trouble.rearmAt { next = min(next, at) } }
         guard next != .max else { return timeout }
         let left = max(next - now, 0)
