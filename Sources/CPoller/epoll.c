@@ -1,6 +1,7 @@
 // epoll primitives. Edge-triggered registration for IN | OUT | RDHUP | PRI, done once per
 // descriptor (Go's netpollopen); a level-triggered registration for the wake-up channel.
 #include "cpoller.h"
+#include "fault.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -13,7 +14,8 @@
 #define SYS_epoll_pwait2 441
 #endif
 
-// 1: epoll_pwait2 works, 0: not yet known, -1: the kernel lacks it (or a test forced ms).
+// 1: epoll_pwait2 works, 0: not yet known, -1: unavailable (the kernel lacks it, a seccomp
+// filter refuses it, or a test forced ms). Once -1, it stays so: the answer is the process's.
 static _Atomic int pwait2_state = 0;
 
 int cpoller_epoll_create(void) {
@@ -59,6 +61,8 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
     struct epoll_event raw[BATCH];
     if (cap > BATCH) cap = BATCH;
     if (cap <= 0) return -EINVAL;
+    int injected = cpoller_fault_take(CPOLLER_FAULT_WAIT, epfd);
+    if (injected) return -injected;
     int n = -1;
     if (atomic_load(&pwait2_state) >= 0) {
         struct timespec ts, *tsp = NULL;
@@ -67,8 +71,16 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
             ts.tv_nsec = timeout_ns % 1000000000;
             tsp = &ts;
         }
-        n = (int)syscall(SYS_epoll_pwait2, epfd, raw, cap, tsp, NULL, (size_t)0);
-        if (n < 0 && errno == ENOSYS) {
+        int refused = cpoller_fault_take(CPOLLER_FAULT_PWAIT2, epfd);
+        if (refused) {
+            errno = refused;
+        } else {
+            n = (int)syscall(SYS_epoll_pwait2, epfd, raw, cap, tsp, NULL, (size_t)0);
+        }
+        // ENOSYS: the kernel predates 5.11. EPERM: a seccomp profile that denies system calls
+        // it does not know (older container runtimes' defaults, many sandboxes) refuses it;
+        // epoll_wait is on every such list. epoll_pwait2 never fails with EPERM otherwise.
+        if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
             atomic_store(&pwait2_state, -1);
         } else if (n >= 0) {
             atomic_store(&pwait2_state, 1);

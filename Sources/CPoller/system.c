@@ -122,3 +122,41 @@ void cpoller_tsan_release(void *addr) { __tsan_release(addr); }
 void cpoller_tsan_acquire(void *addr) { (void)addr; }
 void cpoller_tsan_release(void *addr) { (void)addr; }
 #endif
+
+// Fault injection. A point is armed by a test thread and consumed by the poller thread; the
+// fields are atomics, and `left` is written last when arming and first when disarming, so a
+// consumer that sees left != 0 sees the fd and err that go with it.
+#include "fault.h"
+
+struct fault_point {
+    _Atomic int left;  // failures still to deliver; < 0: unlimited; 0: inert
+    _Atomic int fd;
+    _Atomic int err;
+    _Atomic int used;
+};
+
+static struct fault_point fault_points[CPOLLER_FAULT_POINTS];
+
+int cpoller_fault_inject(int point, int fd, int err, int count) {
+    if (point < 0 || point >= CPOLLER_FAULT_POINTS) return -EINVAL;
+    struct fault_point *f = &fault_points[point];
+    atomic_store(&f->left, 0);
+    int used = atomic_exchange(&f->used, 0);
+    atomic_store(&f->fd, fd);
+    atomic_store(&f->err, err);
+    atomic_store(&f->left, count);
+    return used;
+}
+
+int cpoller_fault_take(int point, int fd) {
+    struct fault_point *f = &fault_points[point];
+    int left = atomic_load_explicit(&f->left, memory_order_relaxed);
+    if (left == 0) return 0;
+    if (atomic_load(&f->fd) != fd) return 0;
+    while (left > 0 && !atomic_compare_exchange_weak(&f->left, &left, left - 1)) {
+    }
+    if (left == 0) return 0;
+    atomic_fetch_add(&f->used, 1);
+    int err = atomic_load(&f->err);
+    return err > 0 ? err : EIO;
+}

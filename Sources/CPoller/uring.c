@@ -3,6 +3,7 @@
 // The ring is created with SINGLE_ISSUER | DEFER_TASKRUN, so every function here except
 // cpoller_uring_probe must be called on the thread that created the ring.
 #include "cpoller.h"
+#include "fault.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -76,21 +77,17 @@ void cpoller_uring_destroy(cpoller_uring *u) {
 
 int cpoller_uring_fd(const cpoller_uring *u) { return u->ring.ring_fd; }
 
-// A free submission slot, submitting what is queued when the queue is full.
+// A free submission-queue entry, or NULL when the queue is full. What to do then (submit and
+// retry, back off, give up) is the caller's policy.
 static struct io_uring_sqe *get_sqe(struct io_uring *ring) {
-    for (int attempt = 0; attempt < 4; attempt++) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-        if (sqe) return sqe;
-        int r = io_uring_submit(ring);
-        if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return NULL;
-        if (r == -EAGAIN || r == -EBUSY) io_uring_get_events(ring);  // reap, then retry
-    }
-    return NULL;
+    if (cpoller_fault_take(CPOLLER_FAULT_GET_SQE, ring->ring_fd)) return NULL;
+    return io_uring_get_sqe(ring);
 }
 
 static int arm(cpoller_uring *u, int fd, unsigned mask, uint64_t token) {
     struct io_uring_sqe *sqe = get_sqe(&u->ring);
     if (!sqe) return -EBUSY;
+    if (cpoller_fault_take(CPOLLER_FAULT_POLL_REQUEST, u->ring.ring_fd)) fd = -1;
     io_uring_prep_poll_multishot(sqe, fd, mask);
     io_uring_sqe_set_data64(sqe, token);
     return 0;
@@ -104,9 +101,8 @@ int cpoller_uring_arm_in(cpoller_uring *u, int fd, uint64_t token) {
     return arm(u, fd, POLLIN, token);
 }
 
-int cpoller_uring_remove(cpoller_uring *u, uint64_t token) {
-    struct io_uring *ring = &u->ring;
-    struct io_uring_sqe *sqe = get_sqe(ring);
+int cpoller_uring_queue_cancel(cpoller_uring *u, uint64_t token) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
     if (!sqe) return -EBUSY;
     // ASYNC_CANCEL, not POLL_REMOVE: POLL_REMOVE fails with -EALREADY while an event's task
     // work for the poll is pending, and the multishot poll then lives on, holding the file.
@@ -114,22 +110,24 @@ int cpoller_uring_remove(cpoller_uring *u, uint64_t token) {
     io_uring_prep_cancel64(sqe, token, 0);
     io_uring_sqe_set_data64(sqe, token | CONTROL_BIT);
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    int r;
-    do {
-        r = io_uring_submit(ring);
-    } while (r == -EINTR);
-    if (r < 0) return r;
-    // With DEFER_TASKRUN the cancelled poll completes (and drops its file reference) only
-    // when this thread runs its deferred task work. Run it now, so that once this returns the
-    // caller's close(2) really closes the file and the peer sees it at once.
-    for (int pass = 0; pass < 16; pass++) {
-        io_uring_get_events(ring);
-        if (!(IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN)) break;
-    }
     return 0;
 }
 
+int cpoller_uring_get_events(cpoller_uring *u) {
+    struct io_uring *ring = &u->ring;
+    int r = 0;
+    // With DEFER_TASKRUN only a bounded amount of task work runs per enter; go on while the
+    // kernel says more is pending (bounded too: never loop on work that keeps arriving).
+    for (int pass = 0; pass < 16; pass++) {
+        r = io_uring_get_events(ring);
+        if (!(IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN)) break;
+    }
+    return r < 0 ? r : 0;
+}
+
 int cpoller_uring_submit(cpoller_uring *u) {
+    int injected = cpoller_fault_take(CPOLLER_FAULT_SUBMIT, u->ring.ring_fd);
+    if (injected) return -injected;
     int r;
     do {
         r = io_uring_submit(&u->ring);
@@ -158,6 +156,8 @@ enum { BATCH = 256, MAX_PASSES = 8 };
 
 int cpoller_uring_wait(cpoller_uring *u, cpoller_event *events, int cap, int64_t timeout_ns) {
     struct io_uring *ring = &u->ring;
+    int injected = cpoller_fault_take(CPOLLER_FAULT_WAIT, ring->ring_fd);
+    if (injected) return -injected;
     int r;
     if (timeout_ns == 0) {
         r = io_uring_submit_and_get_events(ring);
@@ -198,6 +198,10 @@ int cpoller_uring_wait(cpoller_uring *u, cpoller_event *events, int cap, int64_t
         if (sqflags & IORING_SQ_CQ_OVERFLOW) u->overflows++;
         io_uring_get_events(ring);
     }
+    // The kernel refused the enter for want of resources (-EAGAIN) or because completions
+    // must be reaped first (-EBUSY), and there was nothing to reap: report it, so the caller
+    // backs off instead of calling again at once.
+    if (n == 0 && (r == -EAGAIN || r == -EBUSY)) return r;
     return n;
 }
 
@@ -247,7 +251,8 @@ void cpoller_uring_destroy(cpoller_uring *u) { (void)u; }
 int cpoller_uring_fd(const cpoller_uring *u) { (void)u; return -1; }
 int cpoller_uring_arm(cpoller_uring *u, int fd, uint64_t t) { (void)u; (void)fd; (void)t; return -ENOSYS; }
 int cpoller_uring_arm_in(cpoller_uring *u, int fd, uint64_t t) { (void)u; (void)fd; (void)t; return -ENOSYS; }
-int cpoller_uring_remove(cpoller_uring *u, uint64_t t) { (void)u; (void)t; return -ENOSYS; }
+int cpoller_uring_queue_cancel(cpoller_uring *u, uint64_t t) { (void)u; (void)t; return -ENOSYS; }
+int cpoller_uring_get_events(cpoller_uring *u) { (void)u; return -ENOSYS; }
 int cpoller_uring_submit(cpoller_uring *u) { (void)u; return -ENOSYS; }
 int cpoller_uring_wait(cpoller_uring *u, cpoller_event *e, int c, int64_t t) {
     (void)u; (void)e; (void)c; (void)t;

@@ -278,17 +278,44 @@ public final class Poller: Sendable {
         closeEverything()
     }
 
+    /// The longest timeout ever handed to the kernel: one day.
+    ///
+    /// Why: a deadline at the end of the clock (overflowing deadlines clamp to `Int64.max`)
+    /// makes `earliest - now` about `Int64.max`, and the kernel adds its own current time to a
+    /// relative timeout. io_uring's EXT_ARG wait does that with a plain 64-bit add
+    /// (io_cqring_wait: `ktime_add(timeout, start_time)`), which wraps to an instant in the
+    /// past. On Linux 6.18 the hrtimer code happens to turn that negative expiry into "never"
+    /// (ktime_add_safe), so nothing spins there (measured: 0 µs of poller CPU per second, both
+    /// backends); but a poller must not depend on what each kernel makes of an overflowed
+    /// expiry. A bounded timeout never reaches that arithmetic, and costs one wake-up a day:
+    /// the loop recomputes the timeout after every wake-up, so a far deadline is slept towards
+    /// in steps. (Go caps epoll's timeout at 1e9 ms for the same reason; epoll_pwait2 and the
+    /// millisecond epoll_wait path clamp safely already.)
+    static let maxSleepNanos: Int64 = 86_400 * 1_000_000_000
+
+    /// The timeout for a blocking poll with the earliest deadline at `earliest` (nil: none):
+    /// -1 (forever) without a deadline, 0 when it is due, else the time left, at most
+    /// ``maxSleepNanos``.
+    static func sleepTimeout(earliest: Int64?, now: Int64) -> Int64 {
+        guard let earliest else { return -1 }
+        if earliest <= now { return 0 }
+        // No overflow: earliest > now, and now (CLOCK_MONOTONIC) is never negative.
+        return min(earliest - now, maxSleepNanos)
+    }
+
     /// Timeout for the next blocking poll, recording when the poller will wake by itself.
     private func timeoutUntilNextDeadline() -> Int64 {
         timers.withLockAnnotated { t in
-            guard let earliest = t.heap.earliest else {
-                t.sleepUntil = .max
-                return -1
-            }
             let now = MonotonicClock.now()
-            if earliest <= now { return 0 }
-            t.sleepUntil = earliest
-            return earliest - now
+            let timeout = Poller.sleepTimeout(earliest: t.heap.earliest, now: now)
+            // A deadline earlier than sleepUntil wakes the poller; one later is picked up when
+            // it wakes by itself, at the (possibly capped) timeout.
+            if timeout < 0 {
+                t.sleepUntil = .max
+            } else if timeout > 0 {
+                t.sleepUntil = now + timeout
+            }
+            return timeout
         }
     }
 

@@ -54,8 +54,10 @@ int cpoller_epoll_add(int epfd, int fd, uint64_t token);
 int cpoller_epoll_add_level_in(int epfd, int fd, uint64_t token);
 int cpoller_epoll_del(int epfd, int fd);
 // Waits up to timeout_ns (< 0: forever, 0: poll) and fills at most cap events. Returns the
-// number of events; EINTR returns 0. Uses epoll_pwait2 (nanosecond timeouts) where the kernel
-// has it, else epoll_wait with the timeout rounded up to whole milliseconds, never down to 0.
+// number of events; EINTR returns 0; any other failure returns -errno. Uses epoll_pwait2
+// (nanosecond timeouts) where it is allowed, else epoll_wait with the timeout rounded up to
+// whole milliseconds, never down to 0. The first ENOSYS or EPERM from epoll_pwait2 switches
+// the process to epoll_wait for good.
 int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout_ns);
 // 1 when epoll_pwait2 is in use, 0 when the millisecond fallback is.
 int cpoller_epoll_has_pwait2(void);
@@ -72,22 +74,28 @@ typedef struct cpoller_uring cpoller_uring;
 cpoller_uring *cpoller_uring_create(unsigned sq_entries, unsigned cq_entries, int *err);
 void cpoller_uring_destroy(cpoller_uring *ring);
 int cpoller_uring_fd(const cpoller_uring *ring);
-// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token. Submits first if the
-// submission queue is full. The request is sent to the kernel by the next submit or wait.
+// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token, to be sent to
+// the kernel by the next submit or wait. Returns 0, or -EBUSY when the submission queue is
+// full (nothing queued).
 int cpoller_uring_arm(cpoller_uring *ring, int fd, uint64_t token);
-// Queues a level-triggered-style multishot poll for IN only (the wake-up channel).
+// Queues a level-triggered-style multishot poll for IN only (the wake-up channel). As above.
 int cpoller_uring_arm_in(cpoller_uring *ring, int fd, uint64_t token);
-// Cancels the poll request with user_data = token (never by fd number), submits everything
-// queued, and runs the ring's deferred task work so the cancelled poll has completed and
-// released its file reference when this returns. The cancel's own completion is skipped on
-// success and ignored on failure (-ENOENT).
-int cpoller_uring_remove(cpoller_uring *ring, uint64_t token);
-// Submits everything queued. Returns the number submitted or -errno.
+// Queues a cancel of every poll request with user_data = token (never by fd number); its own
+// completion is skipped on success and dropped by cpoller_uring_wait on failure (-ENOENT).
+// Returns 0, or -EBUSY when the submission queue is full (nothing queued).
+int cpoller_uring_queue_cancel(cpoller_uring *ring, uint64_t token);
+// Submits everything queued (EINTR is retried). Returns the number submitted or -errno; on
+// failure the requests stay queued for the next submit or wait.
 int cpoller_uring_submit(cpoller_uring *ring);
+// Flushes overflowed completions into the completion ring and runs the ring's deferred task
+// work (with DEFER_TASKRUN a cancelled poll completes, and drops its file reference, only
+// then). Returns 0 or -errno.
+int cpoller_uring_get_events(cpoller_uring *ring);
 // Submits what is queued and waits up to timeout_ns (< 0 forever, 0 poll) for at least one
 // completion, in one io_uring_enter. Then drains completions in bounded batches (flushing
 // overflowed completions and deferred task work) into events, at most cap. Returns the
-// number of events; -ETIME and -EINTR return what is there.
+// number of events; -ETIME and -EINTR return what is there, and so do -EAGAIN and -EBUSY
+// unless there was nothing (then they are returned). Other failures return -errno.
 int cpoller_uring_wait(cpoller_uring *ring, cpoller_event *events, int cap, int64_t timeout_ns);
 // Test hook: how many times the completion queue overflowed (IORING_SQ_CQ_OVERFLOW seen).
 uint64_t cpoller_uring_overflow_count(const cpoller_uring *ring);
@@ -125,6 +133,33 @@ void cpoller_parker_init(cpoller_parker *p);
 // signal, 0 on timeout.
 int cpoller_parker_park(cpoller_parker *p, int64_t timeout_ns);
 void cpoller_parker_unpark(cpoller_parker *p);
+
+// MARK: Fault injection (tests)
+
+// Where a test can make a primitive fail. Each point is inert (one relaxed atomic load) until
+// armed with cpoller_fault_inject.
+enum {
+    // cpoller_epoll_wait / cpoller_uring_wait fail with err before reaching the kernel.
+    CPOLLER_FAULT_WAIT = 0,
+    // The epoll_pwait2 system call answers err (as a seccomp filter would); the
+    // millisecond epoll_wait fallback is not affected.
+    CPOLLER_FAULT_PWAIT2 = 1,
+    // The ring's submission queue has no free entry (io_uring_get_sqe returns NULL); err unused.
+    CPOLLER_FAULT_GET_SQE = 2,
+    // cpoller_uring_submit fails with err (EBUSY, EAGAIN, ENOMEM, ...) before the kernel.
+    CPOLLER_FAULT_SUBMIT = 3,
+    // The poll request queued by cpoller_uring_arm / cpoller_uring_arm_in names descriptor
+    // -1, so the kernel itself fails it (a completion with -EBADF and no IORING_CQE_F_MORE),
+    // as it fails a poll request it cannot serve; err unused.
+    CPOLLER_FAULT_POLL_REQUEST = 4,
+    CPOLLER_FAULT_POINTS = 5,
+};
+
+// Arms fault `point` for the epoll or ring descriptor `fd` only (so pollers other tests run
+// are undisturbed): the next `count` calls fail with the positive errno `err`; count < 0 means
+// every call until re-armed; count 0 disarms. Returns how many failures the previous setting
+// of this point delivered.
+int cpoller_fault_inject(int point, int fd, int err, int count);
 
 // MARK: Small system helpers
 

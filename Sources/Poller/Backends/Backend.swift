@@ -21,9 +21,16 @@ import CPoller
 //               concurrent wakes coalesce into one write.
 //   isPollerDescriptor  Go's netpollIsPollDescriptor.
 //   shutdown    Release every descriptor the backend owns. Poller thread, after the last poll.
+//
+// Failures: a wait that fails returns no events after a back-off (WaitBackoff), never at once
+// again; every fault the backend survives is reported once per kind (FaultLog).
 protocol PollerBackend: AnyObject, Sendable {
     var kind: BackendKind { get }
     var wakeChannel: WakeChannel { get }
+    /// The epoll or io_uring descriptor: what the C layer's fault points are keyed by (tests).
+    var kernelFD: Int32 { get }
+    var faults: FaultLog { get }
+    var waitBackoff: WaitBackoff { get }
     func register(fd: Int32, token: PollToken) -> Int32
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int

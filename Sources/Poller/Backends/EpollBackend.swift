@@ -15,6 +15,9 @@ final class EpollBackend: PollerBackend {
     /// True after shutdown. Held across epoll_ctl so a late register or deregister never
     /// reaches the epoll descriptor's number after it was closed (and maybe reused).
     private let closed = Mutex(false)
+    let faults = FaultLog()
+    var kernelFD: Int32 { epollFD }
+    let waitBackoff = WaitBackoff(call: "epoll_wait")
 
     init(forcePipeWake: Bool = false) throws(PollerError) {
         let fd = cpoller_epoll_create()
@@ -47,6 +50,11 @@ final class EpollBackend: PollerBackend {
 
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
         let n = Int(cpoller_epoll_wait(epollFD, events.baseAddress, Int32(events.count), timeoutNanos))
+        guard n >= 0 else {
+            waitBackoff.failed(errno: Int32(-n), timeoutNanos: timeoutNanos, wakeChannel: wakeChannel, log: faults)
+            return 0
+        }
+        waitBackoff.succeeded()
         guard n > 0 else { return 0 }
         // Compact out the wake-up channel's event.
         var kept = 0

@@ -9,16 +9,30 @@ import Synchronization
 /// only set-up that keeps up with epoll), so only the thread that created it (the owner, in
 /// practice the poller thread) may submit or wait. `register` and `deregister` called on
 /// another thread become commands that the owner applies at the start of its next `poll`;
-/// the caller wakes the owner, and `deregister` waits until the poll has been cancelled and
-/// has completed, because a pending io_uring poll keeps a closed socket alive (the peer would
-/// see no EOF).
+/// the caller wakes the owner and waits for the result: `register` so that a poll that cannot
+/// be queued fails the registration instead of leaving one that never fires, `deregister`
+/// until the poll has been cancelled and has completed, because a pending io_uring poll keeps
+/// a closed socket alive (the peer would see no EOF).
 ///
 /// Invariants:
-/// - `live` holds exactly the registrations that have not been deregistered. A completion
-///   without IORING_CQE_F_MORE for a live token means the kernel ended the multishot poll
-///   (completion-queue overflow, -ECANCELED, ...): it is re-armed at once, and the new poll
-///   checks the current level, so no readiness is lost.
-/// - Removal is by token, never by fd number.
+/// - `live` holds exactly the registrations that have not been deregistered, and each of them
+///   has a poll armed, queued, or due for a retry in `owner.trouble`.
+/// - A completion without IORING_CQE_F_MORE for a live token means the kernel ended the
+///   multishot poll: it is re-armed, and the new poll checks the current level, so no
+///   readiness is lost. After completion-queue overflow or -ECANCELED at once. After a
+///   failure (the request itself failed: -ENOMEM, -EBADF, ...) both directions are woken, so
+///   readers and writers retry their I/O and see the error there (Go wakes both on an error),
+///   then the poll is re-armed: at once the first time, with a back-off (1 ms doubling to 1 s)
+///   while it keeps failing, so a broken descriptor cannot make the loop spin. Without the
+///   re-arm a writer that retried and got EAGAIN would park for good.
+/// - The wake-up channel's poll follows the same rules, its back-off capped at 10 ms. While it
+///   is not armed the ring cannot see a wake-up, so every wait is bounded by the next retry
+///   and drains the channel after.
+/// - A full submission queue is submitted and the request retried; a submission the kernel
+///   refuses for want of resources (EAGAIN, ENOMEM) or until completions are reaped (EBUSY)
+///   is retried after reaping and a short back-off (at most ~15 ms in all), then reported.
+/// - Removal is by token, never by fd number. A cancel that cannot be queued is retried before
+///   every wait until it is.
 final class URingBackend: PollerBackend {
     let kind = BackendKind.ioUring
     let wakeChannel: WakeChannel
@@ -29,15 +43,31 @@ final class URingBackend: PollerBackend {
     let probeEpollFD: Int32
     private let ownerThread: UInt64
     private let state: Mutex<State>
-    // The ring pointer is used only on the owner thread (or after the owner stopped).
-    private nonisolated(unsafe) let ring: OpaquePointer
+    // The ring pointer is used only on the owner thread (or after the owner stopped). Internal
+    // for tests that drive the ring from a job on the poller thread.
+    nonisolated(unsafe) let ring: OpaquePointer
+    let faults = FaultLog()
+    var kernelFD: Int32 { ringFD }
+    let waitBackoff = WaitBackoff(call: "io_uring_enter (wait)")
 
     private struct Command {
         enum Kind { case arm, remove }
         var kind: Kind
         var fd: Int32
         var token: PollToken
-        var done: ParkerBox?
+        var done: CommandDone
+    }
+
+    /// A command's hand-off: the owner stores the result, then unparks the caller. A command
+    /// that shutdown releases unapplied keeps the initial EBADF.
+    private final class CommandDone: Sendable {
+        let parker = ParkerBox()
+        let result = Atomic<Int32>(EBADF)
+
+        func finish(_ r: Int32) {
+            result.store(r, ordering: .sequentiallyConsistent)
+            parker.unpark()
+        }
     }
 
     private struct State {
@@ -50,6 +80,25 @@ final class URingBackend: PollerBackend {
         /// Multishot polls re-armed after the kernel ended them. For tests.
         var rearms = 0
     }
+
+    /// A poll that failed, or could not be queued, and is re-armed with a back-off.
+    private struct Trouble {
+        /// Consecutive failures (a completion with res >= 0 clears them).
+        var failures: Int
+        /// When to try again; nil once re-armed (kept to count the next failure).
+        var rearmAt: Int64?
+    }
+
+    /// Touched only on the owner thread (the ring's single issuer), like the ring itself.
+    private struct OwnerState {
+        /// Whether the wake-up channel's poll is armed (or queued).
+        var wakeArmed = true
+        var trouble: [PollToken: Trouble] = [:]
+        /// Cancels that could not be queued yet.
+        var cancels: [PollToken] = []
+    }
+
+    private nonisolated(unsafe) var owner = OwnerState()
 
     /// Creates the ring on the calling thread, which becomes its owner.
     init(forcePipeWake: Bool = false, submissionEntries: UInt32 = 512, completionEntries: UInt32 = 16384)
@@ -124,6 +173,7 @@ final class URingBackend: PollerBackend {
         let check = cpoller_check_pollable(fd)
         if check != 0 { return check }
         let onOwner = onOwnerThread
+        let done: CommandDone? = onOwner ? nil : CommandDone()
         let result: Int32 = state.withLockAnnotated { s in
             guard !s.isShutdown else { return EBADF }
             guard !s.liveFDs.contains(fd) else { return EEXIST }
@@ -131,29 +181,30 @@ final class URingBackend: PollerBackend {
             let probe = cpoller_epoll_add(probeEpollFD, fd, token.raw)
             guard probe == 0 else { return -probe }
             _ = cpoller_epoll_del(probeEpollFD, fd)
-            if onOwner {
-                let r = cpoller_uring_arm(ring, fd, token.raw)
-                guard r == 0 else { return -r }
-            } else {
-                s.commands.append(Command(kind: .arm, fd: fd, token: token, done: nil))
-            }
+            if let done { s.commands.append(Command(kind: .arm, fd: fd, token: token, done: done)) }
             s.live[token] = fd
             s.liveFDs.insert(fd)
             return 0
         }
-        if result == 0 && !onOwner { wake() }
-        return result
+        guard result == 0 else { return result }
+        // Nobody else knows the token before this returns, so nothing can deregister it while
+        // its poll is being queued outside the lock.
+        if onOwner { return armNew(fd: fd, token: token) }
+        wake()
+        done!.parker.park()
+        return done!.result.load(ordering: .sequentiallyConsistent)
     }
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
         if onOwnerThread {
-            return state.withLockAnnotated { s in
-                guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return 0 }
+            let found = state.withLockAnnotated { s -> Bool in
+                guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
                 s.liveFDs.remove(fd)
-                return -cpoller_uring_remove(ring, token.raw)
+                return true
             }
+            return found ? removePoll(token) : 0
         }
-        let done = ParkerBox()
+        let done = CommandDone()
         let queued = state.withLockAnnotated { s in
             guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
             s.liveFDs.remove(fd)
@@ -164,42 +215,208 @@ final class URingBackend: PollerBackend {
         wake()
         // The owner cancels the poll at the start of its next poll (which the wake above
         // brings about at once) and unparks us once the cancelled poll has completed.
-        done.park()
-        return 0
+        done.parker.park()
+        return done.result.load(ordering: .sequentiallyConsistent)
     }
 
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
         applyCommands()
-        let n = Int(cpoller_uring_wait(ring, events.baseAddress, Int32(events.count), timeoutNanos))
+        var timeout = timeoutNanos
+        if !owner.trouble.isEmpty || !owner.cancels.isEmpty { timeout = retryDue(timeout) }
+        let n = Int(cpoller_uring_wait(ring, events.baseAddress, Int32(events.count), timeout))
+        // A wake-up the ring could not see (its poll is not armed): consume it here; the loop
+        // re-reads everything after a poll.
+        if !owner.wakeArmed { wakeChannel.drain() }
+        guard n >= 0 else {
+            waitBackoff.failed(errno: Int32(-n), timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
+            return 0
+        }
+        waitBackoff.succeeded()
         guard n > 0 else { return 0 }
         var kept = 0
         var ended: [PollToken] = []
+        var failed: [(PollToken, Int32)] = []
         for i in 0..<n {
-            let event = events[i]
+            var event = events[i]
             if event.token == PollToken.wake.raw {
                 wakeChannel.drain()
-                if event.isEnded { _ = cpoller_uring_arm_in(ring, wakeChannel.readFD, PollToken.wake.raw) }
+                if !owner.trouble.isEmpty, event.res >= 0, owner.trouble[.wake]?.rearmAt == nil {
+                    owner.trouble[.wake] = nil
+                }
+                if event.isEnded {
+                    owner.wakeArmed = false
+                    if event.res >= 0 || event.res == -ECANCELED { ended.append(.wake) } else { failed.append((.wake, -event.res)) }
+                }
                 continue
             }
-            // A request that failed (not -ECANCELED) is not re-armed: it would fail again.
-            if event.isEnded && (event.res >= 0 || event.res == -ECANCELED) { ended.append(event.pollToken) }
+            let token = event.pollToken
+            if event.res < 0 && event.res != -ECANCELED {
+                // The poll request failed: C flags it readable and writable, so both waiters
+                // wake. A failure for want of resources says nothing about the descriptor, so
+                // it is not an error event (readers would get notPollable).
+                if Self.isTransient(-event.res) { event.flags &= ~UInt32(CPOLLER_EV_ERROR) }
+                if event.isEnded { failed.append((token, -event.res)) }
+            } else {
+                if event.isEnded { ended.append(token) }
+                if !owner.trouble.isEmpty, event.res >= 0, owner.trouble[token]?.rearmAt == nil {
+                    owner.trouble[token] = nil
+                }
+            }
             if event.flags & ~UInt32(CPOLLER_EV_ENDED) != 0 {
-                if kept != i { events[kept] = event }
+                events[kept] = event
                 kept += 1
             }
         }
-        if !ended.isEmpty { rearm(ended) }
+        if !ended.isEmpty || !failed.isEmpty { rearm(ended: ended, failed: failed) }
         return kept
     }
 
-    /// Re-arms the multishot polls the kernel ended for registrations that are still live.
-    private func rearm(_ tokens: [PollToken]) {
-        state.withLockAnnotated { s in
-            for token in tokens {
-                guard let fd = s.live[token] else { continue }
-                s.rearms += 1
-                _ = cpoller_uring_arm(ring, fd, token.raw)
+    static func isTransient(_ errno: Int32) -> Bool {
+        errno == ENOMEM || errno == EAGAIN || errno == EBUSY || errno == ENOBUFS
+    }
+
+    /// Re-arms the multishot polls the kernel ended, for registrations that are still live and
+    /// for the wake-up channel. Owner thread.
+    private func rearm(ended: [PollToken], failed: [(PollToken, Int32)]) {
+        let now = MonotonicClock.now()
+        for (token, errno) in failed {
+            // A failure for a registration closed meanwhile is stale, like any of its events.
+            if token != .wake, state.withLockAnnotated({ $0.live[token] == nil }) { continue }
+            let failures = (owner.trouble[token]?.failures ?? 0) + 1
+            faults.report(
+                token == .wake ? "io_uring poll (wake-up channel)" : "io_uring poll", errno: errno,
+                "waking both directions and re-arming it (with back-off while it keeps failing)")
+            if failures == 1 {
+                owner.trouble[token] = Trouble(failures: 1, rearmAt: nil)
+                rearmNow(token, now: now)
+            } else {
+                owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures - 1, token))
             }
+        }
+        for token in ended { rearmNow(token, now: now) }
+    }
+
+    /// 1 ms after the first repeated failure, doubling, at most 1 s; at most 10 ms for the
+    /// wake-up channel, since every wait is bounded by its retry while it is down and a
+    /// wake-up waits for that.
+    static func rearmPause(_ n: Int, _ token: PollToken) -> Int64 {
+        min(Int64(1_000_000) << min(max(n - 1, 0), 10), token == .wake ? 10_000_000 : 1_000_000_000)
+    }
+
+    /// Queues the poll for `token` again if it is still live (or is the wake-up channel's);
+    /// when that cannot be done now, schedules a retry. Owner thread.
+    private func rearmNow(_ token: PollToken, now: Int64) {
+        let r: Int32
+        if token == .wake {
+            r = queueRequest { cpoller_uring_arm_in(ring, wakeChannel.readFD, PollToken.wake.raw) }
+            if r == 0 { owner.wakeArmed = true }
+        } else {
+            let fd: Int32? = state.withLockAnnotated { s in
+                guard let fd = s.live[token] else { return nil }
+                s.rearms += 1
+                return fd
+            }
+            guard let fd else {
+                owner.trouble[token] = nil
+                return
+            }
+            r = queueRequest { cpoller_uring_arm(ring, fd, token.raw) }
+        }
+        if r == 0 {
+            if owner.trouble[token] != nil { owner.trouble[token]!.rearmAt = nil }
+            return
+        }
+        faults.report("io_uring submission (re-arm)", errno: r, "retrying with back-off")
+        let failures = (owner.trouble[token]?.failures ?? 0) + 1
+        owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures, token))
+    }
+
+    /// Retries what is due (re-arms, cancels) and bounds `timeout` by the next retry. Owner
+    /// thread, before a wait.
+    private func retryDue(_ timeout: Int64) -> Int64 {
+        let now = MonotonicClock.now()
+        if !owner.cancels.isEmpty {
+            owner.cancels.removeAll { token in queueRequest { cpoller_uring_queue_cancel(ring, token.raw) } == 0 }
+        }
+        for (token, trouble) in owner.trouble {
+            if let at = trouble.rearmAt, at <= now { rearmNow(token, now: now) }
+        }
+        // A pending cancel is retried every 10 ms at least (it holds a file open meanwhile).
+        var next: Int64 = owner.cancels.isEmpty ? .max : now + 10_000_000
+        for trouble in owner.trouble.values { if let at = trouble.rearmAt { next = min(next, at) } }
+        guard next != .max else { return timeout }
+        let left = max(next - now, 0)
+        return timeout < 0 ? left : min(timeout, left)
+    }
+
+    /// Queues the first poll of a new registration; on failure forgets the registration.
+    /// Owner thread.
+    private func armNew(fd: Int32, token: PollToken) -> Int32 {
+        let r = queueRequest { cpoller_uring_arm(ring, fd, token.raw) }
+        guard r != 0 else { return 0 }
+        faults.report("io_uring submission (register)", errno: r, "the registration fails with it")
+        state.withLockAnnotated { s in
+            if s.live.removeValue(forKey: token) != nil { s.liveFDs.remove(fd) }
+        }
+        return r
+    }
+
+    /// Cancels the poll for `token` and runs the ring's deferred task work, so that when this
+    /// returns the cancelled poll has completed and dropped its file reference (with
+    /// DEFER_TASKRUN that happens only when this thread runs its task work): the caller's
+    /// close(2) then really closes the file and the peer sees it at once. Owner thread.
+    private func removePoll(_ token: PollToken) -> Int32 {
+        owner.trouble[token] = nil
+        var r = queueRequest { cpoller_uring_queue_cancel(ring, token.raw) }
+        if r == 0 {
+            r = submitQueued()
+            if r != 0 {
+                faults.report("io_uring submission (cancel)", errno: r,
+                              "the cancel goes out with the next wait; until then the file stays open")
+            }
+        } else {
+            owner.cancels.append(token)
+            faults.report("io_uring submission (cancel)", errno: r,
+                          "the cancel is retried before every wait; until then the file stays open")
+        }
+        // Even after a failed submit: completions and task work already due are run.
+        _ = cpoller_uring_get_events(ring)
+        return r
+    }
+
+    /// Tries `prepare` (which takes one submission-queue entry: 0, or -EBUSY when the queue is
+    /// full) until it succeeds, submitting what is queued to make room. Returns 0 or an errno.
+    /// Owner thread.
+    private func queueRequest(_ prepare: () -> Int32) -> Int32 {
+        var attempt = 0
+        while true {
+            let r = prepare()
+            if r == 0 { return 0 }
+            guard r == -EBUSY else { return -r }
+            attempt += 1
+            if attempt >= Self.submitAttempts { return EBUSY }
+            let submitted = submitQueued()
+            if submitted != 0 { return submitted }
+        }
+    }
+
+    static let submitAttempts = 6
+
+    /// Submits what is queued. EAGAIN and ENOMEM (the kernel is short of memory) and EBUSY
+    /// (completions must be reaped first) are retried after reaping (overflowed completions
+    /// and deferred task work) and a back-off: a yield, then 1, 2, 4 and 8 ms. Returns 0 or the
+    /// last errno; what could not be submitted stays queued for the next submit or wait.
+    /// Owner thread.
+    private func submitQueued() -> Int32 {
+        var attempt = 0
+        while true {
+            let r = cpoller_uring_submit(ring)
+            if r >= 0 { return 0 }
+            guard Self.isTransient(-r) else { return -r }
+            attempt += 1
+            if attempt >= Self.submitAttempts { return -r }
+            _ = cpoller_uring_get_events(ring)
+            if attempt == 1 { sched_yield() } else { usleep(UInt32(1000 << (attempt - 2))) }
         }
     }
 
@@ -212,10 +429,9 @@ final class URingBackend: PollerBackend {
         for command in commands {
             switch command.kind {
             case .arm:
-                _ = cpoller_uring_arm(ring, command.fd, command.token.raw)
+                command.done.finish(armNew(fd: command.fd, token: command.token))
             case .remove:
-                _ = cpoller_uring_remove(ring, command.token.raw)
-                command.done?.unpark()
+                command.done.finish(removePoll(command.token))
             }
         }
     }
@@ -235,8 +451,9 @@ final class URingBackend: PollerBackend {
             defer { s.commands.removeAll() }
             return s.commands
         }
-        // Destroying the ring cancels every poll; release anyone waiting for a removal.
-        for command in waiting { command.done?.unpark() }
+        // Destroying the ring cancels every poll; release anyone waiting for a command (an
+        // unapplied registration fails with EBADF).
+        for command in waiting { command.done.parker.unpark() }
         wakeChannel.close()
         _ = Glibc.close(probeEpollFD)
         cpoller_uring_destroy(ring)
