@@ -138,8 +138,10 @@ extension PollerNetTests {
                 let big = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 20, alignment: 16)
                 defer { big.deallocate() }
                 big.initializeMemory(as: UInt8.self, repeating: 0x55)
-                try pair.client.setWriteDeadline(in: .milliseconds(100))
+                // The clock is read before the deadline is set: read after, a busy machine that
+                // delays this task between the two makes the wait look shorter than it was.
                 let start = ContinuousClock.now
+                try pair.client.setWriteDeadline(in: .milliseconds(100))
                 let result = await pair.client.writeReportingProgress(UnsafeRawBufferPointer(big))
                 #expect(result.error == .timeout)
                 #expect(result.bytesWritten > 0)
