@@ -136,30 +136,3 @@ public struct PollDescriptor: Sendable, Hashable {
         try poller.close(slot, generation: generation)
     }
 }
-
-extension PollDescriptor {
-    /// Benchmark seam: latches readiness for `mode` exactly as a kernel event would, so a
-    /// micro-benchmark can time the wait fast path alone. Not for production use.
-    @_spi(Benchmarks) public func _latchReadinessForBenchmark(_ mode: PollMode) {
-        var woken: [(Waiter, WakeReason)] = []
-        slot.state.withLockAnnotated { s in
-            guard s.isCurrent(generation) else { return }
-            if mode.contains(.read), let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
-            if mode.contains(.write), let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
-        }
-        poller.resume(&woken)
-    }
-
-    /// Benchmark seam: the number of armed deadline timers of this descriptor's poller.
-    @_spi(Benchmarks) public var _armedTimerCountForBenchmark: Int { poller.timers.withLockAnnotated { $0.heap.count } }
-}
-
-extension Poller {
-    /// Benchmark seam: opens a descriptor slot for `fd` without registering `fd` with the
-    /// kernel, so a benchmark can hold more deadlines than RLIMIT_NOFILE allows descriptors.
-    /// Deadlines and waits work on it as usual; no readiness will ever arrive.
-    @_spi(Benchmarks) public func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
-        let (slot, generation) = openSlot(fd: fd)
-        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
-    }
-}
