@@ -53,12 +53,10 @@ public struct PollDescriptor: Sendable, Hashable {
     ///   deadline or ``unblock()`` end the wait, and no cancellation handler is installed (which
     ///   saves a task status record per wait).
     /// - `afterDrainingRead: true` (reads) is the wait of a read that skipped its system call
-    ///   because the previous read returned fewer bytes than asked for and so drained the
-    ///   receive queue (TCP). Latched readiness from anything that arrived since the last
-    ///   ``reset(for:)`` ends it at once, as usual; but once the kernel has reported a hang-up,
-    ///   an error or urgent data on this descriptor it returns at once without consuming
-    ///   readiness, since a short read no longer proves the queue empty then, and it leaves an
-    ///   error event to the read to report.
+    ///   because the previous read came back short. Latched readiness ends it at once, as
+    ///   usual; once the kernel has reported a hang-up, an error or urgent data it returns at
+    ///   once without consuming readiness. The rule and why it holds: `SlotState`'s
+    ///   `sawHangUpErrorOrUrgent` (PollDescriptorState.swift).
     @inlinable  // the net layer's hot path: one async frame fewer per wait
     package nonisolated(nonsending) func wait(
         for mode: PollMode, cancellable: Bool, afterDrainingRead: Bool = false

@@ -6,7 +6,6 @@ import Synchronization
 // and, once stopped, close everything.
 
 extension Poller {
-
     /// The poller thread's loop: poll the backend (without blocking while jobs are queued),
     /// hand readiness to the parked waiters, fire due deadlines, run the queued jobs.
     func runLoop() {
@@ -64,7 +63,6 @@ extension Poller {
         resume(&woken)
     }
 
-
     /// Poller thread, after the loop: close the backend, unblock what is still open, and route
     /// later jobs to the global executor.
     ///
@@ -87,5 +85,4 @@ extension Poller {
         for job in leftover { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
         loopExited.unpark()
     }
-
 }

@@ -7,7 +7,6 @@ import Synchronization
 // stays with the stored properties in Poller.swift and calls `PollerThreadStart.launch`.
 
 extension Poller {
-
     /// Starts a poller thread with the given backend choice.
     ///
     /// - Throws: ``PollerError/backendUnavailable(_:reason:)`` when `.ioUring` is forced
@@ -21,8 +20,6 @@ extension Poller {
     public convenience init() throws(PollerError) {
         try self.init(backend: try BackendChoice.fromEnvironment())
     }
-
-
 
     /// The process-wide poller used by the `runtime_poll*` functions, started on first use
     /// with the backend named by `POLLER_BACKEND`. Thread-safe; every call returns the same
