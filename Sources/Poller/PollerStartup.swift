@@ -45,11 +45,6 @@ extension Poller {
         }
     }
 
-    /// Registers `fd` for readiness in both directions (Go's `runtime_pollOpen`).
-    ///
-    /// The descriptor should be non-blocking. Readiness that is already there is reported.
-    /// Close it with ``PollDescriptor/unblock()`` then ``PollDescriptor/close()`` before
-
     /// Stops the poller thread: every descriptor still open is unblocked (its waiters return
     /// ``PollError/closing``), the thread exits, and the backend's descriptors are closed.
     /// Tasks that prefer ``executor`` afterwards run on the global executor. Idempotent.
