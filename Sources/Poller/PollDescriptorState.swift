@@ -42,7 +42,8 @@ enum Semaphore {
 /// - A handle or kernel token is current only while `isOpen` and its generation matches
 ///   (``isCurrent(_:)``); the generation changes only in ``retire()``.
 /// - `closing` is sticky until the slot is reopened; once set, no timer of this slot is
-///   armed and no waiter parks (every wait fails with `.closing`).
+///   armed (a popped entry is stale), and only a wait that ignores errors
+///   (`runtime_pollWaitCanceled`) may still park: every other wait fails with `.closing`.
 /// - A timer entry in the heap is live only while its sequence equals this direction's
 ///   sequence; every deadline change, unblock and reopen bumps the sequence instead of
 ///   searching the heap.
@@ -206,6 +207,21 @@ struct SlotState {
             self[semaphore: mode] = .empty
             return waiter
         }
+    }
+
+    /// Numbers a park that is about to happen, so that its cancellation handler can tell it
+    /// from a later one.
+    @inline(__always)
+    mutating func newWaiterID() -> UInt64 {
+        nextWaiterID &+= 1
+        return nextWaiterID
+    }
+
+    /// Netpollblock's commit: `waiter` now owns `mode`. Only where `checkBeforeWait` said
+    /// `.mustPark` in the same critical section, so the semaphore is empty.
+    @inline(__always)
+    mutating func park(_ waiter: Waiter, on mode: PollMode, id: UInt64) {
+        self[semaphore: mode] = .parked(waiter, id: id)
     }
 
     /// Takes the waiter parked on `mode` if it is still the park numbered `id` (a cancellation

@@ -62,8 +62,7 @@ extension Poller {
                 case .ready: return .done
                 case .failed(let error): return .fail(error)
                 case .mustPark:
-                    s.nextWaiterID &+= 1
-                    return .park(id: s.nextWaiterID)
+                    return .park(id: s.newWaiterID())
                 }
             }
             guard case .park(let id) = step else {
@@ -123,7 +122,7 @@ extension Poller {
                 case .mustPark:
                     // Cancelled before parking: onCancel has run or will find nothing.
                     if Task.isCancelled { return .cancelled }
-                    s[semaphore: mode] = .parked(.task(continuation), id: id)
+                    s.park(.task(continuation), on: mode, id: id)
                     didPark()
                     return nil
                 }
@@ -158,10 +157,10 @@ extension Poller {
                 case .mustPark:
                     let waiter = blocker ?? BlockingWaiter()
                     blocker = waiter
-                    s.nextWaiterID &+= 1
-                    s[semaphore: mode] = .parked(.thread(waiter), id: s.nextWaiterID)
+                    let id = s.newWaiterID()
+                    s.park(.thread(waiter), on: mode, id: id)
                     didPark()
-                    return .park(id: s.nextWaiterID)
+                    return .park(id: id)
                 }
             }
             guard case .park = step, let waiter = blocker else {
