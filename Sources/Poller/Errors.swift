@@ -1,7 +1,11 @@
 import CPoller
 import Glibc
 
-/// Errors from creating or configuring a ``Poller``.
+/// Errors from creating or configuring a ``Poller`` itself: starting its thread, choosing
+/// and opening its backend, reading `POLLER_BACKEND`.
+///
+/// Not to be confused with ``PollError``, which is about one registered descriptor (a wait,
+/// reset, close or registration that failed).
 public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The requested backend cannot run in this process; `reason` says why (for example
     /// "EPERM: io_uring is forbidden for this process (sysctl kernel.io_uring_disabled, or a

@@ -53,12 +53,10 @@ public struct PollDescriptor: Sendable, Hashable {
     ///   deadline or ``unblock()`` end the wait, and no cancellation handler is installed (which
     ///   saves a task status record per wait).
     /// - `afterDrainingRead: true` (reads) is the wait of a read that skipped its system call
-    ///   because the previous read returned fewer bytes than asked for and so drained the
-    ///   receive queue (TCP). Latched readiness from anything that arrived since the last
-    ///   ``reset(for:)`` ends it at once, as usual; but once the kernel has reported a hang-up,
-    ///   an error or urgent data on this descriptor it returns at once without consuming
-    ///   readiness, since a short read no longer proves the queue empty then, and it leaves an
-    ///   error event to the read to report.
+    ///   because the previous read came back short. Latched readiness ends it at once, as
+    ///   usual; once the kernel has reported a hang-up, an error or urgent data it returns at
+    ///   once without consuming readiness. The rule and why it holds: `SlotState`'s
+    ///   `sawHangUpErrorOrUrgent` (PollDescriptorState.swift).
     @inlinable  // the net layer's hot path: one async frame fewer per wait
     package nonisolated(nonsending) func wait(
         for mode: PollMode, cancellable: Bool, afterDrainingRead: Bool = false
@@ -134,32 +132,5 @@ public struct PollDescriptor: Sendable, Hashable {
     ///   already closed. In each case nothing changes.
     public func close() throws(PollError) {
         try poller.close(slot, generation: generation)
-    }
-}
-
-extension PollDescriptor {
-    /// Benchmark seam: latches readiness for `mode` exactly as a kernel event would, so a
-    /// micro-benchmark can time the wait fast path alone. Not for production use.
-    @_spi(Benchmarks) public func _latchReadinessForBenchmark(_ mode: PollMode) {
-        var woken: [(Waiter, WakeReason)] = []
-        slot.state.withLockAnnotated { s in
-            guard s.isCurrent(generation) else { return }
-            if mode.contains(.read), let w = s.unblock(.read, ioReady: true) { woken.append((w, .ready)) }
-            if mode.contains(.write), let w = s.unblock(.write, ioReady: true) { woken.append((w, .ready)) }
-        }
-        poller.resume(&woken)
-    }
-
-    /// Benchmark seam: the number of armed deadline timers of this descriptor's poller.
-    @_spi(Benchmarks) public var _armedTimerCountForBenchmark: Int { poller.timers.withLockAnnotated { $0.heap.count } }
-}
-
-extension Poller {
-    /// Benchmark seam: opens a descriptor slot for `fd` without registering `fd` with the
-    /// kernel, so a benchmark can hold more deadlines than RLIMIT_NOFILE allows descriptors.
-    /// Deadlines and waits work on it as usual; no readiness will ever arrive.
-    @_spi(Benchmarks) public func _openWithoutKernelRegistrationForBenchmark(fd: Int32) -> PollDescriptor {
-        let (slot, generation) = openSlot(fd: fd)
-        return PollDescriptor(poller: self, slot: slot, generation: generation, fd: fd)
     }
 }

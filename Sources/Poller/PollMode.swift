@@ -29,7 +29,12 @@ public struct PollMode: OptionSet, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Why a wait, reset or close on a ``PollDescriptor`` did not succeed.
+/// Why an operation on one descriptor did not succeed: a wait, reset or close on a
+/// ``PollDescriptor``, or ``Poller/register(_:)``.
+///
+/// Not to be confused with ``PollerError``, which is about the poller itself (creating it,
+/// choosing its backend). Go's counterpart is the `pollErr*` codes that `runtime_pollWait`
+/// and `runtime_pollReset` return (see ``PollError/goCode``).
 public enum PollError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The descriptor was unblocked (``PollDescriptor/unblock()``) or closed. Go's
     /// `pollErrClosing`; the net layer reports it as "use of closed network connection".
