@@ -74,7 +74,10 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
         if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
             atomic_store(&pwait2_state, -1);
         } else if (n >= 0) {
-            atomic_store(&pwait2_state, 1);
+            // 0 -> 1 only: a wait that raced with a switch to -1 (another poller's EPERM, or
+            // the test seam) must not switch the process back.
+            int unknown = 0;
+            atomic_compare_exchange_strong(&pwait2_state, &unknown, 1);
         }
     }
     if (n < 0 && atomic_load(&pwait2_state) < 0) {

@@ -88,12 +88,12 @@ enum KernelReadiness {
     static let priority = EPOLLPRI.rawValue
     static let output = EPOLLOUT.rawValue
     static let error = EPOLLERR.rawValue
-    static let hangUp = EPOLLHUP.rawValue
-    static let readHangUp = EPOLLRDHUP.rawValue
+    static let hangup = EPOLLHUP.rawValue
+    static let readHangup = EPOLLRDHUP.rawValue
 
     /// What a registered descriptor is watched for, by both backends: both directions, the
     /// peer's half-close and urgent data (Go's netpollopen asks epoll for the same).
-    static let interest = input | output | readHangUp | priority
+    static let interest = input | output | readHangup | priority
 }
 
 /// A readiness event in backend-neutral form: `token` names the registration and `flags` holds
@@ -127,10 +127,10 @@ extension cpoller_event {
     static func flags(readiness e: UInt32) -> UInt32 {
         typealias K = KernelReadiness
         var f: UInt32 = 0
-        if e & (K.input | K.readHangUp | K.hangUp | K.error) != 0 { f |= UInt32(CPOLLER_EV_READABLE) }
-        if e & (K.output | K.hangUp | K.error) != 0 { f |= UInt32(CPOLLER_EV_WRITABLE) }
+        if e & (K.input | K.readHangup | K.hangup | K.error) != 0 { f |= UInt32(CPOLLER_EV_READABLE) }
+        if e & (K.output | K.hangup | K.error) != 0 { f |= UInt32(CPOLLER_EV_WRITABLE) }
         if e == K.error { f |= UInt32(CPOLLER_EV_ERROR) }
-        if e & (K.readHangUp | K.hangUp) != 0 { f |= UInt32(CPOLLER_EV_HANGUP) }
+        if e & (K.readHangup | K.hangup) != 0 { f |= UInt32(CPOLLER_EV_HANGUP) }
         if e & K.priority != 0 { f |= UInt32(CPOLLER_EV_PRIORITY) }
         return f
     }

@@ -32,14 +32,25 @@ struct MillisecondFallbackTests {
     @Test("A sub-millisecond timeout is rounded up to 1 ms, never down to 0 (which would spin)")
     func subMillisecondRoundsUp() throws {
         try withMillisecondEpoll { backend, events in
-            var best = Int64.max
-            for _ in 0..<5 {
+            // The C wait itself, to tell a timeout from an interruption: both return 0, but
+            // EINTR leaves errno set. (Seen here: a test thread that earlier tests used gets
+            // EINTR from epoll_wait now and then; the poller treats it as "no events".)
+            var elapsed: [Int64] = []
+            var interrupted = 0
+            for _ in 0..<50 where elapsed.count < 5 {
+                errno = 0
                 let start = cpoller_now_ns()
-                #expect(backend.poll(into: events, timeoutNanos: 50 * Self.us) == 0)
-                best = min(best, cpoller_now_ns() - start)
+                let n = cpoller_epoll_wait(backend.epollFD, events.baseAddress, Int32(events.count), 50 * Self.us)
+                let end = cpoller_now_ns()
+                #expect(n == 0)
+                if errno == EINTR { interrupted += 1 } else { elapsed.append(end - start) }
             }
-            #expect(best >= 1 * Self.ms, "a 50 µs wait returned after \(best) ns: rounded down to no wait")
-            #expect(best < 20 * Self.ms, "a 50 µs wait took at best \(best) ns")
+            try #require(elapsed.count == 5, "epoll_wait was interrupted \(interrupted) times")
+            elapsed.sort()
+            // The best for both bounds: a wait never ends early, only late (one preemption on a
+            // shared machine).
+            #expect(elapsed[0] >= 1 * Self.ms, "50 µs waits returned after \(elapsed) ns: rounded down to no wait")
+            #expect(elapsed[0] < 20 * Self.ms, "50 µs waits took \(elapsed) ns")
         }
     }
 
