@@ -232,16 +232,17 @@ final class URingBackend: PollerBackend {
         applyCommands()
         var timeout = timeoutNanos
         if !owner.trouble.isEmpty || !owner.cancels.isEmpty { timeout = retryDue(timeout) }
-        let entered = -cpoller_uring_enter(ring, timeout)  // 0 or an errno (the count is unused)
+        let r = cpoller_uring_enter(ring, timeout)
+        let enterErrno: Int32 = r < 0 ? -r : 0
         // A wake-up the ring could not see (its poll is not armed): consume it here; the loop
         // re-reads everything after a poll.
         if !owner.wakeArmed { wakeChannel.drain() }
         // ETIME and EINTR end a wait early, and completions may be there. EAGAIN (the kernel
         // is short of resources) and EBUSY (completions must be reaped first) are failures
         // only when there is nothing to reap (below).
-        let busy = entered == EAGAIN || entered == EBUSY
-        guard entered <= 0 || entered == ETIME || entered == EINTR || busy else {
-            waitBackoff.failed(errno: entered, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
+        let busy = enterErrno == EAGAIN || enterErrno == EBUSY
+        guard enterErrno == 0 || enterErrno == ETIME || enterErrno == EINTR || busy else {
+            waitBackoff.failed(errno: enterErrno, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
             return 0
         }
         let n = reap(into: events)
@@ -283,7 +284,7 @@ final class URingBackend: PollerBackend {
         if seen == 0 && busy {
             // Refused for want of resources and nothing to reap: back off instead of calling
             // again at once.
-            waitBackoff.failed(errno: entered, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
+            waitBackoff.failed(errno: enterErrno, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
             return 0
         }
         waitBackoff.succeeded()
