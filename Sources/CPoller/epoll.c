@@ -1,9 +1,11 @@
-// epoll primitives. Edge-triggered registration for IN | OUT | RDHUP | PRI, done once per
-// descriptor (Go's netpollopen); a level-triggered registration for the wake-up channel.
+// epoll primitives. Which events a descriptor is registered for, and what the events mean, is
+// the Swift backend's choice (EpollBackend.swift, Backend.swift).
 #include "cpoller.h"
 #include "fault.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <string.h>
 #include <stdatomic.h>
 #include <sys/epoll.h>
 #include <sys/syscall.h>
@@ -18,22 +20,23 @@
 // filter refuses it, or a test forced ms). Once -1, it stays so: the answer is the process's.
 static _Atomic int pwait2_state = 0;
 
+// The Swift backend names readiness in poll(2) bits for both backends; on Linux the epoll bits
+// are the same numbers.
+_Static_assert(EPOLLIN == POLLIN && EPOLLPRI == POLLPRI && EPOLLOUT == POLLOUT &&
+                   EPOLLERR == POLLERR && EPOLLHUP == POLLHUP && EPOLLRDHUP == POLLRDHUP,
+               "epoll and poll bits differ");
+// cpoller_epoll_wait lets the kernel write struct epoll_events into the caller's
+// cpoller_event buffer and widens them in place.
+_Static_assert(sizeof(struct epoll_event) <= sizeof(cpoller_event), "cpoller_event too small");
+
 int cpoller_epoll_create(void) {
     int fd = epoll_create1(EPOLL_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
 
-static int ctl_add(int epfd, int fd, uint32_t events, uint64_t token) {
+int cpoller_epoll_add(int epfd, int fd, uint32_t events, uint64_t token) {
     struct epoll_event ev = {.events = events, .data = {.u64 = token}};
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
-}
-
-int cpoller_epoll_add(int epfd, int fd, uint64_t token) {
-    return ctl_add(epfd, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET, token);
-}
-
-int cpoller_epoll_add_level_in(int epfd, int fd, uint64_t token) {
-    return ctl_add(epfd, fd, EPOLLIN, token);
 }
 
 int cpoller_epoll_del(int epfd, int fd) {
@@ -45,22 +48,10 @@ int cpoller_epoll_has_pwait2(void) { return atomic_load(&pwait2_state) >= 0 ? 1 
 
 void cpoller_epoll_force_ms_timeouts(int force) { atomic_store(&pwait2_state, force ? -1 : 0); }
 
-static uint32_t neutral_flags(uint32_t e) {
-    uint32_t f = 0;
-    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) f |= CPOLLER_EV_READABLE;
-    if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) f |= CPOLLER_EV_WRITABLE;
-    if (e == EPOLLERR) f |= CPOLLER_EV_ERROR;
-    if (e & (EPOLLRDHUP | EPOLLHUP)) f |= CPOLLER_EV_HANGUP;
-    if (e & EPOLLPRI) f |= CPOLLER_EV_PRIORITY;
-    return f;
-}
-
-enum { BATCH = 256 };
-
 int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout_ns) {
-    struct epoll_event raw[BATCH];
-    if (cap > BATCH) cap = BATCH;
     if (cap <= 0) return -EINVAL;
+    // The kernel fills the front of the caller's buffer with packed struct epoll_events.
+    struct epoll_event *raw = (struct epoll_event *)(void *)events;
     int injected = cpoller_fault_take(CPOLLER_FAULT_WAIT, epfd);
     if (injected) return -injected;
     int n = -1;
@@ -83,7 +74,10 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
         if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
             atomic_store(&pwait2_state, -1);
         } else if (n >= 0) {
-            atomic_store(&pwait2_state, 1);
+            // 0 -> 1 only: a wait that raced with a switch to -1 (another poller's EPERM, or
+            // the test seam) must not switch the process back.
+            int unknown = 0;
+            atomic_compare_exchange_strong(&pwait2_state, &unknown, 1);
         }
     }
     if (n < 0 && atomic_load(&pwait2_state) < 0) {
@@ -101,10 +95,13 @@ int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout
         n = epoll_wait(epfd, raw, cap, ms);
     }
     if (n < 0) return errno == EINTR ? 0 : -errno;
-    for (int i = 0; i < n; i++) {
-        events[i].token = raw[i].data.u64;
-        events[i].flags = neutral_flags(raw[i].events);
-        events[i].res = (int32_t)raw[i].events;
+    // Widen in place, last first: event i is written at or after where raw event i was read,
+    // and only over raw events already read (i' >= i), since sizeof(struct epoll_event) <=
+    // sizeof(cpoller_event). memcpy, not a typed load, because the two types alias.
+    for (int i = n - 1; i >= 0; i--) {
+        struct epoll_event e;
+        memcpy(&e, (const char *)events + (size_t)i * sizeof e, sizeof e);
+        events[i] = (cpoller_event){.token = e.data.u64, .flags = 0, .res = (int32_t)e.events, .cqe_flags = 0};
     }
     return n;
 }

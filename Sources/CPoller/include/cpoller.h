@@ -2,8 +2,10 @@
 //
 // Everything here is a syscall wrapper or a liburing call that Swift cannot make directly
 // (static inline helpers, macros, structures Swift must not see). There is no policy: which
-// registration is live, when to re-arm, when to wake, what a deadline means: all of that is
-// decided in Swift. Every function returns a non-negative result or a negated errno.
+// events to ask for, how the ring is set up, what an event means, which registration is
+// live, when to re-arm or retry, when to wake, what a deadline means: all of that is decided
+// in Swift, and the C functions take the kernel's flags and return the kernel's answers.
+// Every function returns a non-negative result or a negated errno.
 //
 // This header is opaque on purpose: it never includes <liburing.h>, so Swift's view of glibc
 // is not disturbed by liburing's feature macros, and the package builds without liburing-dev
@@ -13,98 +15,112 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/epoll.h>  // EPOLL* bits, which the Swift backends choose and read
 #include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-// MARK: Neutral events
+// MARK: Events
 
-// Readiness bits of a cpoller_event. Hang-up and error count as both directions (as Go maps
-// EPOLLHUP/EPOLLERR); CPOLLER_EV_ERROR is set only when the kernel reported an error and
-// nothing else (Go's eventErr rule), or when an io_uring poll request failed.
+// One readiness event, as the C layer reads it from the kernel and as the backend hands it to
+// the core. C fills `token`, `res` and `cqe_flags` with what the kernel said and leaves
+// `flags` 0; the Swift backend's poll sets `flags` (CPOLLER_EV_*) from them before the core
+// sees the event. What the bits mean, and the one rule that maps kernel bits to them, are in
+// Sources/Poller/Backends/Backend.swift (extension cpoller_event).
 enum {
     CPOLLER_EV_READABLE = 1u << 0,
     CPOLLER_EV_WRITABLE = 1u << 1,
     CPOLLER_EV_ERROR = 1u << 2,
-    // io_uring only: the multishot poll behind this token has ended (no IORING_CQE_F_MORE).
-    // The Swift backend re-arms it if the registration is still live.
     CPOLLER_EV_ENDED = 1u << 3,
-    // The peer hung up its write side (RDHUP) or the whole connection (HUP).
     CPOLLER_EV_HANGUP = 1u << 4,
-    // Urgent (out-of-band) data is queued: a read stops at its mark, so a short read no
-    // longer proves the receive queue empty.
     CPOLLER_EV_PRIORITY = 1u << 5,
 };
 
 typedef struct cpoller_event {
     uint64_t token;
-    uint32_t flags;  // CPOLLER_EV_*
-    int32_t res;     // raw kernel result (epoll events mask, or io_uring cqe->res)
+    uint32_t flags;      // CPOLLER_EV_*, set in Swift
+    int32_t res;         // raw kernel result: the epoll events mask, or io_uring cqe->res
+    uint32_t cqe_flags;  // raw io_uring cqe->flags (IORING_CQE_F_*); 0 for epoll
 } cpoller_event;
 
 // MARK: epoll
 
 // epoll_create1(EPOLL_CLOEXEC).
 int cpoller_epoll_create(void);
-// Registers fd once, edge-triggered, for IN | OUT | RDHUP | PRI, with a 64-bit token.
-int cpoller_epoll_add(int epfd, int fd, uint64_t token);
-// Registers fd level-triggered for IN only (the wake-up channel).
-int cpoller_epoll_add_level_in(int epfd, int fd, uint64_t token);
+// epoll_ctl(ADD) of fd for `events` (EPOLL* bits, chosen by the caller) with a 64-bit token.
+int cpoller_epoll_add(int epfd, int fd, uint32_t events, uint64_t token);
 int cpoller_epoll_del(int epfd, int fd);
-// Waits up to timeout_ns (< 0: forever, 0: poll) and fills at most cap events. Returns the
-// number of events; EINTR returns 0; any other failure returns -errno. Uses epoll_pwait2
-// (nanosecond timeouts) where it is allowed, else epoll_wait with the timeout rounded up to
-// whole milliseconds, never down to 0. The first ENOSYS or EPERM from epoll_pwait2 switches
-// the process to epoll_wait for good.
+// Waits up to timeout_ns (< 0: forever, 0: poll) and fills at most cap events (any cap: the
+// kernel writes into `events` itself, which is then widened in place). Returns the number of
+// events; EINTR returns 0; any other failure returns -errno. Uses epoll_pwait2 (nanosecond
+// timeouts) where it is allowed, else epoll_wait with the timeout rounded up to whole
+// milliseconds, never down to 0. The first ENOSYS or EPERM from epoll_pwait2 switches the
+// process to epoll_wait for good.
 int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout_ns);
 // 1 when epoll_pwait2 is in use, 0 when the millisecond fallback is.
 int cpoller_epoll_has_pwait2(void);
-// Test hook: force the millisecond epoll_wait fallback (1) or allow epoll_pwait2 again (0).
-void cpoller_epoll_force_ms_timeouts(int force);
 
 // MARK: io_uring
 
 typedef struct cpoller_uring cpoller_uring;
 
-// Sets up a ring with SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL | CQSIZE: only the thread
-// that calls this may later submit or wait on it. Requires FEAT_NODROP and FEAT_EXT_ARG.
+// The kernel's IORING_SETUP_* and IORING_SQ_* values the Swift backend names (checked against
+// <liburing.h> at compile time in uring.c), so Swift can choose them without seeing liburing.
+enum {
+    CPOLLER_URING_SETUP_SUBMIT_ALL = 1u << 7,
+    CPOLLER_URING_SETUP_SINGLE_ISSUER = 1u << 12,
+    CPOLLER_URING_SETUP_DEFER_TASKRUN = 1u << 13,
+    CPOLLER_URING_SQ_CQ_OVERFLOW = 1u << 1,
+    CPOLLER_URING_SQ_TASKRUN = 1u << 2,
+};
+// The raw IORING_CQE_F_MORE bit of cpoller_event.cqe_flags: the multishot request stays armed.
+enum { CPOLLER_URING_CQE_F_MORE = 1u << 1 };
+// Bit 63 of user_data marks the C layer's own cancel requests; tokens never have it set.
+static const uint64_t CPOLLER_URING_CONTROL_BIT = (uint64_t)1 << 63;
+
+// Sets up a ring with the caller's IORING_SETUP_* `flags`, plus the two this layer relies on
+// itself: CQSIZE (cq_entries is honoured) and TASKRUN_FLAG (cpoller_uring_sq_flags reports
+// pending task work). Requires FEAT_NODROP (overflowed completions are kept, never lost) and
+// FEAT_EXT_ARG (cpoller_uring_enter submits and waits with a timeout in one call), else fails
+// with EOPNOTSUPP. With SINGLE_ISSUER only the calling thread may later submit or wait.
 // On failure returns NULL and stores a positive errno in *err.
-cpoller_uring *cpoller_uring_create(unsigned sq_entries, unsigned cq_entries, int *err);
+cpoller_uring *cpoller_uring_create(unsigned sq_entries, unsigned cq_entries, unsigned flags, int *err);
 void cpoller_uring_destroy(cpoller_uring *ring);
 int cpoller_uring_fd(const cpoller_uring *ring);
-// Queues one multishot poll for IN | OUT | RDHUP | PRI with user_data = token, to be sent to
-// the kernel by the next submit or wait. Returns 0, or -EBUSY when the submission queue is
+// Queues one multishot poll for the poll(2) bits `mask` with user_data = token, to be sent to
+// the kernel by the next submit or enter. Returns 0, or -EBUSY when the submission queue is
 // full (nothing queued).
-int cpoller_uring_arm(cpoller_uring *ring, int fd, uint64_t token);
-// Queues a level-triggered-style multishot poll for IN only (the wake-up channel). As above.
-int cpoller_uring_arm_in(cpoller_uring *ring, int fd, uint64_t token);
-// Queues a cancel of every poll request with user_data = token (never by fd number); its own
-// completion is skipped on success and dropped by cpoller_uring_wait on failure (-ENOENT).
-// Returns 0, or -EBUSY when the submission queue is full (nothing queued).
+int cpoller_uring_arm(cpoller_uring *ring, int fd, uint32_t mask, uint64_t token);
+// Queues a cancel of every poll request with user_data = token (never by fd number). The
+// cancel itself carries user_data = token | CPOLLER_URING_CONTROL_BIT and
+// IOSQE_CQE_SKIP_SUCCESS: only a failed cancel (-ENOENT, -EALREADY) completes. Returns 0, or
+// -EBUSY when the submission queue is full (nothing queued).
 int cpoller_uring_queue_cancel(cpoller_uring *ring, uint64_t token);
 // Submits everything queued (EINTR is retried). Returns the number submitted or -errno; on
-// failure the requests stay queued for the next submit or wait.
+// failure the requests stay queued for the next submit or enter.
 int cpoller_uring_submit(cpoller_uring *ring);
-// Flushes overflowed completions into the completion ring and runs the ring's deferred task
-// work (with DEFER_TASKRUN a cancelled poll completes, and drops its file reference, only
-// then). Returns 0 or -errno.
+// One io_uring_get_events: flushes overflowed completions into the completion ring and runs a
+// bounded amount of the ring's deferred task work (with DEFER_TASKRUN a cancelled poll
+// completes, and drops its file reference, only then). Returns 0 or -errno.
 int cpoller_uring_get_events(cpoller_uring *ring);
-// Submits what is queued and waits up to timeout_ns (< 0 forever, 0 poll) for at least one
-// completion, in one io_uring_enter. Then drains completions in bounded batches (flushing
-// overflowed completions and deferred task work) into events, at most cap. Returns the
-// number of events; -ETIME and -EINTR return what is there, and so do -EAGAIN and -EBUSY
-// unless there was nothing (then they are returned). Other failures return -errno.
-int cpoller_uring_wait(cpoller_uring *ring, cpoller_event *events, int cap, int64_t timeout_ns);
-// Test hook: how many times the completion queue overflowed (IORING_SQ_CQ_OVERFLOW seen).
-uint64_t cpoller_uring_overflow_count(const cpoller_uring *ring);
-// Whether io_uring works for this process: a ring can be set up with the flags above and a
-// multishot poll on an eventfd completes. Returns 0 or a positive errno naming the reason.
-int cpoller_uring_probe(void);
-// Test hook, for the calling thread only: makes cpoller_uring_create and cpoller_uring_probe
-// fail with errno (0 restores).
-void cpoller_uring_inject_setup_failure(int err);
+// The ring's IORING_SQ_* flags as the kernel last set them (CPOLLER_URING_SQ_*): whether
+// completions overflowed or task work is pending.
+uint32_t cpoller_uring_sq_flags(const cpoller_uring *ring);
+// Submits what is queued and waits up to timeout_ns (< 0 forever, 0 do not wait) for at least
+// one completion, in one io_uring_enter. Returns what the kernel returned (>= 0, or -errno such
+// as -ETIME, -EINTR, -EAGAIN, -EBUSY): what each means is the caller's business.
+int cpoller_uring_enter(cpoller_uring *ring, int64_t timeout_ns);
+// Copies at most cap completions from the completion ring into events (token = user_data,
+// res, cqe_flags) and consumes them. Returns the number copied; fewer than cap means the ring
+// is empty now (overflowed completions and deferred task work may still be parked in the
+// kernel: see cpoller_uring_sq_flags).
+int cpoller_uring_reap(cpoller_uring *ring, cpoller_event *events, int cap);
+// Whether io_uring works for this process: a ring can be set up with `flags` (as
+// cpoller_uring_create) and a multishot poll on an eventfd completes. Returns 0 or a positive
+// errno naming the reason.
+int cpoller_uring_probe(unsigned flags);
 // 1 when the package was built with the IOUring trait (liburing linked), else 0.
 int cpoller_uring_compiled(void);
 
@@ -118,8 +134,6 @@ int cpoller_wake_create(int fds[2], int force_pipe);
 int cpoller_wake_signal(int wfd, int is_pipe);
 // Reads every pending token. Returns 0 or -errno (EAGAIN is not an error).
 int cpoller_wake_drain(int rfd, int is_pipe);
-// Test hook, for the calling thread only: cpoller_wake_create behaves as if eventfd failed (1).
-void cpoller_wake_inject_eventfd_failure(int fail);
 
 // MARK: Parker (one blocked thread, woken by another)
 
@@ -134,12 +148,23 @@ void cpoller_parker_init(cpoller_parker *p);
 int cpoller_parker_park(cpoller_parker *p, int64_t timeout_ns);
 void cpoller_parker_unpark(cpoller_parker *p);
 
-// MARK: Fault injection (tests)
+// MARK: Test seams
+//
+// Used by tests only; inert in production (one relaxed atomic or thread-local load).
+
+// Force the millisecond epoll_wait fallback (1) or allow epoll_pwait2 again (0), process-wide.
+void cpoller_epoll_force_ms_timeouts(int force);
+// For the calling thread only: makes cpoller_uring_create and cpoller_uring_probe fail with
+// errno (0 restores).
+void cpoller_uring_inject_setup_failure(int err);
+// For the calling thread only: cpoller_wake_create behaves as if eventfd failed (1).
+void cpoller_wake_inject_eventfd_failure(int fail);
+
 
 // Where a test can make a primitive fail. Each point is inert (one relaxed atomic load) until
 // armed with cpoller_fault_inject.
 enum {
-    // cpoller_epoll_wait / cpoller_uring_wait fail with err before reaching the kernel.
+    // cpoller_epoll_wait / cpoller_uring_enter fail with err before reaching the kernel.
     CPOLLER_FAULT_WAIT = 0,
     // The epoll_pwait2 system call answers err (as a seccomp filter would); the
     // millisecond epoll_wait fallback is not affected.
@@ -148,7 +173,7 @@ enum {
     CPOLLER_FAULT_GET_SQE = 2,
     // cpoller_uring_submit fails with err (EBUSY, EAGAIN, ENOMEM, ...) before the kernel.
     CPOLLER_FAULT_SUBMIT = 3,
-    // The poll request queued by cpoller_uring_arm / cpoller_uring_arm_in names descriptor
+    // The poll request queued by cpoller_uring_arm names descriptor
     // -1, so the kernel itself fails it (a completion with -EBADF and no IORING_CQE_F_MORE),
     // as it fails a poll request it cannot serve; err unused.
     CPOLLER_FAULT_POLL_REQUEST = 4,

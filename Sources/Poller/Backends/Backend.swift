@@ -1,10 +1,13 @@
 import CPoller
+import Glibc
 
 // The backend contract. As runtime/netpoll.go lists what each platform file must provide,
 // this is everything the poller core needs from a readiness mechanism; EpollBackend and
-// URingBackend each implement it in one file, and nothing outside Backends/ knows which one
-// runs.
+// URingBackend each implement it in one file, BackendSelection.swift's `make(_:forcePipeWake:)`
+// creates one, and nothing outside Backends/ knows which one runs (the core learns the kind
+// from the selection, not from the backend).
 //
+// Used by the core:
 //   register    Go's netpollopen: arm edge-triggered notification for both directions of
 //               fd, once, tagged with a token. Readiness present at registration is reported.
 //               Callable from any thread. Returns 0 or an errno.
@@ -12,31 +15,36 @@ import CPoller
 //               it returns, the kernel holds no reference to fd through this backend, so the
 //               caller may close(2) it and the peer sees the close at once.
 //   poll        Go's netpoll(delay): wait at most timeoutNanos (< 0 forever, 0 do not block)
-//               and return readiness events for registered tokens. Only ever called from one
+//               and return readiness events for registered tokens, with `flags` set as
+//               described at `extension cpoller_event` below. Only ever called from one
 //               thread, the poller thread (for io_uring, the thread that created the backend).
 //               The wake-up channel's own events are consumed inside and never returned.
 //               Events for deregistered tokens may still be returned: the caller drops them
-//               by generation.
+//               by generation. A wait the kernel refuses returns no events after a back-off
+//               (`waitBackoff`), never at once again. Allocation-free per call.
 //   wake        Go's netpollBreak: make a blocked or the next poll return. Any thread;
-//               concurrent wakes coalesce into one write.
-//   isPollerDescriptor  Go's netpollIsPollDescriptor.
+//               concurrent wakes coalesce into one write (provided: `wakeChannel.signal()`).
+//   wakeChannel The channel `wake` writes to (the core reports whether it is a self-pipe).
+//   isPollerDescriptor  Go's netpollIsPollDescriptor: fd is one of the backend's own.
 //   shutdown    Release every descriptor the backend owns. Poller thread, after the last poll.
 //
-// Failures: a wait that fails returns no events after a back-off (WaitBackoff), never at once
-// again; every fault the backend survives is reported once per kind (FaultLog).
+// Test seams (the core never reads them; tests reach them through `any PollerBackend`):
+//   kernelFD    The epoll or io_uring descriptor: what the C layer's fault points are keyed by.
+//   faults      Every fault the backend survived, reported once per kind (FaultLog).
+//   waitBackoff The back-off of failing waits, with its failure count (WaitBackoff).
 protocol PollerBackend: AnyObject, Sendable {
-    var kind: BackendKind { get }
     var wakeChannel: WakeChannel { get }
-    /// The epoll or io_uring descriptor: what the C layer's fault points are keyed by (tests).
-    var kernelFD: Int32 { get }
-    var faults: FaultLog { get }
-    var waitBackoff: WaitBackoff { get }
     func register(fd: Int32, token: PollToken) -> Int32
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int
     func wake()
     func isPollerDescriptor(_ fd: Int32) -> Bool
     func shutdown()
+
+    // MARK: Test seams
+    var kernelFD: Int32 { get }
+    var faults: FaultLog { get }
+    var waitBackoff: WaitBackoff { get }
 }
 
 extension PollerBackend {
@@ -73,9 +81,34 @@ struct PollToken: Hashable, Sendable {
     }
 }
 
-/// A readiness event from a backend, in backend-neutral form.
-typealias BackendEvent = cpoller_event
+/// The readiness bits the kernel reports, in poll(2) numbering: epoll's EPOLL* bits are the
+/// same numbers on Linux (checked at compile time in epoll.c), so one set serves both backends.
+enum KernelReadiness {
+    static let input = EPOLLIN.rawValue
+    static let priority = EPOLLPRI.rawValue
+    static let output = EPOLLOUT.rawValue
+    static let error = EPOLLERR.rawValue
+    static let hangup = EPOLLHUP.rawValue
+    static let readHangup = EPOLLRDHUP.rawValue
 
+    /// What a registered descriptor is watched for, by both backends: both directions, the
+    /// peer's half-close and urgent data (Go's netpollopen asks epoll for the same).
+    static let interest = input | output | readHangup | priority
+}
+
+/// A readiness event in backend-neutral form: `token` names the registration and `flags` holds
+/// these bits (`res` and `cqe_flags` keep what the kernel said, for diagnostics):
+///
+///   READABLE  a reader should retry: input, or the peer hung up, or an error.
+///   WRITABLE  a writer should retry: output space, or a hang-up, or an error.
+///             (Hang-up and error count as both directions, as Go maps EPOLLHUP/EPOLLERR.)
+///   ERROR     the kernel reported an error and nothing else (Go's eventErr rule), or the
+///             io_uring poll request itself failed for a reason that concerns the descriptor.
+///   HANGUP    the peer hung up its write side (RDHUP) or the whole connection (HUP).
+///   PRIORITY  urgent (out-of-band) data is queued: a read stops at its mark, so a short read
+///             no longer proves the receive queue empty.
+///   ENDED     io_uring only, never seen by the core: the multishot poll behind the token has
+///             ended (no IORING_CQE_F_MORE); the backend re-arms it if the registration is live.
 extension cpoller_event {
     var pollToken: PollToken { PollToken(raw: token) }
     var isReadable: Bool { flags & UInt32(CPOLLER_EV_READABLE) != 0 }
@@ -86,4 +119,19 @@ extension cpoller_event {
     /// Urgent (out-of-band) data is queued.
     var isPriority: Bool { flags & UInt32(CPOLLER_EV_PRIORITY) != 0 }
     var isEnded: Bool { flags & UInt32(CPOLLER_EV_ENDED) != 0 }
+
+    /// The neutral bits for a readiness mask the kernel reported (`KernelReadiness` bits, from
+    /// epoll or from an io_uring poll): the one place the hang-up and error rule is written.
+    /// Runs once per event on the poll path: inlined, no allocation.
+    @inline(__always)
+    static func flags(readiness e: UInt32) -> UInt32 {
+        typealias K = KernelReadiness
+        var f: UInt32 = 0
+        if e & (K.input | K.readHangup | K.hangup | K.error) != 0 { f |= UInt32(CPOLLER_EV_READABLE) }
+        if e & (K.output | K.hangup | K.error) != 0 { f |= UInt32(CPOLLER_EV_WRITABLE) }
+        if e == K.error { f |= UInt32(CPOLLER_EV_ERROR) }
+        if e & (K.readHangup | K.hangup) != 0 { f |= UInt32(CPOLLER_EV_HANGUP) }
+        if e & K.priority != 0 { f |= UInt32(CPOLLER_EV_PRIORITY) }
+        return f
+    }
 }

@@ -11,6 +11,23 @@ public enum BackendKind: String, Sendable, CaseIterable, CustomStringConvertible
     public var description: String { rawValue }
 }
 
+extension BackendKind {
+    /// Creates the backend of this kind on the calling thread: the one place a backend is
+    /// made (the poller thread's start-up and the backend tests both call it).
+    ///
+    /// For io_uring the calling thread becomes the ring's owner, the only thread that may
+    /// poll it, so call this on the thread that will poll. `forcePipeWake` makes the wake-up
+    /// channel a self-pipe instead of an eventfd (``Poller/Options/forcePipeWake``). Throws
+    /// ``PollerError/backendUnavailable(_:reason:)`` when io_uring cannot be set up here, and
+    /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
+    func makeBackend(forcePipeWake: Bool = false) throws(PollerError) -> any PollerBackend {
+        switch self {
+        case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
+        case .ioUring: try URingBackend(forcePipeWake: forcePipeWake)
+        }
+    }
+}
+
 /// Which backend to start with: chosen at start-up, never at compile time.
 public enum BackendChoice: Sendable, Equatable, CustomStringConvertible {
     case epoll

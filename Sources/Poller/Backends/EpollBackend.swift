@@ -9,15 +9,18 @@ import Synchronization
 /// Thread safety: epoll_ctl is safe from any thread, so `register` and `deregister` call the
 /// kernel directly; only `poll` is confined to the poller thread.
 final class EpollBackend: PollerBackend {
-    let kind = BackendKind.epoll
     let epollFD: Int32
     let wakeChannel: WakeChannel
     /// True after shutdown. Held across epoll_ctl so a late register or deregister never
     /// reaches the epoll descriptor's number after it was closed (and maybe reused).
     private let closed = Mutex(false)
-    let faults = FaultLog()
-    var kernelFD: Int32 { epollFD }
     let waitBackoff = WaitBackoff(call: "epoll_wait")
+    let faults = FaultLog()
+
+    // MARK: Test seams
+    var kernelFD: Int32 { epollFD }
+
+    // MARK: The backend
 
     init(forcePipeWake: Bool = false) throws(PollerError) {
         let fd = cpoller_epoll_create()
@@ -30,7 +33,7 @@ final class EpollBackend: PollerBackend {
             throw error
         }
         // The wake-up channel is level-triggered: it stays reported until drained.
-        let r = cpoller_epoll_add_level_in(fd, channel.readFD, PollToken.wake.raw)
+        let r = cpoller_epoll_add(fd, channel.readFD, KernelReadiness.input, PollToken.wake.raw)
         guard r == 0 else {
             channel.close()
             _ = Glibc.close(fd)
@@ -40,8 +43,11 @@ final class EpollBackend: PollerBackend {
         wakeChannel = channel
     }
 
+    /// Every descriptor's one registration: edge-triggered, for `KernelReadiness.interest`.
+    static let registration = KernelReadiness.interest | EPOLLET.rawValue
+
     func register(fd: Int32, token: PollToken) -> Int32 {
-        closed.withLockAnnotated { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, token.raw) }
+        closed.withLockAnnotated { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, Self.registration, token.raw) }
     }
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
@@ -56,13 +62,14 @@ final class EpollBackend: PollerBackend {
         }
         waitBackoff.succeeded()
         guard n > 0 else { return 0 }
-        // Compact out the wake-up channel's event.
+        // Compact out the wake-up channel's event; set the neutral flags of the others.
         var kept = 0
         for i in 0..<n {
             if events[i].token == PollToken.wake.raw {
                 wakeChannel.drain()
             } else {
                 if kept != i { events[kept] = events[i] }
+                events[kept].flags = cpoller_event.flags(readiness: UInt32(bitPattern: events[kept].res))
                 kept += 1
             }
         }

@@ -16,8 +16,12 @@ import Synchronization
 final class FaultLog: Sendable {
     private let seen = Mutex<Set<String>>([])
 
-    /// "operation errno" for every fault reported so far (tests).
+    // MARK: Test seams
+
+    /// "operation errno" for every fault reported so far.
     var reported: Set<String> { seen.withLockAnnotated { $0 } }
+
+    // MARK: Reporting
 
     func report(_ operation: String, errno: Int32, _ consequence: String) {
         let first = seen.withLockAnnotated { $0.insert("\(operation) \(errno)").inserted }
@@ -26,8 +30,8 @@ final class FaultLog: Sendable {
     }
 }
 
-/// The back-off of a backend's wait that fails (with anything but EINTR, which the C layer
-/// turns into "no events").
+/// The back-off of a backend's wait that fails (EINTR, and io_uring's ETIME, are not
+/// failures: they end a wait early).
 ///
 /// Invariants: a failed wait returns no events, so nothing would stop the loop from calling it
 /// again at once. Each consecutive failure therefore sleeps before returning, 1 ms doubling up
@@ -40,8 +44,13 @@ final class WaitBackoff: Sendable {
     /// The system call's name, for the report.
     let call: String
     private let consecutive = Atomic<Int>(0)
-    /// Failed waits so far (tests).
+
+    // MARK: Test seams
+
+    /// Failed waits so far.
     let failures = Atomic<Int>(0)
+
+    // MARK: Back-off
 
     static let firstPause: Int64 = 1_000_000
     static let longestPause: Int64 = 100_000_000

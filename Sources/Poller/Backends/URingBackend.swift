@@ -34,7 +34,6 @@ import Synchronization
 /// - Removal is by token, never by fd number. A cancel that cannot be queued is retried before
 ///   every wait until it is.
 final class URingBackend: PollerBackend {
-    let kind = BackendKind.ioUring
     let wakeChannel: WakeChannel
     let ringFD: Int32
     /// A private epoll instance used only to ask the kernel, at registration, whether a
@@ -47,8 +46,16 @@ final class URingBackend: PollerBackend {
     // for tests that drive the ring from a job on the poller thread.
     nonisolated(unsafe) let ring: OpaquePointer
     let faults = FaultLog()
-    var kernelFD: Int32 { ringFD }
     let waitBackoff = WaitBackoff(call: "io_uring_enter (wait)")
+
+    /// The ring's set-up flags. SINGLE_ISSUER | DEFER_TASKRUN: measured here, a readiness ring
+    /// without DEFER_TASKRUN (or COOP_TASKRUN) costs twice the CPU per round trip, and
+    /// DEFER_TASKRUN (which needs SINGLE_ISSUER) is the best of the three with many
+    /// connections (docs: uring-ring-flags). Its price is the ownership rule above, and that
+    /// a cancelled poll completes only when the owner runs its task work (`runTaskWork`).
+    /// SUBMIT_ALL: a request that fails at submission does not stop the ones queued after it.
+    static let setupFlags = UInt32(CPOLLER_URING_SETUP_SINGLE_ISSUER) | UInt32(CPOLLER_URING_SETUP_DEFER_TASKRUN)
+        | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
         enum Kind { case arm, remove }
@@ -96,6 +103,8 @@ final class URingBackend: PollerBackend {
         var trouble: [PollToken: Trouble] = [:]
         /// Cancels that could not be queued yet.
         var cancels: [PollToken] = []
+        /// Completion-queue overflows seen (IORING_SQ_CQ_OVERFLOW set after a drain).
+        var overflows: UInt64 = 0
     }
 
     private nonisolated(unsafe) var owner = OwnerState()
@@ -105,7 +114,7 @@ final class URingBackend: PollerBackend {
         throws(PollerError)
     {
         var err: Int32 = 0
-        guard let ring = cpoller_uring_create(submissionEntries, completionEntries, &err) else {
+        guard let ring = cpoller_uring_create(submissionEntries, completionEntries, Self.setupFlags, &err) else {
             throw .backendUnavailable(.ioUring, reason: URingBackend.describeSetupFailure(errno: err))
         }
         let probe = cpoller_epoll_create()
@@ -121,7 +130,7 @@ final class URingBackend: PollerBackend {
             cpoller_uring_destroy(ring)
             throw error
         }
-        let r = cpoller_uring_arm_in(ring, channel.readFD, PollToken.wake.raw)
+        let r = cpoller_uring_arm(ring, channel.readFD, KernelReadiness.input, PollToken.wake.raw)
         guard r == 0 else {
             channel.close()
             _ = Glibc.close(probe)
@@ -138,7 +147,7 @@ final class URingBackend: PollerBackend {
 
     /// Whether io_uring readiness works for this process, and if not, why.
     static func probe() -> Result<Void, PollerError> {
-        let err = cpoller_uring_probe()
+        let err = cpoller_uring_probe(setupFlags)
         if err == 0 { return .success(()) }
         return .failure(.backendUnavailable(.ioUring, reason: describeSetupFailure(errno: err)))
     }
@@ -178,7 +187,7 @@ final class URingBackend: PollerBackend {
             guard !s.isShutdown else { return EBADF }
             guard !s.liveFDs.contains(fd) else { return EEXIST }
             // Does the file support polling? (ADD then DEL on the private epoll instance.)
-            let probe = cpoller_epoll_add(probeEpollFD, fd, token.raw)
+            let probe = cpoller_epoll_add(probeEpollFD, fd, KernelReadiness.interest, token.raw)
             guard probe == 0 else { return -probe }
             _ = cpoller_epoll_del(probeEpollFD, fd)
             if let done { s.commands.append(Command(kind: .arm, fd: fd, token: token, done: done)) }
@@ -223,21 +232,30 @@ final class URingBackend: PollerBackend {
         applyCommands()
         var timeout = timeoutNanos
         if !owner.trouble.isEmpty || !owner.cancels.isEmpty { timeout = retryDue(timeout) }
-        let n = Int(cpoller_uring_wait(ring, events.baseAddress, Int32(events.count), timeout))
+        let r = cpoller_uring_enter(ring, timeout)
+        let enterErrno: Int32 = r < 0 ? -r : 0
         // A wake-up the ring could not see (its poll is not armed): consume it here; the loop
         // re-reads everything after a poll.
         if !owner.wakeArmed { wakeChannel.drain() }
-        guard n >= 0 else {
-            waitBackoff.failed(errno: Int32(-n), timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
+        // ETIME and EINTR end a wait early, and completions may be there. EAGAIN (the kernel
+        // is short of resources) and EBUSY (completions must be reaped first) are failures
+        // only when there is nothing to reap (below).
+        let busy = enterErrno == EAGAIN || enterErrno == EBUSY
+        guard enterErrno == 0 || enterErrno == ETIME || enterErrno == EINTR || busy else {
+            waitBackoff.failed(errno: enterErrno, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
             return 0
         }
-        waitBackoff.succeeded()
-        guard n > 0 else { return 0 }
+        let n = reap(into: events)
+        var seen = 0
         var kept = 0
         var ended: [PollToken] = []
         var failed: [(PollToken, Int32)] = []
         for i in 0..<n {
             var event = events[i]
+            // A cancel that failed (-ENOENT, -EALREADY): the poll was gone already.
+            if event.token & CPOLLER_URING_CONTROL_BIT != 0 { continue }
+            seen += 1
+            event.flags = Self.flags(completion: event)
             if event.token == PollToken.wake.raw {
                 wakeChannel.drain()
                 if !owner.trouble.isEmpty, event.res >= 0, owner.trouble[.wake]?.rearmAt == nil {
@@ -251,10 +269,6 @@ final class URingBackend: PollerBackend {
             }
             let token = event.pollToken
             if event.res < 0 && event.res != -ECANCELED {
-                // The poll request failed: C flags it readable and writable, so both waiters
-                // wake. A failure for want of resources says nothing about the descriptor, so
-                // it is not an error event (readers would get notPollable).
-                if Self.isTransient(-event.res) { event.flags &= ~UInt32(CPOLLER_EV_ERROR) }
                 if event.isEnded { failed.append((token, -event.res)) }
             } else {
                 if event.isEnded { ended.append(token) }
@@ -267,9 +281,60 @@ final class URingBackend: PollerBackend {
                 kept += 1
             }
         }
+        if seen == 0 && busy {
+            // Refused for want of resources and nothing to reap: back off instead of calling
+            // again at once.
+            waitBackoff.failed(errno: enterErrno, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
+            return 0
+        }
+        waitBackoff.succeeded()
         if !ended.isEmpty || !failed.isEmpty { rearm(ended: ended, failed: failed) }
         return kept
     }
+
+    /// The neutral flags of one poll completion. A readiness mask maps by the shared rule; a
+    /// cancelled poll (-ECANCELED) carries no readiness; a poll request that failed wakes both
+    /// directions so the I/O reports the error, and is an error event unless it failed for want
+    /// of resources, which says nothing about the descriptor (readers would get notPollable).
+    /// ENDED when the multishot poll is over (no IORING_CQE_F_MORE).
+    @inline(__always)
+    static func flags(completion event: cpoller_event) -> UInt32 {
+        var f: UInt32
+        if event.res >= 0 {
+            f = cpoller_event.flags(readiness: UInt32(bitPattern: event.res))
+        } else if event.res == -ECANCELED {
+            f = 0
+        } else {
+            f = UInt32(CPOLLER_EV_READABLE) | UInt32(CPOLLER_EV_WRITABLE)
+            if !isTransient(-event.res) { f |= UInt32(CPOLLER_EV_ERROR) }
+        }
+        if event.cqe_flags & UInt32(CPOLLER_URING_CQE_F_MORE) == 0 { f |= UInt32(CPOLLER_EV_ENDED) }
+        return f
+    }
+
+    /// Copies the completions that are there into `events` (raw: flags unset), at most its
+    /// count. When the ring runs dry before that, completions may still be parked in the
+    /// kernel (overflowed ones, which NODROP keeps, and deferred task work beyond the per-enter
+    /// cap): they are flushed into the ring and drained too, in at most `drainPasses` passes,
+    /// never looping on a tail the kernel keeps moving. Owner thread.
+    private func reap(into events: UnsafeMutableBufferPointer<cpoller_event>) -> Int {
+        guard let base = events.baseAddress else { return 0 }
+        let parkedWork = UInt32(CPOLLER_URING_SQ_CQ_OVERFLOW) | UInt32(CPOLLER_URING_SQ_TASKRUN)
+        var n = 0
+        for _ in 0..<Self.drainPasses where n < events.count {
+            let want = events.count - n
+            let got = Int(cpoller_uring_reap(ring, base + n, Int32(want)))
+            n += got
+            if got == want { continue }
+            let sqFlags = cpoller_uring_sq_flags(ring)
+            if sqFlags & parkedWork == 0 { break }
+            if sqFlags & UInt32(CPOLLER_URING_SQ_CQ_OVERFLOW) != 0 { owner.overflows += 1 }
+            _ = cpoller_uring_get_events(ring)
+        }
+        return n
+    }
+
+    static let drainPasses = 8
 
     static func isTransient(_ errno: Int32) -> Bool {
         errno == ENOMEM || errno == EAGAIN || errno == EBUSY || errno == ENOBUFS
@@ -308,7 +373,7 @@ final class URingBackend: PollerBackend {
     private func rearmNow(_ token: PollToken, now: Int64) {
         let r: Int32
         if token == .wake {
-            r = queueRequest { cpoller_uring_arm_in(ring, wakeChannel.readFD, PollToken.wake.raw) }
+            r = queueRequest { cpoller_uring_arm(ring, wakeChannel.readFD, KernelReadiness.input, PollToken.wake.raw) }
             if r == 0 { owner.wakeArmed = true }
         } else {
             let fd: Int32? = state.withLockAnnotated { s in
@@ -320,7 +385,7 @@ final class URingBackend: PollerBackend {
                 owner.trouble[token] = nil
                 return
             }
-            r = queueRequest { cpoller_uring_arm(ring, fd, token.raw) }
+            r = queueRequest { cpoller_uring_arm(ring, fd, KernelReadiness.interest, token.raw) }
         }
         if r == 0 {
             if owner.trouble[token] != nil { owner.trouble[token]!.rearmAt = nil }
@@ -352,7 +417,7 @@ final class URingBackend: PollerBackend {
     /// Queues the first poll of a new registration; on failure forgets the registration.
     /// Owner thread.
     private func armNew(fd: Int32, token: PollToken) -> Int32 {
-        let r = queueRequest { cpoller_uring_arm(ring, fd, token.raw) }
+        let r = queueRequest { cpoller_uring_arm(ring, fd, KernelReadiness.interest, token.raw) }
         guard r != 0 else { return 0 }
         faults.report("io_uring submission (register)", errno: r, "the registration fails with it")
         state.withLockAnnotated { s in
@@ -380,7 +445,7 @@ final class URingBackend: PollerBackend {
                           "the cancel is retried before every wait; until then the file stays open")
         }
         // Even after a failed submit: completions and task work already due are run.
-        _ = cpoller_uring_get_events(ring)
+        runTaskWork()
         return r
     }
 
@@ -415,7 +480,7 @@ final class URingBackend: PollerBackend {
             guard Self.isTransient(-r) else { return -r }
             attempt += 1
             if attempt >= Self.submitAttempts { return -r }
-            _ = cpoller_uring_get_events(ring)
+            runTaskWork()
             if attempt == 1 { sched_yield() } else { usleep(UInt32(1000 << (attempt - 2))) }
         }
     }
@@ -436,10 +501,28 @@ final class URingBackend: PollerBackend {
         }
     }
 
-    /// Multishot polls re-armed so far (tests).
+    /// Flushes overflowed completions into the completion ring and runs the ring's deferred
+    /// task work. With DEFER_TASKRUN one call runs only a bounded amount; go on while the
+    /// kernel says more is pending, but at most `taskWorkPasses` times: never loop on work that
+    /// keeps arriving. Owner thread.
+    private func runTaskWork() {
+        for _ in 0..<Self.taskWorkPasses {
+            _ = cpoller_uring_get_events(ring)
+            if cpoller_uring_sq_flags(ring) & UInt32(CPOLLER_URING_SQ_TASKRUN) == 0 { break }
+        }
+    }
+
+    static let taskWorkPasses = 16
+
+    // MARK: Test seams
+
+    var kernelFD: Int32 { ringFD }
+    /// Multishot polls re-armed so far.
     var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
-    /// Completion-queue overflows seen so far (tests). Owner thread only.
-    var overflowCount: UInt64 { cpoller_uring_overflow_count(ring) }
+    /// Completion-queue overflows seen so far. Owner thread only.
+    var overflowCount: UInt64 { owner.overflows }
+
+    // MARK: Descriptors
 
     func isPollerDescriptor(_ fd: Int32) -> Bool {
         fd == ringFD || fd == probeEpollFD || wakeChannel.isOwnDescriptor(fd)

@@ -22,8 +22,14 @@ final class WakeChannel: Sendable {
     /// True once closed. Held across the write in `signal()` so a write never reaches a
     /// descriptor number that `close()` has released (and the kernel may have reused).
     private let closed = Mutex<Bool>(false)
-    /// Writes made by `signal()` (coalesced signals are not counted). For tests.
+
+    // MARK: Test seams
+
+    /// Writes made by `signal()` (coalesced signals are not counted). Only tests read it; the
+    /// relaxed increment sits on the (already coalesced) write path, never on the poll path.
     let writes = Atomic<Int>(0)
+
+    // MARK: The channel
 
     init(forcePipe: Bool = false) throws(PollerError) {
         var fds: (Int32, Int32) = (-1, -1)
