@@ -129,13 +129,6 @@ final class PollerThreadStart: Sendable {
         self.poller.withLockAnnotated { $0 = poller }
         go.unpark()
     }
-
-    func makeBackend() throws(PollerError) -> any PollerBackend {
-        switch kind {
-        case .epoll: try EpollBackend(forcePipeWake: options.forcePipeWake)
-        case .ioUring: try URingBackend(forcePipeWake: options.forcePipeWake)
-        }
-    }
 }
 
 private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
@@ -143,7 +136,7 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
     cpoller_thread_set_name(start.options.threadName)
     let backend: any PollerBackend
     do {
-        backend = try start.makeBackend()
+        backend = try start.kind.makeBackend(forcePipeWake: start.options.forcePipeWake)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }
         start.created.unpark()

@@ -29,7 +29,7 @@ struct BackendTests {
     @Test("A pipe's read end is reported readable when data arrives", arguments: BackendKind.allCases)
     func pipeReadReadiness(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pipe = Pipe()
         let token = PollToken(slot: 7, generation: 1)
@@ -54,7 +54,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func pipeWriteReadiness(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pipe = Pipe()
         let token = PollToken(slot: 7, generation: 1)
@@ -81,7 +81,7 @@ struct BackendTests {
     @Test("A socketpair end is reported readable when its peer writes", arguments: BackendKind.allCases)
     func socketReadReadiness(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pair = SocketPair()
         let token = PollToken(slot: 7, generation: 1)
@@ -104,7 +104,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func socketWriteReadiness(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pair = SocketPair()
         let token = PollToken(slot: 7, generation: 1)
@@ -128,7 +128,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func edgeTriggered(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pipe = Pipe()
         let token = PollToken(slot: 7, generation: 1)
@@ -153,7 +153,7 @@ struct BackendTests {
     @Test("Readiness present before registration is reported", arguments: BackendKind.allCases)
     func readinessBeforeRegistration(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pipe = Pipe()
         let token = PollToken(slot: 7, generation: 1)
@@ -171,7 +171,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func socketPeerClose(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         // Raw descriptors: the peer is closed mid-test, so SocketPair's deinit must not close it again.
         let fds = Descriptors()
@@ -198,7 +198,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func pipePeerClose(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let fds = Descriptors()
         let (readFD, writeFD) = fds.pipe()
@@ -222,7 +222,7 @@ struct BackendTests {
     func wakeEndsBlockedWait(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
         let result = try onFreshThread { () throws(PollerError) -> WakeMeasurement in
-            let backend = try makeBackend(kind)
+            let backend = try kind.makeBackend()
             defer { backend.shutdown() }
             return measureWake(backend)
         }
@@ -234,7 +234,7 @@ struct BackendTests {
         try skipIfUnavailable(kind)
         let timeouts = [20 * ms, 5 * ms, 20 * ms]
         let results = try onFreshThread { () throws(PollerError) -> [(events: Int, elapsed: Int64)] in
-            let backend = try makeBackend(kind)
+            let backend = try kind.makeBackend()
             defer { backend.shutdown() }
             // A registered, idle descriptor: the wait has something to watch and nothing to report.
             let pipe = Pipe()
@@ -261,7 +261,7 @@ struct BackendTests {
     func shortTimeout(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
         let results = try onFreshThread { () throws(PollerError) -> [(events: Int, elapsed: Int64)] in
-            let backend = try makeBackend(kind)
+            let backend = try kind.makeBackend()
             defer { backend.shutdown() }
             // The first poll of a ring submits the wake-up channel's request; keep it out of the
             // measurement.
@@ -292,7 +292,7 @@ struct BackendTests {
             var nextWakePoll: (events: Int, elapsed: Int64) = (-1, -1)
         }
         let r = try onFreshThread { () throws(PollerError) -> Result in
-            let backend = try makeBackend(kind)
+            let backend = try kind.makeBackend()
             defer { backend.shutdown() }
             var r = Result()
             r.writesBefore = backend.wakeChannel.writes.load(ordering: .relaxed)
@@ -337,7 +337,7 @@ struct BackendTests {
                 // Thread-local: only this thread's set-ups see the failure.
                 cpoller_wake_inject_eventfd_failure(1)
                 defer { cpoller_wake_inject_eventfd_failure(0) }
-                backend = try makeBackend(kind)
+                backend = try kind.makeBackend()
             }
             defer { backend.shutdown() }
             let channel = backend.wakeChannel
@@ -363,7 +363,7 @@ struct BackendTests {
     @Test("After deregistration no event arrives", arguments: BackendKind.allCases)
     func noEventAfterDeregistration(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let pipe = Pipe()
         let pair = SocketPair()
@@ -387,7 +387,7 @@ struct BackendTests {
           arguments: BackendKind.allCases)
     func fdReuseKeepsRegistrationsApart(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let fds = Descriptors()
         let (oldRead, oldWrite) = fds.pipe()
@@ -419,7 +419,7 @@ struct BackendTests {
     @Test("1000 descriptors registered at once are all reported", arguments: BackendKind.allCases)
     func thousandDescriptors(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         let fds = Descriptors()
         // 500 pipes, both ends registered: read ends report readable, write ends writable.
@@ -509,7 +509,7 @@ struct BackendTests {
         #expect(before > 0)
         let rounds = 100
         for i in 0..<rounds {
-            let backend = try makeBackend(kind)
+            let backend = try kind.makeBackend()
             let pipe = Pipe()
             let token = PollToken(slot: UInt32(i), generation: 1)
             #expect(backend.register(fd: pipe.readFD, token: token) == 0)
@@ -533,7 +533,7 @@ struct BackendTests {
     @Test("isPollerDescriptor is true for the backend's own descriptors only", arguments: BackendKind.allCases)
     func pollerDescriptors(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
-        let backend = try makeBackend(kind)
+        let backend = try kind.makeBackend()
         defer { backend.shutdown() }
         switch backend {
         case let epoll as EpollBackend:
@@ -635,13 +635,6 @@ private let ms: Int64 = 1_000_000
 private let sec: Int64 = 1_000_000_000
 
 /// A backend of `kind`, created on (and so, for io_uring, owned by) the calling thread.
-private func makeBackend(_ kind: BackendKind) throws(PollerError) -> any PollerBackend {
-    switch kind {
-    case .epoll: try EpollBackend()
-    case .ioUring: try URingBackend()
-    }
-}
-
 /// One poll of at most 256 events.
 private func pollEvents(_ backend: any PollerBackend, timeoutNanos: Int64) -> [cpoller_event] {
     let buffer = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: 256)
