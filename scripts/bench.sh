@@ -17,6 +17,9 @@
 #   --no-build        use the binaries already built
 #   --no-install      install nothing (Go, wrk): use the peers this machine already has
 #   --out FILE        report file (default BENCHMARKS.md in the repository root)
+#   --baseline BIN    also run BIN (another build's poller-echo, e.g. of the commit before a
+#                     change) on both backends, interleaved with the rest: before and after in
+#                     the same run
 #
 # Every echo server is started once, pinned to CPU 0 (taskset -c 0), and stays up; the load
 # generator (Sources/poller-loadgen, pinned to CPU 1) visits them in turn, grid point by grid
@@ -38,7 +41,7 @@ ORIG_CMD="scripts/bench.sh${*:+ $*}"
 MODE=full REPS=5 DURATION=4 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
 SERVERS_WANTED="c-epoll,poller-epoll,poller-uring,go,nio"
 POINTS_WANTED="c1,c64,c512,c64-4k,idle10k"
-DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md"
+DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md" BASELINE=''
 REPS_SET='' DUR_SET='' WARM_SET='' RETRIES_SET='' RETRIES=2 OTHER_MAX=15
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
     --no-build) DO_BUILD=0 ;;
     --no-install) DO_INSTALL=0 ;;
     --out) OUT=${2:?}; shift ;;
+    --baseline) BASELINE=${2:?}; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -239,8 +243,17 @@ LABEL[poller-http]="poller-http";              CMD[poller-http]="$ROOT_BIN/polle
 # instance of each server (key-dl) sets a read deadline of IDLE_TIMEOUT seconds before every
 # read (Go: SetReadDeadline; SwiftNIO: IdleStateHandler; poller-echo: --idle-timeout) and serves
 # that point only. The raw C server has no timers: it stays the floor.
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { log "--baseline: no executable at $BASELINE"; exit 2; }
+  LABEL[base-epoll]="baseline poller-echo epoll"; CMD[base-epoll]="$BASELINE --host 127.0.0.1 --port 0 --backend epoll"
+  LABEL[base-uring]="baseline poller-echo io_uring"; CMD[base-uring]="$BASELINE --host 127.0.0.1 --port 0 --backend io_uring"
+  HAVE[base-epoll]=1 HAVE[base-uring]=1
+  SERVERS_WANTED="$SERVERS_WANTED,base-epoll,base-uring"
+  note "baseline: $BASELINE (rows \"baseline poller-echo …\"), interleaved with the others."
+fi
 IDLE_TIMEOUT=60
-for key in poller-epoll poller-uring go nio; do
+for key in poller-epoll poller-uring base-epoll base-uring go nio; do
+  [ -n "${CMD[$key]:-}" ] || continue
   LABEL[$key-dl]="${LABEL[$key]}, ${IDLE_TIMEOUT} s read deadlines"
   CMD[$key-dl]="${CMD[$key]} --idle-timeout $IDLE_TIMEOUT"
 done
@@ -328,7 +341,7 @@ if [ "$SOFT_NOFILE" != unlimited ] && [ "$SOFT_NOFILE" -lt "$NEED_FDS" ]; then
 fi
 
 ECHO_SERVERS=()
-for key in c-epoll poller-epoll poller-uring go nio; do
+for key in c-epoll poller-epoll poller-uring base-epoll base-uring go nio; do
   case ",$SERVERS_WANTED," in *",$key,"*) ;; *) continue ;; esac
   if [ "${HAVE[$key]:-0}" != 1 ]; then
     case $key in
