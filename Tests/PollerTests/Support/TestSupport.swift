@@ -87,6 +87,62 @@ struct SocketPair: ~Copyable {
     }
 }
 
+/// The kinds of descriptor a behaviour is checked on, where it is the same for both.
+enum DescriptorKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// A pipe: `reader` is its read end, `writer` its write end.
+    case pipe
+    /// An AF_UNIX stream socket pair: `reader` and `writer` are its two ends.
+    case socketPair = "socket pair"
+
+    var testDescription: String { rawValue }
+}
+
+/// Raw descriptors a test closes itself (part-way through, or in bulk); whatever is still
+/// open when the owner goes away is closed then, and nothing is closed twice.
+final class Descriptors {
+    private var open: Set<Int32> = []
+
+    func pipe() -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        precondition(Glibc.pipe(&fds) == 0, "pipe: errno \(errno)")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        open.formUnion(fds)
+        return (fds[0], fds[1])
+    }
+
+    func socketPair() -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
+        open.formUnion(fds)
+        return (fds[0], fds[1])
+    }
+
+    /// Two connected descriptors of `kind`: what is written to `writer` can be read from `reader`.
+    func make(_ kind: DescriptorKind) -> (reader: Int32, writer: Int32) {
+        switch kind {
+        case .pipe:
+            let (read, write) = pipe()
+            return (read, write)
+        case .socketPair:
+            let (a, b) = socketPair()
+            return (a, b)
+        }
+    }
+
+    func close(_ fd: Int32) {
+        precondition(open.remove(fd) != nil, "fd \(fd) is not open here")
+        _ = Glibc.close(fd)
+    }
+
+    deinit {
+        for fd in open { _ = Glibc.close(fd) }
+    }
+}
+
 /// Writes `count` bytes of 0x2A to `fd`; returns what write(2) returned.
 @discardableResult
 func writeBytes(_ fd: Int32, count: Int = 1) -> Int {
