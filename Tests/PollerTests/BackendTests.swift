@@ -29,21 +29,12 @@ struct BackendTests {
     @Test("A descriptor's read side is reported readable when its peer writes",
           arguments: BackendKind.allCases, DescriptorKind.allCases)
     func readReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
-        try withBackend(kind) { backend in
-            let fds = Descriptors()
-            let ends = fds.make(descriptor)
-            let token = PollToken(slot: 7, generation: 1)
-            withRegistration(backend, fd: ends.reader, token: token) {
-                // Nothing to read yet: a pipe's read end reports nothing, a connected socket
-                // only that it is writable.
-                expectIdleReader(backend, descriptor, token: token)
-
-                #expect(writeBytes(ends.writer, count: 3) == 3)
-                let events = nextEvents(backend)
-                #expect(events.map(\.pollToken) == [token])
-                #expect(events.allSatisfy { $0.isReadable && !$0.isHangup && !$0.isError })
-                #expect(drain(ends.reader) == 3)
-            }
+        try withIdleReader(kind, descriptor) { backend, _, ends, token in
+            #expect(writeBytes(ends.writer, count: 3) == 3)
+            let events = nextEvents(backend)
+            #expect(events.map(\.pollToken) == [token])
+            #expect(events.allSatisfy { $0.isReadable && !$0.isHangup && !$0.isError })
+            #expect(drain(ends.reader) == 3)
         }
     }
 
@@ -61,7 +52,7 @@ struct BackendTests {
                 #expect(first.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isError })
 
                 // Fill it: no space, no new edge.
-                let filled = fill(ends.writer)
+                let filled = fillUntilBlocked(ends.writer)
                 #expect(filled > 0)
                 #expect(eventsWithin(backend, 20 * ms).isEmpty)
 
@@ -121,24 +112,17 @@ struct BackendTests {
     @Test("A peer's close is seen as readable and hangup, and a read returns EOF",
           arguments: BackendKind.allCases, DescriptorKind.allCases)
     func peerClose(kind: BackendKind, descriptor: DescriptorKind) throws {
-        try withBackend(kind) { backend in
+        try withIdleReader(kind, descriptor) { backend, fds, ends, token in
             // The peer is closed mid-test; Descriptors closes nothing twice.
-            let fds = Descriptors()
-            let ends = fds.make(descriptor)
-            let token = PollToken(slot: 7, generation: 1)
-            withRegistration(backend, fd: ends.reader, token: token) {
-                expectIdleReader(backend, descriptor, token: token)
+            fds.close(ends.writer)
+            let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isHangup } }
+            #expect(!events.isEmpty)
+            #expect(events.allSatisfy { $0.pollToken == token })
+            #expect(events.contains { $0.isReadable && $0.isHangup })
+            #expect(events.allSatisfy { !$0.isError })
 
-                fds.close(ends.writer)
-                let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isHangup } }
-                #expect(!events.isEmpty)
-                #expect(events.allSatisfy { $0.pollToken == token })
-                #expect(events.contains { $0.isReadable && $0.isHangup })
-                #expect(events.allSatisfy { !$0.isError })
-
-                var byte: UInt8 = 0
-                #expect(read(ends.reader, &byte, 1) == 0, "EOF")
-            }
+            var byte: UInt8 = 0
+            #expect(read(ends.reader, &byte, 1) == 0, "EOF")
         }
     }
 
@@ -584,6 +568,24 @@ private func withRegistration(
     #expect(backend.deregister(fd: fd, token: token) == 0, "deregister", sourceLocation: sourceLocation)
 }
 
+/// Runs `body` with a backend of `kind` and the read side of a new `descriptor` pair registered
+/// under slot 7, once that read side has reported what it reports with nothing to read
+/// (`expectIdleReader`); deregisters it after.
+private func withIdleReader(
+    _ kind: BackendKind, _ descriptor: DescriptorKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (any PollerBackend, Descriptors, (reader: Int32, writer: Int32), PollToken) throws -> Void
+) throws {
+    try withBackend(kind) { backend in
+        let fds = Descriptors()
+        let ends = fds.make(descriptor)
+        let token = PollToken(slot: 7, generation: 1)
+        try withRegistration(backend, fd: ends.reader, token: token, sourceLocation: sourceLocation) {
+            expectIdleReader(backend, descriptor, token: token, sourceLocation: sourceLocation)
+            try body(backend, fds, ends, token)
+        }
+    }
+}
+
 /// What a freshly registered read side with nothing to read reports: a pipe's read end
 /// nothing at all (for 20 ms); a connected socket only that it is writable.
 private func expectIdleReader(
@@ -645,17 +647,6 @@ private func timedPoll(_ backend: any PollerBackend, timeoutNanos: Int64) -> (ev
     let start = cpoller_now_ns()
     let n = pollEvents(backend, timeoutNanos: timeoutNanos).count
     return (n, cpoller_now_ns() - start)
-}
-
-/// Writes into a non-blocking `fd` until it would block; returns the bytes written.
-private func fill(_ fd: Int32) -> Int {
-    var total = 0
-    let chunk = [UInt8](repeating: 0x2A, count: 65536)
-    while true {
-        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { return total }
-        total += n
-    }
 }
 
 private func describe(_ event: cpoller_event) -> String {

@@ -233,7 +233,7 @@ struct BackendRegressions {
           arguments: [EBUSY, EAGAIN, ENOMEM])
     func refusedCancelStillCancels(error: Int32) async throws {
         try await withPoller(.ioUring) { poller in
-            let fds = makeSocketPair()
+            let fds = makeSocketPairFDs()
             defer { close(fds.b) }
             let pd = try poller.register(fds.a)
             let ringFD = poller.backend.kernelFD
@@ -291,12 +291,4 @@ private func threadCPUNanos(_ poller: Poller) -> Int64? {
     var ts = timespec()
     guard clock_gettime(clock, &ts) == 0 else { return nil }
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-/// A raw non-blocking AF_UNIX stream socket pair; the caller closes both.
-private func makeSocketPair() -> (a: Int32, b: Int32) {
-    var fds: [Int32] = [-1, -1]
-    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-    precondition(socketpair(AF_UNIX, type, 0, &fds) == 0)
-    return (fds[0], fds[1])
 }

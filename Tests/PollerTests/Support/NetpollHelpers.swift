@@ -229,29 +229,6 @@ final class OwnedPipe: Sendable {
     }
 }
 
-/// A raw non-blocking close-on-exec pipe; the caller closes both ends.
-func makePipeFDs() -> (read: Int32, write: Int32) {
-    var fds: [Int32] = [-1, -1]
-    precondition(pipe(&fds) == 0)
-    for fd in fds {
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-    }
-    return (fds[0], fds[1])
-}
-
-/// Writes until the kernel refuses (EAGAIN); returns the bytes written.
-@discardableResult
-func fillUntilBlocked(_ fd: Int32) -> Int {
-    let chunk = [UInt8](repeating: 0x55, count: 65536)
-    var total = 0
-    while true {
-        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { return total }
-        total += n
-    }
-}
-
 /// Reads one byte, waiting on `pd` while the descriptor has nothing (Go's read loop).
 func readOneByte(_ fd: Int32, _ pd: PollDescriptor) async throws(PollError) {
     var byte: UInt8 = 0

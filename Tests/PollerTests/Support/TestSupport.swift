@@ -53,14 +53,7 @@ struct Pipe: ~Copyable {
     let writeFD: Int32
 
     init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0)
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        readFD = fds[0]
-        writeFD = fds[1]
+        (readFD, writeFD) = makePipeFDs()
     }
 
     deinit {
@@ -75,10 +68,7 @@ struct SocketPair: ~Copyable {
     let b: Int32
 
     init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
-        a = fds[0]
-        b = fds[1]
+        (a, b) = makeSocketPairFDs()
     }
 
     deinit {
@@ -103,22 +93,15 @@ final class Descriptors {
     private var open: Set<Int32> = []
 
     func pipe() -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [-1, -1]
-        precondition(Glibc.pipe(&fds) == 0, "pipe: errno \(errno)")
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        open.formUnion(fds)
-        return (fds[0], fds[1])
+        let fds = makePipeFDs()
+        open.formUnion([fds.read, fds.write])
+        return fds
     }
 
-    func socketPair() -> (Int32, Int32) {
-        var fds: [Int32] = [-1, -1]
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
-        open.formUnion(fds)
-        return (fds[0], fds[1])
+    func socketPair() -> (a: Int32, b: Int32) {
+        let fds = makeSocketPairFDs()
+        open.formUnion([fds.a, fds.b])
+        return fds
     }
 
     /// Two connected descriptors of `kind`: what is written to `writer` can be read from `reader`.
@@ -153,13 +136,44 @@ func writeBytes(_ fd: Int32, count: Int = 1) -> Int {
 /// Reads until EAGAIN or EOF; returns the number of bytes read.
 @discardableResult
 func drain(_ fd: Int32) -> Int {
-    var total = 0
     var buffer = [UInt8](repeating: 0, count: 65536)
+    return untilBlocked { buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+}
+
+/// Writes until the kernel refuses (EAGAIN); returns the bytes written.
+@discardableResult
+func fillUntilBlocked(_ fd: Int32) -> Int {
+    let chunk = [UInt8](repeating: 0x55, count: 65536)
+    return untilBlocked { chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+}
+
+/// Repeats `transfer` (one read or write) until it moves nothing; returns the bytes moved.
+private func untilBlocked(_ transfer: () -> Int) -> Int {
+    var total = 0
     while true {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let n = transfer()
         if n <= 0 { return total }
         total += n
     }
+}
+
+/// A raw non-blocking close-on-exec pipe; the caller closes both ends.
+func makePipeFDs() -> (read: Int32, write: Int32) {
+    var fds: [Int32] = [-1, -1]
+    precondition(pipe(&fds) == 0, "pipe: errno \(errno)")
+    for fd in fds {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+    return (fds[0], fds[1])
+}
+
+/// A raw non-blocking close-on-exec AF_UNIX stream socket pair; the caller closes both ends.
+func makeSocketPairFDs() -> (a: Int32, b: Int32) {
+    var fds: [Int32] = [-1, -1]
+    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+    precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
+    return (fds[0], fds[1])
 }
 
 /// The number of open descriptors in this process.
