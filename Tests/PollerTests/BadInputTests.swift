@@ -197,9 +197,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func registerAfterShutdown(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 poller.shutdown()
                 #expect(registrationError(poller, pipe.writeFD) == .registrationFailed(errno: EBADF))
                 #expect(await pd.boundedOutcome(.read) == .failed(.closing))
@@ -226,9 +224,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func invalidModes(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let bad: [PollMode] = [.readWrite, PollMode(rawValue: 0), PollMode(rawValue: 4), PollMode(rawValue: 5),
                                        PollMode(rawValue: 0xFF)]
                 for mode in bad {
@@ -261,9 +257,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func deadlineInt64Max(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(goRelative: .max, for: .readWrite)
                 #expect(pd.deadlines.read > 0 && pd.deadlines.write > 0, "Int64.max expired or cleared the deadline")
                 #expect(pd.resetResult(.readWrite) == nil)
@@ -284,9 +278,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func deadlineInt64Min(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(goRelative: .min, for: .read)
                 #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
                 #expect(pd.resetResult(.read) == .timeout)
@@ -309,9 +301,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func negativeDurations(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let durations: [Duration] = [.seconds(-5), .zero, .nanoseconds(-1), .seconds(Int64.min),
                                              .seconds(-1) + .nanoseconds(1)]
                 for duration in durations {
@@ -331,9 +321,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func pastInstant(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(ContinuousClock.now - .seconds(3600), for: .read)
                 #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
                 #expect(pd.resetResult(.write) == nil)
@@ -396,9 +384,7 @@ struct BadInputTests {
     @Test("a second close throws closing and changes nothing", arguments: BackendKind.allCases)
     func doubleClose(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.unblock()
                 #expect(pd.closeResult() == nil)
                 #expect(poller.openDescriptorCount == 0)
@@ -421,9 +407,7 @@ struct BadInputTests {
     @Test("close without unblock throws notUnblocked and the descriptor keeps working", arguments: BackendKind.allCases)
     func closeWithoutUnblock(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(pd.closeResult() == .notUnblocked)
                 #expect(pd.closeResult() == .notUnblocked)
                 #expect(poller.openDescriptorCount == 1)
@@ -444,9 +428,7 @@ struct BadInputTests {
           arguments: BackendKind.allCases)
     func waitBlockingOnPollerThread(kind: BackendKind) async throws {
         try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task(executorPreference: poller.executor) {
                     [pd.blockingResult(.read), pd.blockingResult(.write), pd.blockingResult(.read)]
                 }

@@ -11,9 +11,7 @@ extension NetpollSuites {
         @Test("a positive relative deadline times out a blocked wait once it has passed, for its direction only",
               arguments: BackendKind.allCases)
         func relativeDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(30), for: .read)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
@@ -29,9 +27,7 @@ extension NetpollSuites {
         @Test("a zero relative duration expires the deadline (it does not mean no deadline); Go's d = 0 clears it",
               arguments: BackendKind.allCases)
         func zeroMeansNow(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .zero, for: .read)
                 #expect(pd.resetResult(.read) == .timeout)
                 pd.setDeadline(goRelative: 0, for: .read)
@@ -48,9 +44,7 @@ extension NetpollSuites {
 
         @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases)
         func clearWhileBlocked(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .milliseconds(60), for: .read)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
@@ -66,9 +60,7 @@ extension NetpollSuites {
 
         @Test("a deadline set in the past wakes a blocked waiter with timeout at once", arguments: BackendKind.allCases)
         func pastDeadlineWakes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let reader = startWait(pd, .read)
                 let writer = startWait(pd, .write)
                 #expect(await waitersParked(poller, 2))
@@ -86,9 +78,7 @@ extension NetpollSuites {
         @Test("a deadline pushed later on every read leaves its timer in place, and the timer fires at the last deadline",
               arguments: BackendKind.allCases)
         func deadlinePushedLaterIsLazy(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let earliest = { poller.timers.withLockAnnotated { $0.heap.earliest } }
                 pd.setDeadline(in: .milliseconds(30), for: .read)
                 let first = try #require(earliest())
@@ -116,9 +106,7 @@ extension NetpollSuites {
 
         @Test("equal read and write deadlines share one timer", arguments: BackendKind.allCases)
         func combinedTimer(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .seconds(10), for: .readWrite)
                 #expect(poller.armedTimerCount == 1)
                 // Different deadlines: two timers.
@@ -138,9 +126,7 @@ extension NetpollSuites {
         @Test("after the combined timer fires both directions time out; clearing only write leaves read expired and makes write wait",
               arguments: BackendKind.allCases)
         func combinedTimerExpiresBoth(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .milliseconds(20), for: .readWrite)
                 #expect(poller.armedTimerCount == 1)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
@@ -221,9 +207,7 @@ extension NetpollSuites {
 
         @Test("an overflowing deadline clamps to the far future instead of expiring", arguments: BackendKind.allCases)
         func overflowClamps(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(goRelative: .max, for: .read)
                 #expect(pd.deadlines.read == .max)
                 pd.setDeadline(in: .seconds(Int64.max), for: .write)
@@ -243,9 +227,7 @@ extension NetpollSuites {
 
         @Test("a 50 µs deadline fires in well under a millisecond (median of 20)", arguments: BackendKind.allCases)
         func deadlinePrecision(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 var samples: [Duration] = []
                 for _ in 0..<20 {
                     pd.setDeadline(nil, for: .read)
@@ -275,9 +257,7 @@ extension NetpollSuites {
 
         @Test("an earlier deadline wakes a poller sleeping with no timers", arguments: BackendKind.allCases)
         func deadlineWakesIdlePoller(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(await becomesTrue { poller.timers.withLock { $0.sleepUntil } == .max },

@@ -31,9 +31,7 @@ extension NetpollSuites {
             #expect(PollMode(goMode: 233) == .readWrite)
             #expect(PollMode(goMode: 0) == nil)
             #expect(PollMode(goMode: 115) == nil)
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(await goWait(pd, 233) == pollErrInvalidArgument, "a wait needs one direction")
                 #expect(await goWait(pd, 0) == pollErrInvalidArgument)
                 #expect(await goWait(pd, 120) == pollErrInvalidArgument)
@@ -56,9 +54,7 @@ extension NetpollSuites {
         @Test("runtime_pollReset and runtime_pollWait return 0 on readiness, 2 on an expired deadline, 1 after unblock",
               arguments: BackendKind.allCases)
         func resetAndWaitCodes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(runtime_pollReset(pd, 114) == pollNoError)
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
@@ -82,9 +78,7 @@ extension NetpollSuites {
         @Test("a blocked runtime_pollWait returns 2 when its deadline passes and 1 when unblocked",
               arguments: BackendKind.allCases)
         func blockedWaitCodes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollSetDeadline(pd, 20_000_000, 114)
                 let timed = Task { await runtime_pollWait(pd, 114) }
                 let (code, timedOut) = await boundedValue(of: timed, within: .seconds(5)) { runtime_pollUnblock(pd) }
@@ -104,9 +98,7 @@ extension NetpollSuites {
 
         @Test("runtime_pollWait ignores task cancellation, as Go has none", arguments: BackendKind.allCases)
         func waitIgnoresCancellation(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = Task { await runtime_pollWait(pd, 114) }
                 #expect(await waitersParked(poller, 1))
                 waiter.cancel()
@@ -142,9 +134,7 @@ extension NetpollSuites {
         @Test("runtime_pollClose without runtime_pollUnblock is refused and leaves the descriptor registered",
               arguments: BackendKind.allCases)
         func closeWithoutUnblock(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollClose(pd)
                 #expect(poller.openDescriptorCount == 1)
                 #expect(runtime_pollReset(pd, 114) == pollNoError)

@@ -13,9 +13,7 @@ extension NetpollSuites {
         @Test("readiness with no waiter is latched and consumed by the next wait, which returns without parking; a second wait blocks until a new edge",
               arguments: BackendKind.allCases)
         func latchedReadiness(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(!pd.isLatched(.read))
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) }, "readiness with no waiter was not latched")
@@ -54,9 +52,7 @@ extension NetpollSuites {
 
         @Test("closing is reported before an expired deadline", arguments: BackendKind.allCases)
         func closingBeforeTimeout(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .seconds(-1), for: .readWrite)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
                 pd.unblock()
@@ -71,9 +67,7 @@ extension NetpollSuites {
         @Test("an expired deadline fails the wait at once even with readiness latched, and keeps the latch",
               arguments: BackendKind.allCases)
         func expiredDeadlineBeatsReadiness(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 pd.setDeadline(in: .seconds(-1), for: .read)
@@ -134,9 +128,7 @@ extension NetpollSuites {
         @Test("a second wait on a direction that has a waiter gets doubleWait; the first still completes on readiness",
               arguments: BackendKind.allCases)
         func doubleWait(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let first = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(await pd.boundedOutcome(.read) == .failed(.doubleWait))
@@ -195,9 +187,7 @@ extension NetpollSuites {
 
         @Test("close without unblock is refused and leaves the descriptor usable", arguments: BackendKind.allCases)
         func closeWithoutUnblock(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(pd.closeResult() == .notUnblocked)
                 #expect(poller.openDescriptorCount == 1)
                 let waiter = startWait(pd, .read)
@@ -304,9 +294,7 @@ extension NetpollSuites {
 
         @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases)
         func resetClearsLatch(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 #expect(pd.resetResult(.read) == nil)
@@ -325,9 +313,7 @@ extension NetpollSuites {
         @Test("reset reports the pending error in Go's order, per direction, and keeps latched readiness when it does",
               arguments: BackendKind.allCases)
         func resetReportsErrors(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 pd.setDeadline(in: .seconds(-1), for: .read)
@@ -349,9 +335,7 @@ extension NetpollSuites {
         @Test("an idle poller makes no wake-ups while a waiter is parked and no deadline is set",
               arguments: BackendKind.allCases)
         func idleMeansIdle(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let tid = await pollerTID(poller)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))

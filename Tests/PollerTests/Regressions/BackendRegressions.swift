@@ -116,9 +116,7 @@ struct BackendRegressions {
     @Test("A wait that keeps failing is reported once and backs off: the poller thread stays near idle, jobs still run, and events flow again once it succeeds",
           arguments: BackendKind.allCases, [EBADF, EINVAL, EFAULT])
     func failingWaitBacksOff(kind: BackendKind, error: Int32) async throws {
-        try await withPoller(kind) { poller in
-            let pipe = Pipe()
-            let pd = try poller.register(pipe.readFD)
+        try await withRegisteredPipe(kind) { poller, pipe, pd in
             let waiter = startWait(pd, .read)
             #expect(await waitersParked(poller, 1))
             let backend = poller.backend

@@ -216,17 +216,9 @@ func spinWait(nanoseconds: Int64) {
 
 /// A non-blocking pipe that can be shared with tasks (closed on deinit).
 final class OwnedPipe: Sendable {
-    let readFD: Int32
-    let writeFD: Int32
-
-    init() {
-        (readFD, writeFD) = makePipeFDs()
-    }
-
-    deinit {
-        close(readFD)
-        close(writeFD)
-    }
+    private let pipe = Pipe()
+    var readFD: Int32 { pipe.readFD }
+    var writeFD: Int32 { pipe.writeFD }
 }
 
 /// Reads one byte, waiting on `pd` while the descriptor has nothing (Go's read loop).

@@ -47,34 +47,43 @@ func withPoller<R>(
     return result
 }
 
-/// A non-blocking, close-on-exec pipe.
-struct Pipe: ~Copyable {
-    let readFD: Int32
-    let writeFD: Int32
-
-    init() {
-        (readFD, writeFD) = makePipeFDs()
+/// `withPoller` with a new pipe whose read end is registered as `pd`.
+func withRegisteredPipe<R>(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, OwnedPipe, PollDescriptor) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let pipe = OwnedPipe()
+        let pd = try poller.register(pipe.readFD)
+        return try await body(poller, pipe, pd)
     }
+}
+
+/// Two descriptors, closed together when the owner goes away.
+struct ClosingPair: ~Copyable, Sendable {
+    let first: Int32
+    let second: Int32
+
+    init(_ fds: (Int32, Int32)) { (first, second) = fds }
 
     deinit {
-        close(readFD)
-        close(writeFD)
+        close(first)
+        close(second)
     }
+}
+
+/// A non-blocking, close-on-exec pipe.
+struct Pipe: ~Copyable, Sendable {
+    private let fds = ClosingPair(makePipeFDs())
+    var readFD: Int32 { fds.first }
+    var writeFD: Int32 { fds.second }
 }
 
 /// A non-blocking AF_UNIX stream socket pair.
 struct SocketPair: ~Copyable {
-    let a: Int32
-    let b: Int32
-
-    init() {
-        (a, b) = makeSocketPairFDs()
-    }
-
-    deinit {
-        close(a)
-        close(b)
-    }
+    private let fds = ClosingPair(makeSocketPairFDs())
+    var a: Int32 { fds.first }
+    var b: Int32 { fds.second }
 }
 
 /// The kinds of descriptor a behaviour is checked on, where it is the same for both.
