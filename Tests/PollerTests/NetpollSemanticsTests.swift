@@ -185,18 +185,7 @@ extension NetpollSuites {
             }
         }
 
-        @Test("close without unblock is refused and leaves the descriptor usable", arguments: BackendKind.allCases)
-        func closeWithoutUnblock(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
-                #expect(pd.closeResult() == .notUnblocked)
-                #expect(poller.openDescriptorCount == 1)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                pd.finish()
-            }
-        }
+        // Close without unblock: BadInputTests.closeWithoutUnblock (with a descriptor-leak check).
 
         @Test("close while a waiter is still parked is refused, and succeeds once it has returned",
               arguments: BackendKind.allCases)
