@@ -148,60 +148,44 @@ extension NetpollSuites {
         @Test("a changed deadline invalidates the old timer: the waiter does not wake at the old time",
               arguments: BackendKind.allCases)
         func movedDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                var checked = false
-                for _ in 0..<5 where !checked {
-                    let pd = try poller.register(pipe.readFD)
-                    let start = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(40), for: .read)
-                    let waiter = startWait(pd, .read)
-                    try await Task.sleep(for: .milliseconds(5))
-                    pd.setDeadline(in: .milliseconds(400), for: .read)
-                    let movedAfter = ContinuousClock.now - start
-                    #expect(poller.armedTimerCount == 1, "the moved deadline left two timers")
-                    if movedAfter < .milliseconds(30) {
-                        checked = true
-                        try await Task.sleep(until: start + .milliseconds(150))
-                        #expect(!waiter.isFinished, "the waiter woke at the old deadline")
-                    }
-                    pd.unblock()
-                    let outcome = await waiter.outcome()
-                    if checked { #expect(outcome == .failed(.closing)) }
-                    #expect(pd.closeResult() == nil)
+            try await withDeadlineChange(kind, from: .milliseconds(40), after: .milliseconds(5),
+                                         tooSlowTo: "move the deadline") { poller, pd, start, waiter in
+                pd.setDeadline(in: .milliseconds(400), for: .read)
+                let movedAfter = ContinuousClock.now - start
+                #expect(poller.armedTimerCount == 1, "the moved deadline left two timers")
+                let checked = movedAfter < .milliseconds(30)
+                if checked {
+                    try await Task.sleep(until: start + .milliseconds(150))
+                    #expect(!waiter.isFinished, "the waiter woke at the old deadline")
                 }
-                #expect(checked, "the machine was too slow to move the deadline in time, 5 times")
+                pd.unblock()
+                let outcome = await waiter.outcome()
+                if checked { #expect(outcome == .failed(.closing)) }
+                #expect(pd.closeResult() == nil)
+                return checked
             }
         }
 
         @Test("extending the deadline while a waiter is blocked keeps it waiting until the new deadline",
               arguments: BackendKind.allCases)
         func extendedDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                var checked = false
-                for _ in 0..<5 where !checked {
-                    let pd = try poller.register(pipe.readFD)
-                    let start = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(50), for: .read)
-                    let waiter = startWait(pd, .read)
-                    try await Task.sleep(for: .milliseconds(20))
-                    let extendedAt = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(200), for: .read)
-                    if extendedAt - start < .milliseconds(40) {
-                        checked = true
-                        try await Task.sleep(until: start + .milliseconds(120))
-                        #expect(!waiter.isFinished, "the waiter woke at the old deadline")
-                        #expect(await waiter.outcome() == .failed(.timeout))
-                        let elapsed = ContinuousClock.now - extendedAt
-                        #expect(elapsed >= .milliseconds(200), "timed out \(elapsed) after the extension")
-                    } else {
-                        pd.unblock()
-                        _ = await waiter.outcome()
-                    }
-                    pd.finish()
+            try await withDeadlineChange(kind, from: .milliseconds(50), after: .milliseconds(20),
+                                         tooSlowTo: "extend the deadline") { poller, pd, start, waiter in
+                let extendedAt = ContinuousClock.now
+                pd.setDeadline(in: .milliseconds(200), for: .read)
+                let checked = extendedAt - start < .milliseconds(40)
+                if checked {
+                    try await Task.sleep(until: start + .milliseconds(120))
+                    #expect(!waiter.isFinished, "the waiter woke at the old deadline")
+                    #expect(await waiter.outcome() == .failed(.timeout))
+                    let elapsed = ContinuousClock.now - extendedAt
+                    #expect(elapsed >= .milliseconds(200), "timed out \(elapsed) after the extension")
+                } else {
+                    pd.unblock()
+                    _ = await waiter.outcome()
                 }
-                #expect(checked, "the machine was too slow to extend the deadline in time, 5 times")
+                pd.finish()
+                return checked
             }
         }
 
@@ -297,5 +281,29 @@ extension NetpollSuites {
                 #expect(poller.armedTimerCount == 0, "unblock left a timer armed")
             }
         }
+    }
+}
+
+/// Up to five attempts, each with a fresh registration of one pipe's read end: a read deadline
+/// `from` now, a waiter, and `after` later `attempt` (which changes the deadline and finishes
+/// the registration). An attempt returns whether it ran fast enough to check its timing;
+/// expects that one did.
+private func withDeadlineChange(
+    _ kind: BackendKind, from first: Duration, after gap: Duration, tooSlowTo what: String,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ attempt: (Poller, PollDescriptor, ContinuousClock.Instant, StartedWait) async throws -> Bool
+) async throws {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let pipe = Pipe()
+        var checked = false
+        for _ in 0..<5 where !checked {
+            let pd = try poller.register(pipe.readFD)
+            let start = ContinuousClock.now
+            pd.setDeadline(in: first, for: .read)
+            let waiter = startWait(pd, .read)
+            try await Task.sleep(for: gap)
+            checked = try await attempt(poller, pd, start, waiter)
+        }
+        #expect(checked, "the machine was too slow to \(what) in time, 5 times", sourceLocation: sourceLocation)
     }
 }

@@ -45,9 +45,7 @@ extension NetpollSuites {
                 #expect(runtime_pollReset(pd, 119) == pollErrTimeout)
                 runtime_pollSetDeadline(pd, -1, 233)
                 #expect(runtime_pollReset(pd, 114) == pollErrTimeout)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
@@ -69,9 +67,8 @@ extension NetpollSuites {
                 runtime_pollUnblock(pd)
                 #expect(runtime_pollReset(pd, 114) == pollErrClosing)
                 #expect(await goWait(pd, 119) == pollErrClosing)
-                runtime_pollUnblock(pd)  // harmless (fatal in Go)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                // A second unblock is harmless here (fatal in Go).
+                goUnblockAndClose(pd, poller)
             }
         }
 
@@ -116,18 +113,12 @@ extension NetpollSuites {
         @Test("runtime_pollWait returns pollErrNotPollable for reads after an exact EPOLLERR, 0 for writes",
               arguments: BackendKind.allCases)
         func notPollableCode(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
-                close(readFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
+                closeReader()
                 #expect(await becomesTrue { runtime_pollReset(pd, 114) == pollErrNotPollable })
                 #expect(await goWait(pd, 114) == pollErrNotPollable)
                 #expect(runtime_pollReset(pd, 119) == pollNoError)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
@@ -138,9 +129,7 @@ extension NetpollSuites {
                 runtime_pollClose(pd)
                 #expect(poller.openDescriptorCount == 1)
                 #expect(runtime_pollReset(pd, 114) == pollNoError)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
@@ -208,4 +197,13 @@ extension NetpollSuites {
             return fds
         }
     }
+}
+
+/// `runtime_pollUnblock` then `runtime_pollClose`, which must leave nothing registered.
+private func goUnblockAndClose(
+    _ pd: PollDescriptor, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    runtime_pollUnblock(pd)
+    runtime_pollClose(pd)
+    #expect(poller.openDescriptorCount == 0, sourceLocation: sourceLocation)
 }

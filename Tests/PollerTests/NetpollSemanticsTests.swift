@@ -89,14 +89,8 @@ extension NetpollSuites {
         @Test("an error event that is exactly EPOLLERR fails reads with notPollable and leaves writes ready",
               arguments: BackendKind.allCases)
         func errorEventIsReadOnly(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                // The write end of a full pipe whose reader has gone reports EPOLLERR and
-                // nothing else (no EPOLLOUT: full; no EPOLLHUP: that is for readers).
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
-                close(readFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
+                closeReader()
                 let reported = await becomesTrue { poller.reset(pd.slot, generation: pd.generation, mode: .read) == .notPollable }
                 #expect(reported, "no notPollable after the reader of a full pipe went away")
                 #expect(await pd.boundedOutcome(.read) == .failed(.notPollable))
@@ -109,14 +103,10 @@ extension NetpollSuites {
         @Test("an EPOLLERR event wakes a blocked writer with readiness, not an error",
               arguments: BackendKind.allCases)
         func errorEventWakesWriter(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
                 let writer = startWait(pd, .write)
                 #expect(await waitersParked(poller, 1))
-                close(readFD)
+                closeReader()
                 #expect(await writer.outcome() == .ready)
                 #expect(await pd.boundedOutcome(.read) == .failed(.notPollable))
                 pd.finish()

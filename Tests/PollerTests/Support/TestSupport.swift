@@ -59,6 +59,22 @@ func withRegisteredPipe<R>(
     }
 }
 
+/// `withPoller` with the write end of a full pipe registered as `pd`. Once `closeReader` has
+/// closed the read end, the write end reports EPOLLERR and nothing else (no EPOLLOUT: it is
+/// full; no EPOLLHUP: that is for readers).
+func withFullPipeWriter<R>(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, PollDescriptor, _ closeReader: () -> Void) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let fds = Descriptors()
+        let (readFD, writeFD) = fds.pipe()
+        fillUntilBlocked(writeFD)
+        let pd = try poller.register(writeFD)
+        return try await body(poller, pd) { fds.close(readFD) }
+    }
+}
+
 /// Two descriptors, closed together when the owner goes away.
 struct ClosingPair: ~Copyable, Sendable {
     let first: Int32
