@@ -29,9 +29,7 @@ extension PollerNetTests {
         func closeUnblocksWrite(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let payload = [UInt8](repeating: 1, count: 64 << 20)
-                let writer = Task { await client.writeReportingProgress(payload) }
-                try await waitUntilParked(poller)
+                let writer = try await startBlockedWrite(client, poller)
                 try await client.close()
                 let result = await writer.value
                 #expect(result.error == .closed)
@@ -94,9 +92,7 @@ extension PollerNetTests {
         func cancelWrite(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let payload = [UInt8](repeating: 1, count: 64 << 20)
-                let writer = Task { await client.writeReportingProgress(payload) }
-                try await waitUntilParked(poller)
+                let writer = try await startBlockedWrite(client, poller)
                 writer.cancel()
                 let result = await writer.value
                 #expect(result.error == .cancelled)

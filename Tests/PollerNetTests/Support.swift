@@ -163,6 +163,26 @@ func expectPeerClosed(
     #expect(error == .endOfFile, sourceLocation: sourceLocation)
 }
 
+/// Starts a write of 64 MiB (more than any socket buffer holds) on `connection`, and waits
+/// until it has blocked in the poller.
+func startBlockedWrite(
+    _ connection: Connection, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Task<WriteResult, Never> {
+    let writer = Task { await connection.writeReportingProgress([UInt8](repeating: 1, count: 64 << 20)) }
+    try await waitUntilParked(poller, sourceLocation: sourceLocation)
+    return writer
+}
+
+/// Starts a read of up to 16 bytes on `connection` that has nothing to read, and waits until
+/// it has blocked in the poller; the task's value is the error the read ends with, or nil.
+func startBlockedRead(
+    _ connection: Connection, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Task<NetError?, Never> {
+    let reader = Task { await netError { () async throws(NetError) in try await connection.read(maxBytes: 16) } }
+    try await waitUntilParked(poller, sourceLocation: sourceLocation)
+    return reader
+}
+
 /// Waits (up to 5 s) until some task is parked in the poller: a read, write or accept has
 /// really blocked.
 func waitUntilParked(_ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation) async throws {

@@ -30,8 +30,7 @@ extension PollerNetTests {
                 }
                 try await NetTestHooks.with(hooks) {
                     // Writer A takes the write lock and parks in the poller on a full buffer.
-                    let writerA = Task { await client.writeReportingProgress([UInt8](repeating: 1, count: 64 << 20)) }
-                    try await waitUntilParked(poller)
+                    let writerA = try await startBlockedWrite(client, poller)
                     // Writer B is past beginLock (one reference) and held before queueing.
                     let writerB = Task { await client.writeReportingProgress([2]) }
                     #expect(await waitUntil { writerBArrived.isSet }, "writer B never reached the lock queue")
