@@ -71,40 +71,38 @@ struct BackendTests {
     }
 
     @Test("Edge-triggered: one notification per edge and none while nothing changes",
-          arguments: BackendKind.allCases)
-    func edgeTriggered(kind: BackendKind) throws {
-        try withBackend(kind) { backend in
-            let pipe = Pipe()
-            let token = PollToken(slot: 7, generation: 1)
-            withRegistration(backend, fd: pipe.readFD, token: token) {
-                for round in 1...3 {
-                    // New data (the pipe is deliberately never drained): exactly one notification.
-                    #expect(writeBytes(pipe.writeFD) == 1)
-                    let events = nextEvents(backend)
-                    #expect(events.map(\.pollToken) == [token], "round \(round)")
-                    #expect(events.allSatisfy { $0.isReadable }, "round \(round)")
-                    // Still readable, but nothing changed: no further notification, however often asked.
-                    for _ in 0..<3 {
-                        #expect(pollEvents(backend, timeoutNanos: 0).isEmpty, "round \(round)")
-                    }
-                    #expect(eventsWithin(backend, 20 * ms).isEmpty, "round \(round)")
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func edgeTriggered(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withIdleReader(kind, descriptor) { backend, _, ends, token in
+            for round in 1...3 {
+                // New data (the reader is deliberately never drained): exactly one notification.
+                #expect(writeBytes(ends.writer) == 1)
+                let events = nextEvents(backend)
+                #expect(events.map(\.pollToken) == [token], "round \(round)")
+                #expect(events.allSatisfy { $0.isReadable }, "round \(round)")
+                // Still readable, but nothing changed: no further notification, however often asked.
+                for _ in 0..<3 {
+                    #expect(pollEvents(backend, timeoutNanos: 0).isEmpty, "round \(round)")
                 }
-                #expect(drain(pipe.readFD) == 3)
+                #expect(eventsWithin(backend, 20 * ms).isEmpty, "round \(round)")
             }
+            #expect(drain(ends.reader) == 3)
         }
     }
 
-    @Test("Readiness present before registration is reported", arguments: BackendKind.allCases)
-    func readinessBeforeRegistration(kind: BackendKind) throws {
+    @Test("Readiness present before registration is reported",
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func readinessBeforeRegistration(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withBackend(kind) { backend in
-            let pipe = Pipe()
+            let fds = Descriptors()
+            let ends = fds.make(descriptor)
             let token = PollToken(slot: 7, generation: 1)
-            #expect(writeBytes(pipe.writeFD, count: 4) == 4)
-            withRegistration(backend, fd: pipe.readFD, token: token) {
+            #expect(writeBytes(ends.writer, count: 4) == 4)
+            withRegistration(backend, fd: ends.reader, token: token) {
                 let events = nextEvents(backend)
                 #expect(events.map(\.pollToken) == [token])
                 #expect(events.allSatisfy { $0.isReadable })
-                #expect(drain(pipe.readFD) == 4)
+                #expect(drain(ends.reader) == 4)
             }
         }
     }

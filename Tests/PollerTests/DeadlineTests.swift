@@ -9,9 +9,9 @@ import Testing
 extension NetpollSuites {
     @Suite("Deadlines") struct DeadlineTests {
         @Test("a positive relative deadline times out a blocked wait once it has passed, for its direction only",
-              arguments: BackendKind.allCases)
-        func relativeDeadline(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func relativeDeadline(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(30), for: .read)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
@@ -42,9 +42,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases)
-        func clearWhileBlocked(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
+        @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func clearWhileBlocked(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 pd.setDeadline(in: .milliseconds(60), for: .read)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
@@ -52,7 +52,7 @@ extension NetpollSuites {
                 #expect(poller.armedTimerCount == 0, "clearing left a timer armed")
                 try await Task.sleep(for: .milliseconds(150))
                 #expect(!waiter.isFinished, "the cleared deadline still woke the waiter")
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await waiter.outcome() == .ready)
                 pd.finish()
             }

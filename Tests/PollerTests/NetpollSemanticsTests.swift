@@ -11,11 +11,11 @@ extension NetpollSuites {
         // MARK: Latched readiness (T4 from nil, T2)
 
         @Test("readiness with no waiter is latched and consumed by the next wait, which returns without parking; a second wait blocks until a new edge",
-              arguments: BackendKind.allCases)
-        func latchedReadiness(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func latchedReadiness(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 #expect(!pd.isLatched(.read))
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await becomesTrue { pd.isLatched(.read) }, "readiness with no waiter was not latched")
 
                 let attempts = pd.parkAttempts
@@ -23,12 +23,12 @@ extension NetpollSuites {
                 #expect(pd.parkAttempts == attempts, "the wait parked although readiness was latched")
                 #expect(!pd.isLatched(.read), "the wait did not consume the latched readiness")
 
-                drain(pipe.readFD)
+                drain(ends.reader)
                 let second = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1), "the second wait did not park")
                 try await Task.sleep(for: .milliseconds(50))
                 #expect(!second.isFinished, "the second wait returned without a new edge")
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await second.outcome() == .ready)
                 pd.finish()
             }
@@ -116,16 +116,16 @@ extension NetpollSuites {
         // MARK: One waiter per direction
 
         @Test("a second wait on a direction that has a waiter gets doubleWait; the first still completes on readiness",
-              arguments: BackendKind.allCases)
-        func doubleWait(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func doubleWait(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let first = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(await pd.boundedOutcome(.read) == .failed(.doubleWait))
                 try await Task.sleep(for: .milliseconds(20))
                 #expect(!first.isFinished, "the double wait disturbed the first waiter")
                 #expect(poller.parkedWaiterCount == 1)
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await first.outcome() == .ready)
                 pd.finish()
             }
@@ -271,19 +271,19 @@ extension NetpollSuites {
 
         // MARK: pollReset
 
-        @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases)
-        func resetClearsLatch(kind: BackendKind) async throws {
-            try await withRegisteredPipe(kind) { poller, pipe, pd in
-                writeBytes(pipe.writeFD)
+        @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func resetClearsLatch(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
+                writeBytes(ends.writer)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 #expect(pd.resetResult(.read) == nil)
                 #expect(!pd.isLatched(.read), "reset kept the latched readiness")
-                drain(pipe.readFD)
+                drain(ends.reader)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 try await Task.sleep(for: .milliseconds(50))
                 #expect(!waiter.isFinished, "a wait after reset returned without a new edge")
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await waiter.outcome() == .ready)
                 pd.finish()
             }

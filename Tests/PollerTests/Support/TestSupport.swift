@@ -59,6 +59,19 @@ func withRegisteredPipe<R>(
     }
 }
 
+/// `withPoller` with a new `descriptor` pair whose read side is registered as `pd`.
+func withRegisteredReader<R>(
+    _ kind: BackendKind, _ descriptor: DescriptorKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, _ ends: (reader: Int32, writer: Int32), PollDescriptor) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let fds = Descriptors()
+        let ends = fds.make(descriptor)
+        let pd = try poller.register(ends.reader)
+        return try await body(poller, ends, pd)
+    }
+}
+
 /// `withPoller` with the write end of a full pipe registered as `pd`. Once `closeReader` has
 /// closed the read end, the write end reports EPOLLERR and nothing else (no EPOLLOUT: it is
 /// full; no EPOLLHUP: that is for readers).
