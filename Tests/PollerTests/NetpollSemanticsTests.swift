@@ -24,12 +24,9 @@ extension NetpollSuites {
                 #expect(!pd.isLatched(.read), "the wait did not consume the latched readiness")
 
                 drain(ends.reader)
-                let second = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1), "the second wait did not park")
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!second.isFinished, "the second wait returned without a new edge")
-                writeBytes(ends.writer)
-                #expect(await second.outcome() == .ready)
+                try await expectReadWaitsForNewEdge(
+                    poller, pd, writer: ends.writer,
+                    parked: "the second wait did not park", pending: "the second wait returned without a new edge")
                 pd.finish()
             }
         }
@@ -279,12 +276,8 @@ extension NetpollSuites {
                 #expect(pd.resetResult(.read) == nil)
                 #expect(!pd.isLatched(.read), "reset kept the latched readiness")
                 drain(ends.reader)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!waiter.isFinished, "a wait after reset returned without a new edge")
-                writeBytes(ends.writer)
-                #expect(await waiter.outcome() == .ready)
+                try await expectReadWaitsForNewEdge(
+                    poller, pd, writer: ends.writer, pending: "a wait after reset returned without a new edge")
                 pd.finish()
             }
         }

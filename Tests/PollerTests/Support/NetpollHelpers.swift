@@ -207,6 +207,20 @@ func waitersParked(_ poller: Poller, _ count: Int, within limit: Duration = .sec
     await becomesTrue(within: limit) { poller.parkedWaiterCount == count }
 }
 
+/// Starts a read wait on `pd` and expects it to park and still be pending 50 ms later, then
+/// to end ready once a byte is written to `writer`.
+func expectReadWaitsForNewEdge(
+    _ poller: Poller, _ pd: PollDescriptor, writer: Int32, parked: Comment? = nil, pending: Comment,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let waiter = startWait(pd, .read)
+    #expect(await waitersParked(poller, 1), parked, sourceLocation: sourceLocation)
+    try await Task.sleep(for: .milliseconds(50))
+    #expect(!waiter.isFinished, pending, sourceLocation: sourceLocation)
+    writeBytes(writer)
+    #expect(await waiter.outcome() == .ready, sourceLocation: sourceLocation)
+}
+
 /// Busy-waits for `nanoseconds` (sub-microsecond jitter for races).
 func spinWait(nanoseconds: Int64) {
     guard nanoseconds > 0 else { return }
