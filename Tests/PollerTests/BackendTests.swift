@@ -41,10 +41,7 @@ struct BackendTests {
     @Test("A descriptor's write side is reported writable, and again once a full buffer is drained",
           arguments: BackendKind.allCases, DescriptorKind.allCases)
     func writeReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
-        try withBackend(kind) { backend in
-            let fds = Descriptors()
-            let ends = fds.make(descriptor)
-            let token = PollToken(slot: 7, generation: 1)
+        try withDescriptors(kind, descriptor) { backend, _, ends, token in
             withRegistration(backend, fd: ends.writer, token: token) {
                 // Writable at registration (an empty pipe, a connected socket).
                 let first = nextEvents(backend)
@@ -93,10 +90,7 @@ struct BackendTests {
     @Test("Readiness present before registration is reported",
           arguments: BackendKind.allCases, DescriptorKind.allCases)
     func readinessBeforeRegistration(kind: BackendKind, descriptor: DescriptorKind) throws {
-        try withBackend(kind) { backend in
-            let fds = Descriptors()
-            let ends = fds.make(descriptor)
-            let token = PollToken(slot: 7, generation: 1)
+        try withDescriptors(kind, descriptor) { backend, _, ends, token in
             #expect(writeBytes(ends.writer, count: 4) == 4)
             withRegistration(backend, fd: ends.reader, token: token) {
                 let events = nextEvents(backend)
@@ -566,6 +560,18 @@ private func withRegistration(
     #expect(backend.deregister(fd: fd, token: token) == 0, "deregister", sourceLocation: sourceLocation)
 }
 
+/// Runs `body` with a backend of `kind`, a new `descriptor` pair (owned by a `Descriptors`)
+/// and the token of slot 7, generation 1.
+private func withDescriptors(
+    _ kind: BackendKind, _ descriptor: DescriptorKind,
+    _ body: (any PollerBackend, Descriptors, (reader: Int32, writer: Int32), PollToken) throws -> Void
+) throws {
+    try withBackend(kind) { backend in
+        let fds = Descriptors()
+        try body(backend, fds, fds.make(descriptor), PollToken(slot: 7, generation: 1))
+    }
+}
+
 /// Runs `body` with a backend of `kind` and the read side of a new `descriptor` pair registered
 /// under slot 7, once that read side has reported what it reports with nothing to read
 /// (`expectIdleReader`); deregisters it after.
@@ -573,10 +579,7 @@ private func withIdleReader(
     _ kind: BackendKind, _ descriptor: DescriptorKind, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (any PollerBackend, Descriptors, (reader: Int32, writer: Int32), PollToken) throws -> Void
 ) throws {
-    try withBackend(kind) { backend in
-        let fds = Descriptors()
-        let ends = fds.make(descriptor)
-        let token = PollToken(slot: 7, generation: 1)
+    try withDescriptors(kind, descriptor) { backend, fds, ends, token in
         try withRegistration(backend, fd: ends.reader, token: token, sourceLocation: sourceLocation) {
             expectIdleReader(backend, descriptor, token: token, sourceLocation: sourceLocation)
             try body(backend, fds, ends, token)

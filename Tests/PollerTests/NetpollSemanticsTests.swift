@@ -200,13 +200,7 @@ extension NetpollSuites {
 
         @Test("a stale handle cannot affect a new registration that reuses its slot", arguments: BackendKind.allCases)
         func staleHandle(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot, "the freed slot was not reused (LIFO)")
+            try await withReusedSlot(kind, reused: "the freed slot was not reused (LIFO)") { poller, a, b, second in
                 #expect(a != b)
                 let waiter = startWait(b, .read)
                 #expect(await waitersParked(poller, 1))
@@ -228,14 +222,9 @@ extension NetpollSuites {
         @Test("a deadline armed by the previous user of a slot does not fire on the new registration",
               arguments: BackendKind.allCases)
         func staleTimerAfterReuse(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
+            try await withReusedSlot(kind, beforeClose: { a, _ in
                 a.setDeadline(in: .milliseconds(20), for: .readWrite)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot)
+            }) { poller, a, b, second in
                 let waiter = startWait(b, .read)
                 try await Task.sleep(for: .milliseconds(100))
                 #expect(!waiter.isFinished, "the old registration's deadline woke the new one")
@@ -249,14 +238,9 @@ extension NetpollSuites {
         @Test("readiness of a closed registration does not reach the new registration in its slot",
               arguments: BackendKind.allCases)
         func staleEventAfterReuse(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
+            try await withReusedSlot(kind, beforeClose: { _, first in
                 writeBytes(first.writeFD)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot)
+            }) { poller, a, b, second in
                 let waiter = startWait(b, .read)
                 try await Task.sleep(for: .milliseconds(50))
                 #expect(!waiter.isFinished, "the closed registration's readiness woke the new one")
@@ -327,5 +311,25 @@ extension NetpollSuites {
                 pd.finish()
             }
         }
+    }
+}
+
+/// `withPoller` with a registration `a` of one pipe, prepared by `beforeClose` and then
+/// finished, and a registration `b` of a second pipe (`second`) that must reuse `a`'s slot.
+private func withReusedSlot(
+    _ kind: BackendKind, reused: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    beforeClose: (PollDescriptor, OwnedPipe) -> Void = { _, _ in },
+    _ body: (Poller, _ a: PollDescriptor, _ b: PollDescriptor, _ second: OwnedPipe) async throws -> Void
+) async throws {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let first = OwnedPipe()
+        let second = OwnedPipe()
+        let a = try poller.register(first.readFD)
+        beforeClose(a, first)
+        a.finish(sourceLocation: sourceLocation)
+        let b = try poller.register(second.readFD)
+        #expect(b.slot === a.slot, reused, sourceLocation: sourceLocation)
+        try await body(poller, a, b, second)
+        withExtendedLifetime(first) {}  // open throughout: `second` gets other descriptor numbers
     }
 }
