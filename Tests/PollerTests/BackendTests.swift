@@ -718,25 +718,3 @@ private func onFreshThread<T: Sendable>(_ body: @Sendable () throws(PollerError)
 private final class ResultBox<T>: @unchecked Sendable {
     var value: Result<T, PollerError>?
 }
-
-/// A closure to run on a thread started with cpoller_thread_start.
-private final class ThreadBody {
-    let run: @Sendable () -> Void
-    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-}
-
-/// Starts a joinable pthread running `body`.
-private func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
-    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
-    var thread: UInt64 = 0
-    let err = cpoller_thread_start(&thread, { context in
-        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
-        return nil
-    }, context)
-    precondition(err == 0, "pthread_create: errno \(err)")
-    return thread
-}
-
-private func joinThread(_ thread: UInt64) {
-    precondition(cpoller_thread_join(thread) == 0)
-}

@@ -46,34 +46,13 @@ extension PollDescriptor {
     }
 
     /// `waitBlocking(for:)` as an error value.
-    func blockingResult(_ mode: PollMode) -> PollError? {
-        do {
-            try waitBlocking(for: mode)
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func blockingResult(_ mode: PollMode) -> PollError? { pollError { () throws(PollError) in try waitBlocking(for: mode) } }
 
     /// `reset(for:)` as an error value.
-    func resetResult(_ mode: PollMode) -> PollError? {
-        do {
-            try reset(for: mode)
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func resetResult(_ mode: PollMode) -> PollError? { pollError { () throws(PollError) in try reset(for: mode) } }
 
     /// `close()` as an error value.
-    func closeResult() -> PollError? {
-        do {
-            try close()
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func closeResult() -> PollError? { pollError { () throws(PollError) in try close() } }
 
     /// White-box: readiness is latched (Go's pdReady) for `mode`.
     func isLatched(_ mode: PollMode) -> Bool {
@@ -102,6 +81,16 @@ extension Poller {
     var armedTimerCount: Int { timers.withLock { $0.heap.count } }
     /// Writes made to the wake-up channel so far.
     var wakeWrites: Int { backend.wakeChannel.writes.load(ordering: .relaxed) }
+}
+
+/// The error `body` throws, or nil.
+func pollError(_ body: () throws(PollError) -> Void) -> PollError? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error
+    }
 }
 
 /// A one-shot flag shared with a task or thread.
@@ -248,28 +237,15 @@ func readOneByte(_ fd: Int32, _ pd: PollDescriptor) async throws(PollError) {
 
 /// A plain pthread (not a cooperative-pool thread) running `body`.
 final class BlockingThread: Sendable {
-    private final class Start: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-
     private let id: UInt64
     let done = DoneFlag()
 
     init(_ body: @escaping @Sendable () -> Void) {
         let done = self.done
-        let start = Start {
+        id = startThread {
             body()
             done.set()
         }
-        let context = Unmanaged.passRetained(start).toOpaque()
-        var thread: UInt64 = 0
-        let r = cpoller_thread_start(&thread, { context in
-            Unmanaged<Start>.fromOpaque(context!).takeRetainedValue().body()
-            return nil
-        }, context)
-        precondition(r == 0, "pthread_create failed")
-        id = thread
     }
 
     /// Waits (bounded) for the thread to finish, then joins it. On timeout `onTimeout` runs

@@ -216,3 +216,25 @@ func makeSocketPairFDs() -> (a: Int32, b: Int32) {
 
 /// The number of open descriptors in this process.
 func openFDCount() -> Int { Int(cpoller_count_open_fds()) }
+
+/// A closure to run on a thread started with cpoller_thread_start.
+final class ThreadBody {
+    let run: @Sendable () -> Void
+    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+}
+
+/// Starts a joinable pthread running `body`.
+func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
+    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread: UInt64 = 0
+    let err = cpoller_thread_start(&thread, { context in
+        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
+        return nil
+    }, context)
+    precondition(err == 0, "pthread_create: errno \(err)")
+    return thread
+}
+
+func joinThread(_ thread: UInt64) {
+    precondition(cpoller_thread_join(thread) == 0)
+}
