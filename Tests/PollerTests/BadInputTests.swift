@@ -159,18 +159,12 @@ struct BadInputTests {
                 // Closing one leaves the other working.
                 first.finish()
                 drain(pipe.readFD)
-                let waiter = startWait(second, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
+                try await expectReadWaitEndsReady(poller, second, writer: pipe.writeFD)
                 second.finish()
             } else {
                 // The failed attempt left the first registration intact.
                 #expect(poller.openDescriptorCount == 1)
-                let waiter = startWait(first, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
+                try await expectReadWaitEndsReady(poller, first, writer: pipe.writeFD)
                 first.finish()
                 // Once closed, the same fd registers again.
                 let again = try poller.register(pipe.readFD)
@@ -267,10 +261,7 @@ struct BadInputTests {
             #expect(pd.resetResult(.readWrite) == .timeout)
             // Clearing it (Go's d = 0) makes the wait block again.
             pd.setDeadline(goRelative: 0, for: .readWrite)
-            let waiter = startWait(pd, .read)
-            #expect(await waitersParked(poller, 1))
-            writeBytes(pipe.writeFD)
-            #expect(await waiter.outcome() == .ready)
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
             pd.finish()
         }
     }
@@ -406,10 +397,7 @@ struct BadInputTests {
             let invalid = await Task(executorPreference: poller.executor) { pd.blockingResult(.readWrite) }.value
             #expect(invalid == .invalidMode)
             // The loop is alive: readiness still arrives.
-            let waiter = startWait(pd, .read)
-            #expect(await waitersParked(poller, 1))
-            writeBytes(pipe.writeFD)
-            #expect(await waiter.outcome() == .ready)
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
             pd.finish()
         }
     }

@@ -106,10 +106,7 @@ extension NetpollSuites {
                 #expect(ContinuousClock.now - start < .seconds(1))
                 #expect(poller.parkedWaiterCount == 0)
                 // The descriptor is still usable: a new wait parks and gets readiness.
-                let next = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await next.outcome() == .ready)
+                try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
                 pd.finish()
             }
         }

@@ -100,10 +100,7 @@ struct BackendRegressions {
             // wake makes the poller leave the wait it may already be in.
             _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), poller.backend.kernelFD, EPERM, -1)
             poller.backend.wake()
-            let waiter = startWait(pd, .read)
-            #expect(await waitersParked(poller, 1))
-            writeBytes(pipe.writeFD)
-            #expect(await waiter.outcome() == .ready)
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
             let refusals = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), -1, 0, 0)
             #expect(refusals == 1, "epoll_pwait2 was tried \(refusals) times: the fallback was not remembered")
             #expect(cpoller_epoll_has_pwait2() == 0)

@@ -196,16 +196,18 @@ func waitersParked(_ poller: Poller, _ count: Int, within limit: Duration = .sec
     await becomesTrue(within: limit) { poller.parkedWaiterCount == count }
 }
 
-/// Starts a read wait on `pd` and expects it to park and still be pending 50 ms later, then
-/// to end ready once a byte is written to `writer`.
-func expectReadWaitsForNewEdge(
-    _ poller: Poller, _ pd: PollDescriptor, writer: Int32, parked: Comment? = nil, pending: Comment,
-    sourceLocation: SourceLocation = #_sourceLocation
+/// Starts a read wait on `pd` and expects it to park (and, given `pendingFor`, to be still
+/// pending that much later), then to end ready once a byte is written to `writer`.
+func expectReadWaitEndsReady(
+    _ poller: Poller, _ pd: PollDescriptor, writer: Int32, parked: Comment? = nil,
+    pendingFor: Duration? = nil, pending: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation
 ) async throws {
     let waiter = startWait(pd, .read)
     #expect(await waitersParked(poller, 1), parked, sourceLocation: sourceLocation)
-    try await Task.sleep(for: .milliseconds(50))
-    #expect(!waiter.isFinished, pending, sourceLocation: sourceLocation)
+    if let pendingFor {
+        try await Task.sleep(for: pendingFor)
+        #expect(!waiter.isFinished, pending, sourceLocation: sourceLocation)
+    }
     writeBytes(writer)
     #expect(await waiter.outcome() == .ready, sourceLocation: sourceLocation)
 }
