@@ -165,11 +165,7 @@ struct BackendRegressions {
 
             // Nothing was left behind: the descriptor registers and works once the ring does.
             let pd = try poller.register(pair.a)
-            let waiter = startWait(pd, .read)
-            writeBytes(pair.b)
-            #expect(await waiter.outcome() == .ready)
-            pd.unblock()
-            try pd.close()
+            try await expectReadReadyThenClose(pd, writer: pair.b)
         }
     }
 
@@ -184,11 +180,7 @@ struct BackendRegressions {
             let pd = try poller.register(pair.a)
             #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), -1, 0, 0) == 2)
             #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), -1, 0, 0) == 2)
-            let waiter = startWait(pd, .read)
-            writeBytes(pair.b)
-            #expect(await waiter.outcome() == .ready)
-            pd.unblock()
-            try pd.close()
+            try await expectReadReadyThenClose(pd, writer: pair.b)
         }
     }
 
@@ -286,4 +278,16 @@ private func threadCPUNanos(_ poller: Poller) -> Int64? {
     var ts = timespec()
     guard clock_gettime(clock, &ts) == 0 else { return nil }
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// A read wait on `pd` ends ready once a byte is written to `writer`; then `pd` is unblocked
+/// and closed.
+private func expectReadReadyThenClose(
+    _ pd: PollDescriptor, writer: Int32, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let waiter = startWait(pd, .read)
+    writeBytes(writer)
+    #expect(await waiter.outcome() == .ready, sourceLocation: sourceLocation)
+    pd.unblock()
+    try pd.close()
 }
