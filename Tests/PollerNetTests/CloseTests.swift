@@ -79,12 +79,7 @@ extension PollerNetTests {
                 acceptor.cancel()
                 let result = await acceptor.result.mapError { $0 as! NetError }
                 #expect(throws: NetError.cancelled) { try result.get() }
-                async let accepted = listener.accept()
-                let client = try await Connection.dial(host: "127.0.0.1", port: listener.localAddress.port!, poller: poller)
-                let server = try await accepted
-                try await client.close()
-                try await server.close()
-                try await listener.close()
+                try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller).closeAll()
             }
         }
 

@@ -55,10 +55,13 @@ struct TCPPair {
     let server: Connection
 
     static func make(_ poller: Poller, host: String = "127.0.0.1") async throws -> TCPPair {
-        let listener = try TCPListener.listen(host: host, port: 0, poller: poller)
-        let port = listener.localAddress.port!
+        try await connect(TCPListener.listen(host: host, port: 0, poller: poller), from: host, poller: poller)
+    }
+
+    /// A connection to `listener` dialled from `host`, and the accepted side.
+    static func connect(_ listener: TCPListener, from host: String, poller: Poller) async throws -> TCPPair {
         async let accepted = listener.accept()
-        let client = try await Connection.dial(host: host, port: port, poller: poller)
+        let client = try await Connection.dial(host: host, port: listener.localAddress.port!, poller: poller)
         let server = try await accepted
         return TCPPair(listener: listener, client: client, server: server)
     }
@@ -68,6 +71,13 @@ struct TCPPair {
         try? await client.close()
         try? await server.close()
         try? await listener.close()
+    }
+
+    /// Closes all three, each of which must still be open.
+    func closeAll() async throws {
+        try await client.close()
+        try await server.close()
+        try await listener.close()
     }
 }
 
