@@ -29,9 +29,7 @@ extension PollerNetTests {
         func closeUnblocksWrite(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let payload = [UInt8](repeating: 1, count: 64 << 20)
-                let writer = Task { await client.writeReportingProgress(payload) }
-                try await waitUntilParked(poller)
+                let writer = try await startBlockedWrite(client, poller)
                 try await client.close()
                 let result = await writer.value
                 #expect(result.error == .closed)
@@ -81,12 +79,7 @@ extension PollerNetTests {
                 acceptor.cancel()
                 let result = await acceptor.result.mapError { $0 as! NetError }
                 #expect(throws: NetError.cancelled) { try result.get() }
-                async let accepted = listener.accept()
-                let client = try await Connection.dial(host: "127.0.0.1", port: listener.localAddress.port!, poller: poller)
-                let server = try await accepted
-                try await client.close()
-                try await server.close()
-                try await listener.close()
+                try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller).closeAll()
             }
         }
 
@@ -94,9 +87,7 @@ extension PollerNetTests {
         func cancelWrite(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let payload = [UInt8](repeating: 1, count: 64 << 20)
-                let writer = Task { await client.writeReportingProgress(payload) }
-                try await waitUntilParked(poller)
+                let writer = try await startBlockedWrite(client, poller)
                 writer.cancel()
                 let result = await writer.value
                 #expect(result.error == .cancelled)

@@ -102,12 +102,7 @@ extension PollerNetTests {
             try await withNetPoller(kind) { poller in
                 for (host, dialHost) in [("0.0.0.0", "127.0.0.1"), ("::", "::1")] {
                     let listener = try TCPListener.listen(host: host, port: 0, poller: poller)
-                    async let accepted = listener.accept()
-                    let client = try await Connection.dial(host: dialHost, port: listener.localAddress.port!, poller: poller)
-                    let server = try await accepted
-                    try await client.close()
-                    try await server.close()
-                    try await listener.close()
+                    try await TCPPair.connect(listener, from: dialHost, poller: poller).closeAll()
                 }
             }
         }

@@ -74,8 +74,7 @@ extension PollerNetTests {
         func resetMidRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let reader = Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 16) } }
-                try await waitUntilParked(poller)
+                let reader = try await startBlockedRead(client, poller)
                 setLingerZero(pair.server.netFD.fd)
                 try await pair.server.close()
                 #expect(await reader.value == .connectionReset)

@@ -67,8 +67,7 @@ extension PollerNetTests {
               arguments: BackendKind.allCases)
         func deadlineAfterShortRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
-                try await pair.client.write(Array("abc".utf8))
-                #expect(try await pair.server.read(maxBytes: 16) == Array("abc".utf8))
+                try await expectShortRead(pair)
                 try await pair.client.write(Array("def".utf8))
                 await sleep(ms: 20)
                 try pair.server.setReadDeadline(in: .zero)
@@ -85,11 +84,9 @@ extension PollerNetTests {
               arguments: BackendKind.allCases)
         func closeAfterShortRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
-                try await pair.client.write(Array("abc".utf8))
-                #expect(try await pair.server.read(maxBytes: 16) == Array("abc".utf8))
+                try await expectShortRead(pair)
                 let server = pair.server
-                let reader = Task { await netError { () async throws(NetError) in try await server.read(maxBytes: 16) } }
-                try await waitUntilParked(poller)
+                let reader = try await startBlockedRead(server, poller)
                 try await server.close()
                 #expect(await reader.value == .closed)
             }
@@ -121,4 +118,10 @@ extension PollerNetTests {
             }
         }
     }
+}
+
+/// A short read: "abc" sent by the client is read whole by the server with room to spare.
+private func expectShortRead(_ pair: TCPPair, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    try await pair.client.write(Array("abc".utf8))
+    #expect(try await pair.server.read(maxBytes: 16) == Array("abc".utf8), sourceLocation: sourceLocation)
 }

@@ -55,10 +55,13 @@ struct TCPPair {
     let server: Connection
 
     static func make(_ poller: Poller, host: String = "127.0.0.1") async throws -> TCPPair {
-        let listener = try TCPListener.listen(host: host, port: 0, poller: poller)
-        let port = listener.localAddress.port!
+        try await connect(TCPListener.listen(host: host, port: 0, poller: poller), from: host, poller: poller)
+    }
+
+    /// A connection to `listener` dialled from `host`, and the accepted side.
+    static func connect(_ listener: TCPListener, from host: String, poller: Poller) async throws -> TCPPair {
         async let accepted = listener.accept()
-        let client = try await Connection.dial(host: host, port: port, poller: poller)
+        let client = try await Connection.dial(host: host, port: listener.localAddress.port!, poller: poller)
         let server = try await accepted
         return TCPPair(listener: listener, client: client, server: server)
     }
@@ -68,6 +71,13 @@ struct TCPPair {
         try? await client.close()
         try? await server.close()
         try? await listener.close()
+    }
+
+    /// Closes all three, each of which must still be open.
+    func closeAll() async throws {
+        try await client.close()
+        try await server.close()
+        try await listener.close()
     }
 }
 
@@ -161,6 +171,26 @@ func expectPeerClosed(
     let error = await netError { () async throws(NetError) in try await connection.read(maxBytes: 1) }
     try connection.setReadDeadline(nil)
     #expect(error == .endOfFile, sourceLocation: sourceLocation)
+}
+
+/// Starts a write of 64 MiB (more than any socket buffer holds) on `connection`, and waits
+/// until it has blocked in the poller.
+func startBlockedWrite(
+    _ connection: Connection, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Task<WriteResult, Never> {
+    let writer = Task { await connection.writeReportingProgress([UInt8](repeating: 1, count: 64 << 20)) }
+    try await waitUntilParked(poller, sourceLocation: sourceLocation)
+    return writer
+}
+
+/// Starts a read of up to 16 bytes on `connection` that has nothing to read, and waits until
+/// it has blocked in the poller; the task's value is the error the read ends with, or nil.
+func startBlockedRead(
+    _ connection: Connection, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Task<NetError?, Never> {
+    let reader = Task { await netError { () async throws(NetError) in try await connection.read(maxBytes: 16) } }
+    try await waitUntilParked(poller, sourceLocation: sourceLocation)
+    return reader
 }
 
 /// Waits (up to 5 s) until some task is parked in the poller: a read, write or accept has

@@ -26,204 +26,103 @@ struct BackendTests {
 
     // MARK: Readiness
 
-    @Test("A pipe's read end is reported readable when data arrives", arguments: BackendKind.allCases)
-    func pipeReadReadiness(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pipe = Pipe()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
-
-        // An empty read end has nothing to report.
-        #expect(eventsWithin(backend, 20 * ms).isEmpty)
-
-        #expect(writeBytes(pipe.writeFD, count: 3) == 3)
-        let events = nextEvents(backend)
-        #expect(events.count == 1)
-        let event = try #require(events.first)
-        #expect(event.pollToken == token)
-        #expect(event.isReadable)
-        #expect(!event.isError)
-        #expect(!event.isHangup)
-        #expect(drain(pipe.readFD) == 3)
-        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+    @Test("A descriptor's read side is reported readable when its peer writes",
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func readReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withIdleReader(kind, descriptor) { backend, _, ends, token in
+            #expect(writeBytes(ends.writer, count: 3) == 3)
+            let events = nextEvents(backend)
+            #expect(events.map(\.pollToken) == [token])
+            #expect(events.allSatisfy { $0.isReadable && !$0.isHangup && !$0.isError })
+            #expect(drain(ends.reader) == 3)
+        }
     }
 
-    @Test("A pipe's write end is reported writable, and again once a full pipe is drained",
-          arguments: BackendKind.allCases)
-    func pipeWriteReadiness(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pipe = Pipe()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: pipe.writeFD, token: token) == 0)
+    @Test("A descriptor's write side is reported writable, and again once a full buffer is drained",
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func writeReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withDescriptors(kind, descriptor) { backend, _, ends, token in
+            withRegistration(backend, fd: ends.writer, token: token) {
+                // Writable at registration (an empty pipe, a connected socket).
+                let first = nextEvents(backend)
+                #expect(first.map(\.pollToken) == [token])
+                #expect(first.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isError })
 
-        // An empty pipe is writable at registration.
-        let first = nextEvents(backend)
-        #expect(first.map(\.pollToken) == [token])
-        #expect(first.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isError })
+                // Fill it: no space, no new edge.
+                let filled = fillUntilBlocked(ends.writer)
+                #expect(filled > 0)
+                #expect(eventsWithin(backend, 20 * ms).isEmpty)
 
-        // Fill it: no space, no new edge.
-        let filled = fill(pipe.writeFD)
-        #expect(filled > 0)
-        #expect(eventsWithin(backend, 20 * ms).isEmpty)
-
-        // Space again: a new writable edge.
-        #expect(drain(pipe.readFD) == filled)
-        let again = nextEvents(backend)
-        #expect(again.map(\.pollToken) == [token])
-        #expect(again.allSatisfy { $0.isWritable })
-        #expect(backend.deregister(fd: pipe.writeFD, token: token) == 0)
-    }
-
-    @Test("A socketpair end is reported readable when its peer writes", arguments: BackendKind.allCases)
-    func socketReadReadiness(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pair = SocketPair()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: pair.a, token: token) == 0)
-
-        // A connected socket is writable at once, and not readable.
-        let initial = nextEvents(backend)
-        #expect(initial.map(\.pollToken) == [token])
-        #expect(initial.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isHangup })
-
-        #expect(writeBytes(pair.b, count: 5) == 5)
-        let events = nextEvents(backend)
-        #expect(events.map(\.pollToken) == [token])
-        #expect(events.allSatisfy { $0.isReadable && !$0.isHangup && !$0.isError })
-        #expect(drain(pair.a) == 5)
-        #expect(backend.deregister(fd: pair.a, token: token) == 0)
-    }
-
-    @Test("A socketpair end is reported writable, and again once a full send buffer is drained",
-          arguments: BackendKind.allCases)
-    func socketWriteReadiness(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pair = SocketPair()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: pair.a, token: token) == 0)
-        let first = nextEvents(backend)
-        #expect(first.map(\.pollToken) == [token])
-        #expect(first.allSatisfy { $0.isWritable })
-
-        let filled = fill(pair.a)
-        #expect(filled > 0)
-        #expect(eventsWithin(backend, 20 * ms).isEmpty)
-
-        #expect(drain(pair.b) == filled)
-        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isWritable } }
-        #expect(events.contains { $0.pollToken == token && $0.isWritable })
-        #expect(events.allSatisfy { $0.pollToken == token })
-        #expect(backend.deregister(fd: pair.a, token: token) == 0)
+                // Space again: a new writable edge.
+                #expect(drain(ends.reader) == filled)
+                let again = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isWritable } }
+                #expect(again.contains { $0.pollToken == token && $0.isWritable })
+                #expect(again.allSatisfy { $0.pollToken == token })
+                if descriptor == .pipe {
+                    // A pipe reports the new space as exactly one writable event.
+                    #expect(again.map(\.pollToken) == [token])
+                    #expect(again.allSatisfy { $0.isWritable })
+                }
+            }
+        }
     }
 
     @Test("Edge-triggered: one notification per edge and none while nothing changes",
-          arguments: BackendKind.allCases)
-    func edgeTriggered(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pipe = Pipe()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
-
-        for round in 1...3 {
-            // New data (the pipe is deliberately never drained): exactly one notification.
-            #expect(writeBytes(pipe.writeFD) == 1)
-            let events = nextEvents(backend)
-            #expect(events.map(\.pollToken) == [token], "round \(round)")
-            #expect(events.allSatisfy { $0.isReadable }, "round \(round)")
-            // Still readable, but nothing changed: no further notification, however often asked.
-            for _ in 0..<3 {
-                #expect(pollEvents(backend, timeoutNanos: 0).isEmpty, "round \(round)")
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func edgeTriggered(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withIdleReader(kind, descriptor) { backend, _, ends, token in
+            for round in 1...3 {
+                // New data (the reader is deliberately never drained): exactly one notification.
+                #expect(writeBytes(ends.writer) == 1)
+                let events = nextEvents(backend)
+                #expect(events.map(\.pollToken) == [token], "round \(round)")
+                #expect(events.allSatisfy { $0.isReadable }, "round \(round)")
+                // Still readable, but nothing changed: no further notification, however often asked.
+                for _ in 0..<3 {
+                    #expect(pollEvents(backend, timeoutNanos: 0).isEmpty, "round \(round)")
+                }
+                #expect(eventsWithin(backend, 20 * ms).isEmpty, "round \(round)")
             }
-            #expect(eventsWithin(backend, 20 * ms).isEmpty, "round \(round)")
+            #expect(drain(ends.reader) == 3)
         }
-        #expect(drain(pipe.readFD) == 3)
-        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
     }
 
-    @Test("Readiness present before registration is reported", arguments: BackendKind.allCases)
-    func readinessBeforeRegistration(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pipe = Pipe()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(writeBytes(pipe.writeFD, count: 4) == 4)
-        #expect(backend.register(fd: pipe.readFD, token: token) == 0)
-
-        let events = nextEvents(backend)
-        #expect(events.map(\.pollToken) == [token])
-        #expect(events.allSatisfy { $0.isReadable })
-        #expect(drain(pipe.readFD) == 4)
-        #expect(backend.deregister(fd: pipe.readFD, token: token) == 0)
+    @Test("Readiness present before registration is reported",
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func readinessBeforeRegistration(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withDescriptors(kind, descriptor) { backend, _, ends, token in
+            #expect(writeBytes(ends.writer, count: 4) == 4)
+            withRegistration(backend, fd: ends.reader, token: token) {
+                let events = nextEvents(backend)
+                #expect(events.map(\.pollToken) == [token])
+                #expect(events.allSatisfy { $0.isReadable })
+                #expect(drain(ends.reader) == 4)
+            }
+        }
     }
 
-    @Test("A socket peer's close is seen as readable and hangup, and a read returns EOF",
-          arguments: BackendKind.allCases)
-    func socketPeerClose(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        // Raw descriptors: the peer is closed mid-test, so SocketPair's deinit must not close it again.
-        let fds = Descriptors()
-        let (a, b) = fds.socketPair()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: a, token: token) == 0)
-        let initial = nextEvents(backend)
-        #expect(!initial.isEmpty, "a connected socket is writable")
-        #expect(initial.allSatisfy { !$0.isReadable && !$0.isHangup })
+    @Test("A peer's close is seen as readable and hangup, and a read returns EOF",
+          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    func peerClose(kind: BackendKind, descriptor: DescriptorKind) throws {
+        try withIdleReader(kind, descriptor) { backend, fds, ends, token in
+            // The peer is closed mid-test; Descriptors closes nothing twice.
+            fds.close(ends.writer)
+            let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isHangup } }
+            #expect(!events.isEmpty)
+            #expect(events.allSatisfy { $0.pollToken == token })
+            #expect(events.contains { $0.isReadable && $0.isHangup })
+            #expect(events.allSatisfy { !$0.isError })
 
-        fds.close(b)
-        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isHangup } }
-        #expect(!events.isEmpty)
-        #expect(events.allSatisfy { $0.pollToken == token })
-        #expect(events.contains { $0.isReadable && $0.isHangup })
-        #expect(events.allSatisfy { !$0.isError })
-
-        var byte: UInt8 = 0
-        #expect(read(a, &byte, 1) == 0, "EOF")
-        #expect(backend.deregister(fd: a, token: token) == 0)
-    }
-
-    @Test("A pipe writer's close is seen as readable and hangup, and a read returns EOF",
-          arguments: BackendKind.allCases)
-    func pipePeerClose(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let fds = Descriptors()
-        let (readFD, writeFD) = fds.pipe()
-        let token = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: readFD, token: token) == 0)
-        #expect(eventsWithin(backend, 20 * ms).isEmpty)
-
-        fds.close(writeFD)
-        let events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isHangup } }
-        #expect(events.allSatisfy { $0.pollToken == token })
-        #expect(events.contains { $0.isReadable && $0.isHangup })
-
-        var byte: UInt8 = 0
-        #expect(read(readFD, &byte, 1) == 0, "EOF")
-        #expect(backend.deregister(fd: readFD, token: token) == 0)
+            var byte: UInt8 = 0
+            #expect(read(ends.reader, &byte, 1) == 0, "EOF")
+        }
     }
 
     // MARK: Waiting and waking
 
     @Test("A wake from another thread ends a blocked wait", arguments: BackendKind.allCases)
     func wakeEndsBlockedWait(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let result = try onFreshThread { () throws(PollerError) -> WakeMeasurement in
-            let backend = try kind.makeBackend()
-            defer { backend.shutdown() }
+        let result = try onFreshBackend(kind) { backend throws(PollerError) -> WakeMeasurement in
             return measureWake(backend)
         }
         expectWakeEndedWait(result)
@@ -231,11 +130,8 @@ struct BackendTests {
 
     @Test("A wait with a timeout returns after the timeout with no events", arguments: BackendKind.allCases)
     func timeoutIsHonoured(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
         let timeouts = [20 * ms, 5 * ms, 20 * ms]
-        let results = try onFreshThread { () throws(PollerError) -> [(events: Int, elapsed: Int64)] in
-            let backend = try kind.makeBackend()
-            defer { backend.shutdown() }
+        let results = try onFreshBackend(kind) { backend throws(PollerError) -> [(events: Int, elapsed: Int64)] in
             // A registered, idle descriptor: the wait has something to watch and nothing to report.
             let pipe = Pipe()
             let token = PollToken(slot: 7, generation: 1)
@@ -259,10 +155,7 @@ struct BackendTests {
     @Test("A 50 µs timeout returns in well under a millisecond, not rounded to zero or up to a tick",
           arguments: BackendKind.allCases)
     func shortTimeout(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let results = try onFreshThread { () throws(PollerError) -> [(events: Int, elapsed: Int64)] in
-            let backend = try kind.makeBackend()
-            defer { backend.shutdown() }
+        let results = try onFreshBackend(kind) { backend throws(PollerError) -> [(events: Int, elapsed: Int64)] in
             // The first poll of a ring submits the wake-up channel's request; keep it out of the
             // measurement.
             _ = pollEvents(backend, timeoutNanos: 0)
@@ -284,16 +177,13 @@ struct BackendTests {
 
     @Test("Concurrent wakes coalesce into one write, and one poll drains it", arguments: BackendKind.allCases)
     func concurrentWakesCoalesce(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
         struct Result: Sendable {
             var writesBefore = -1, writesAfterStorm = -1, writesAfterNextWake = -1
             var stormPoll: (events: Int, elapsed: Int64) = (-1, -1)
             var drainedPoll: (events: Int, elapsed: Int64) = (-1, -1)
             var nextWakePoll: (events: Int, elapsed: Int64) = (-1, -1)
         }
-        let r = try onFreshThread { () throws(PollerError) -> Result in
-            let backend = try kind.makeBackend()
-            defer { backend.shutdown() }
+        let r = try onFreshBackend(kind) { backend throws(PollerError) -> Result in
             var r = Result()
             r.writesBefore = backend.wakeChannel.writes.load(ordering: .relaxed)
             // 4 threads x 250 wakes while nobody polls.
@@ -362,95 +252,92 @@ struct BackendTests {
 
     @Test("After deregistration no event arrives", arguments: BackendKind.allCases)
     func noEventAfterDeregistration(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let pipe = Pipe()
-        let pair = SocketPair()
-        let pipeToken = PollToken(slot: 7, generation: 1)
-        let socketToken = PollToken(slot: 8, generation: 1)
-        #expect(backend.register(fd: pipe.readFD, token: pipeToken) == 0)
-        #expect(backend.register(fd: pair.a, token: socketToken) == 0)
-        // Take the socket's initial writable event while both are registered.
-        _ = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.pollToken == socketToken } }
+        try withBackend(kind) { backend in
+            let pipe = Pipe()
+            let pair = SocketPair()
+            let pipeToken = PollToken(slot: 7, generation: 1)
+            let socketToken = PollToken(slot: 8, generation: 1)
+            #expect(backend.register(fd: pipe.readFD, token: pipeToken) == 0)
+            #expect(backend.register(fd: pair.a, token: socketToken) == 0)
+            // Take the socket's initial writable event while both are registered.
+            _ = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.pollToken == socketToken } }
 
-        #expect(backend.deregister(fd: pipe.readFD, token: pipeToken) == 0)
-        #expect(backend.deregister(fd: pair.a, token: socketToken) == 0)
-        #expect(writeBytes(pipe.writeFD) == 1)
-        #expect(writeBytes(pair.b) == 1)
-        _ = shutdown(pair.b, Int32(SHUT_RDWR))
-        let events = eventsWithin(backend, 50 * ms)
-        #expect(events.isEmpty, "events after deregistration: \(events.map { describe($0) })")
+            #expect(backend.deregister(fd: pipe.readFD, token: pipeToken) == 0)
+            #expect(backend.deregister(fd: pair.a, token: socketToken) == 0)
+            #expect(writeBytes(pipe.writeFD) == 1)
+            #expect(writeBytes(pair.b) == 1)
+            _ = shutdown(pair.b, Int32(SHUT_RDWR))
+            let events = eventsWithin(backend, 50 * ms)
+            #expect(events.isEmpty, "events after deregistration: \(events.map { describe($0) })")
+        }
     }
 
     @Test("Close then reuse of the same fd number never delivers an event to the old registration",
           arguments: BackendKind.allCases)
     func fdReuseKeepsRegistrationsApart(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let fds = Descriptors()
-        let (oldRead, oldWrite) = fds.pipe()
-        let oldToken = PollToken(slot: 7, generation: 1)
-        #expect(backend.register(fd: oldRead, token: oldToken) == 0)
-        #expect(eventsWithin(backend, 10 * ms).isEmpty)
-        #expect(backend.deregister(fd: oldRead, token: oldToken) == 0)
+        try withBackend(kind) { backend in
+            let fds = Descriptors()
+            let (oldRead, oldWrite) = fds.pipe()
+            let oldToken = PollToken(slot: 7, generation: 1)
+            #expect(backend.register(fd: oldRead, token: oldToken) == 0)
+            #expect(eventsWithin(backend, 10 * ms).isEmpty)
+            #expect(backend.deregister(fd: oldRead, token: oldToken) == 0)
 
-        // Close the old read end and give its number to a new pipe. dup2 does both in one step,
-        // so no test running in parallel can take the number in between.
-        let (newRead, newWrite) = fds.pipe()
-        #expect(dup2(newRead, oldRead) == oldRead)
-        fds.close(newRead)
-        fds.close(oldWrite)  // its read end is gone; never written again
-        let reused = oldRead
-        let newToken = PollToken(slot: 7, generation: 2)
-        #expect(backend.register(fd: reused, token: newToken) == 0)
+            // Close the old read end and give its number to a new pipe. dup2 does both in one step,
+            // so no test running in parallel can take the number in between.
+            let (newRead, newWrite) = fds.pipe()
+            #expect(dup2(newRead, oldRead) == oldRead)
+            fds.close(newRead)
+            fds.close(oldWrite)  // its read end is gone; never written again
+            let reused = oldRead
+            let newToken = PollToken(slot: 7, generation: 2)
+            #expect(backend.register(fd: reused, token: newToken) == 0)
 
-        #expect(writeBytes(newWrite) == 1)
-        var events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isReadable } }
-        events += eventsWithin(backend, 20 * ms)
-        #expect(events.contains { $0.pollToken == newToken && $0.isReadable })
-        #expect(events.allSatisfy { $0.pollToken.generation == 2 },
-                "events for the old registration: \(events.map { describe($0) })")
-        #expect(drain(reused) == 1)
-        #expect(backend.deregister(fd: reused, token: newToken) == 0)
+            #expect(writeBytes(newWrite) == 1)
+            var events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isReadable } }
+            events += eventsWithin(backend, 20 * ms)
+            #expect(events.contains { $0.pollToken == newToken && $0.isReadable })
+            #expect(events.allSatisfy { $0.pollToken.generation == 2 },
+                    "events for the old registration: \(events.map { describe($0) })")
+            #expect(drain(reused) == 1)
+            #expect(backend.deregister(fd: reused, token: newToken) == 0)
+        }
     }
 
     @Test("1000 descriptors registered at once are all reported", arguments: BackendKind.allCases)
     func thousandDescriptors(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        let fds = Descriptors()
-        // 500 pipes, both ends registered: read ends report readable, write ends writable.
-        var expected: [PollToken: (fd: Int32, readable: Bool)] = [:]
-        var writeEnds: [Int32] = []
-        for i in 0..<500 {
-            let (r, w) = fds.pipe()
-            let readToken = PollToken(slot: UInt32(2 * i), generation: 1)
-            let writeToken = PollToken(slot: UInt32(2 * i + 1), generation: 1)
-            #expect(backend.register(fd: r, token: readToken) == 0)
-            #expect(backend.register(fd: w, token: writeToken) == 0)
-            expected[readToken] = (r, true)
-            expected[writeToken] = (w, false)
-            writeEnds.append(w)
-        }
-        for w in writeEnds { #expect(writeBytes(w) == 1) }
-
-        var seen = Set<PollToken>()
-        let deadline = cpoller_now_ns() + 5 * sec
-        while seen.count < expected.count, cpoller_now_ns() < deadline {
-            for event in pollEvents(backend, timeoutNanos: 100 * ms) {
-                guard let readable = expected[event.pollToken]?.readable else {
-                    Issue.record("unknown token \(event.token)")
-                    continue
-                }
-                if readable ? event.isReadable : event.isWritable { seen.insert(event.pollToken) }
+        try withBackend(kind) { backend in
+            let fds = Descriptors()
+            // 500 pipes, both ends registered: read ends report readable, write ends writable.
+            var expected: [PollToken: (fd: Int32, readable: Bool)] = [:]
+            var writeEnds: [Int32] = []
+            for i in 0..<500 {
+                let (r, w) = fds.pipe()
+                let readToken = PollToken(slot: UInt32(2 * i), generation: 1)
+                let writeToken = PollToken(slot: UInt32(2 * i + 1), generation: 1)
+                #expect(backend.register(fd: r, token: readToken) == 0)
+                #expect(backend.register(fd: w, token: writeToken) == 0)
+                expected[readToken] = (r, true)
+                expected[writeToken] = (w, false)
+                writeEnds.append(w)
             }
-        }
-        #expect(seen.count == 1000, "\(1000 - seen.count) descriptors never reported")
-        for (token, entry) in expected {
-            #expect(backend.deregister(fd: entry.fd, token: token) == 0)
+            for w in writeEnds { #expect(writeBytes(w) == 1) }
+
+            var seen = Set<PollToken>()
+            let deadline = cpoller_now_ns() + 5 * sec
+            while seen.count < expected.count, cpoller_now_ns() < deadline {
+                for event in pollEvents(backend, timeoutNanos: 100 * ms) {
+                    guard let readable = expected[event.pollToken]?.readable else {
+                        Issue.record("unknown token \(event.token)")
+                        continue
+                    }
+                    if readable ? event.isReadable : event.isWritable { seen.insert(event.pollToken) }
+                }
+            }
+            #expect(seen.count == 1000, "\(1000 - seen.count) descriptors never reported")
+            for (token, entry) in expected {
+                #expect(backend.deregister(fd: entry.fd, token: token) == 0)
+            }
         }
     }
 
@@ -532,24 +419,23 @@ struct BackendTests {
 
     @Test("isPollerDescriptor is true for the backend's own descriptors only", arguments: BackendKind.allCases)
     func pollerDescriptors(kind: BackendKind) throws {
-        try skipIfUnavailable(kind)
-        let backend = try kind.makeBackend()
-        defer { backend.shutdown() }
-        switch backend {
-        case let epoll as EpollBackend:
-            #expect(epoll.isPollerDescriptor(epoll.epollFD))
-        case let uring as URingBackend:
-            #expect(uring.ringFD >= 0)
-            #expect(uring.isPollerDescriptor(uring.ringFD))
-        default:
-            Issue.record("unexpected backend \(type(of: backend))")
+        try withBackend(kind) { backend in
+            switch backend {
+            case let epoll as EpollBackend:
+                #expect(epoll.isPollerDescriptor(epoll.epollFD))
+            case let uring as URingBackend:
+                #expect(uring.ringFD >= 0)
+                #expect(uring.isPollerDescriptor(uring.ringFD))
+            default:
+                Issue.record("unexpected backend \(type(of: backend))")
+            }
+            #expect(backend.isPollerDescriptor(backend.wakeChannel.readFD))
+            #expect(backend.isPollerDescriptor(backend.wakeChannel.writeFD))
+            let pipe = Pipe()
+            #expect(!backend.isPollerDescriptor(pipe.readFD))
+            #expect(!backend.isPollerDescriptor(pipe.writeFD))
+            #expect(!backend.isPollerDescriptor(-1))
         }
-        #expect(backend.isPollerDescriptor(backend.wakeChannel.readFD))
-        #expect(backend.isPollerDescriptor(backend.wakeChannel.writeFD))
-        let pipe = Pipe()
-        #expect(!backend.isPollerDescriptor(pipe.readFD))
-        #expect(!backend.isPollerDescriptor(pipe.writeFD))
-        #expect(!backend.isPollerDescriptor(-1))
     }
 
     // MARK: Backend selection
@@ -635,6 +521,83 @@ private let ms: Int64 = 1_000_000
 private let sec: Int64 = 1_000_000_000
 
 /// A backend of `kind`, created on (and so, for io_uring, owned by) the calling thread.
+/// Runs `body` with a backend of `kind` created on the calling thread, then shuts it down;
+/// skips the test case where that backend cannot run.
+private func withBackend<R>(_ kind: BackendKind, _ body: (any PollerBackend) throws -> R) throws -> R {
+    try skipIfUnavailable(kind)
+    let backend = try kind.makeBackend()
+    defer { backend.shutdown() }
+    return try body(backend)
+}
+
+/// `body(backend)` on a thread of its own (`onFreshThread`), with a backend of `kind` created
+/// there and shut down after; skips the test case where that backend cannot run.
+private func onFreshBackend<T: Sendable>(
+    _ kind: BackendKind, _ body: @Sendable (any PollerBackend) throws(PollerError) -> T
+) throws -> T {
+    try skipIfUnavailable(kind)
+    return try onFreshThread { () throws(PollerError) -> T in
+        let backend = try kind.makeBackend()
+        defer { backend.shutdown() }
+        return try body(backend)
+    }
+}
+
+/// Registers `fd` under `token`, runs `body`, then deregisters it; both must succeed.
+private func withRegistration(
+    _ backend: any PollerBackend, fd: Int32, token: PollToken,
+    sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
+) rethrows {
+    #expect(backend.register(fd: fd, token: token) == 0, "register", sourceLocation: sourceLocation)
+    try body()
+    #expect(backend.deregister(fd: fd, token: token) == 0, "deregister", sourceLocation: sourceLocation)
+}
+
+/// Runs `body` with a backend of `kind`, a new `descriptor` pair (owned by a `Descriptors`)
+/// and the token of slot 7, generation 1.
+private func withDescriptors(
+    _ kind: BackendKind, _ descriptor: DescriptorKind,
+    _ body: (any PollerBackend, Descriptors, (reader: Int32, writer: Int32), PollToken) throws -> Void
+) throws {
+    try withBackend(kind) { backend in
+        let fds = Descriptors()
+        try body(backend, fds, fds.make(descriptor), PollToken(slot: 7, generation: 1))
+    }
+}
+
+/// Runs `body` with a backend of `kind` and the read side of a new `descriptor` pair registered
+/// under slot 7, once that read side has reported what it reports with nothing to read
+/// (`expectIdleReader`); deregisters it after.
+private func withIdleReader(
+    _ kind: BackendKind, _ descriptor: DescriptorKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (any PollerBackend, Descriptors, (reader: Int32, writer: Int32), PollToken) throws -> Void
+) throws {
+    try withDescriptors(kind, descriptor) { backend, fds, ends, token in
+        try withRegistration(backend, fd: ends.reader, token: token, sourceLocation: sourceLocation) {
+            expectIdleReader(backend, descriptor, token: token, sourceLocation: sourceLocation)
+            try body(backend, fds, ends, token)
+        }
+    }
+}
+
+/// What a freshly registered read side with nothing to read reports: a pipe's read end
+/// nothing at all (for 20 ms); a connected socket only that it is writable.
+private func expectIdleReader(
+    _ backend: any PollerBackend, _ descriptor: DescriptorKind, token: PollToken,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
+    switch descriptor {
+    case .pipe:
+        #expect(eventsWithin(backend, 20 * ms).isEmpty, sourceLocation: sourceLocation)
+    case .socketPair:
+        let initial = nextEvents(backend)
+        #expect(!initial.isEmpty, "a connected socket is writable", sourceLocation: sourceLocation)
+        #expect(initial.map(\.pollToken) == [token], sourceLocation: sourceLocation)
+        #expect(initial.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isHangup },
+                sourceLocation: sourceLocation)
+    }
+}
+
 /// One poll of at most 256 events.
 private func pollEvents(_ backend: any PollerBackend, timeoutNanos: Int64) -> [cpoller_event] {
     let buffer = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: 256)
@@ -678,17 +641,6 @@ private func timedPoll(_ backend: any PollerBackend, timeoutNanos: Int64) -> (ev
     let start = cpoller_now_ns()
     let n = pollEvents(backend, timeoutNanos: timeoutNanos).count
     return (n, cpoller_now_ns() - start)
-}
-
-/// Writes into a non-blocking `fd` until it would block; returns the bytes written.
-private func fill(_ fd: Int32) -> Int {
-    var total = 0
-    let chunk = [UInt8](repeating: 0x2A, count: 65536)
-    while true {
-        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { return total }
-        total += n
-    }
 }
 
 private func describe(_ event: cpoller_event) -> String {
@@ -758,60 +710,4 @@ private func onFreshThread<T: Sendable>(_ body: @Sendable () throws(PollerError)
 /// Written by one thread before `joinThread` returns, read after it.
 private final class ResultBox<T>: @unchecked Sendable {
     var value: Result<T, PollerError>?
-}
-
-/// Raw descriptors a test closes itself (part-way through, or in bulk); whatever is still
-/// open when the owner goes away is closed then, and nothing is closed twice.
-private final class Descriptors {
-    private var open: Set<Int32> = []
-
-    func pipe() -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [-1, -1]
-        precondition(Glibc.pipe(&fds) == 0, "pipe: errno \(errno)")
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        open.formUnion(fds)
-        return (fds[0], fds[1])
-    }
-
-    func socketPair() -> (Int32, Int32) {
-        var fds: [Int32] = [-1, -1]
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
-        open.formUnion(fds)
-        return (fds[0], fds[1])
-    }
-
-    func close(_ fd: Int32) {
-        precondition(open.remove(fd) != nil, "fd \(fd) is not open here")
-        _ = Glibc.close(fd)
-    }
-
-    deinit {
-        for fd in open { _ = Glibc.close(fd) }
-    }
-}
-
-/// A closure to run on a thread started with cpoller_thread_start.
-private final class ThreadBody {
-    let run: @Sendable () -> Void
-    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-}
-
-/// Starts a joinable pthread running `body`.
-private func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
-    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
-    var thread: UInt64 = 0
-    let err = cpoller_thread_start(&thread, { context in
-        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
-        return nil
-    }, context)
-    precondition(err == 0, "pthread_create: errno \(err)")
-    return thread
-}
-
-private func joinThread(_ thread: UInt64) {
-    precondition(cpoller_thread_join(thread) == 0)
 }

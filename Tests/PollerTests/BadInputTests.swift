@@ -18,57 +18,51 @@ struct BadInputTests {
     @Test("registering -1, a closed descriptor, or a number beyond the descriptor limit fails with EBADF",
           arguments: BackendKind.allCases)
     func registerBadDescriptors(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                #expect(registrationError(poller, -1) == .registrationFailed(errno: EBADF))
-                #expect(registrationError(poller, Int32.min) == .registrationFailed(errno: EBADF))
-                #expect(registrationError(poller, 1_000_000) == .registrationFailed(errno: EBADF))
-                #expect(registrationError(poller, Int32.max) == .registrationFailed(errno: EBADF))
+        try await withLeakCheckedPoller(kind) { poller in
+            #expect(registrationError(poller, -1) == .registrationFailed(errno: EBADF))
+            #expect(registrationError(poller, Int32.min) == .registrationFailed(errno: EBADF))
+            #expect(registrationError(poller, 1_000_000) == .registrationFailed(errno: EBADF))
+            #expect(registrationError(poller, Int32.max) == .registrationFailed(errno: EBADF))
 
-                // A closed descriptor. Descriptors are allocated lowest-first, so a number just
-                // under RLIMIT_NOFILE stays free after we close it even while other tests open
-                // descriptors in parallel.
-                let closed = closedHighDescriptor()
-                try #require(closed >= 0, "could not dup a descriptor near the limit")
-                #expect(registrationError(poller, closed) == .registrationFailed(errno: EBADF))
-                // Failures leave nothing registered and the poller usable.
-                #expect(poller.openDescriptorCount == 0)
-                try expectPollerStillWorks(poller)
-            }
+            // A closed descriptor. Descriptors are allocated lowest-first, so a number just
+            // under RLIMIT_NOFILE stays free after we close it even while other tests open
+            // descriptors in parallel.
+            let closed = closedHighDescriptor()
+            try #require(closed >= 0, "could not dup a descriptor near the limit")
+            #expect(registrationError(poller, closed) == .registrationFailed(errno: EBADF))
+            // Failures leave nothing registered and the poller usable.
+            #expect(poller.openDescriptorCount == 0)
+            try expectPollerStillWorks(poller)
         }
     }
 
     @Test("registering a regular file fails with EPERM", arguments: BackendKind.allCases)
     func registerRegularFile(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                var template = Array("/tmp/poller-badinput-XXXXXX".utf8CString)
-                let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-                try #require(fd >= 0, "mkstemp failed: errno \(errno)")
-                _ = template.withUnsafeBufferPointer { unlink($0.baseAddress!) }
-                defer { close(fd) }
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
-                // Still refused when it has contents (io_uring would call it always ready).
-                #expect(writeBytes(fd, count: 16) == 16)
-                #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
-                #expect(poller.openDescriptorCount == 0)
-                try expectPollerStillWorks(poller)
-            }
+        try await withLeakCheckedPoller(kind) { poller in
+            var template = Array("/tmp/poller-badinput-XXXXXX".utf8CString)
+            let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+            try #require(fd >= 0, "mkstemp failed: errno \(errno)")
+            _ = template.withUnsafeBufferPointer { unlink($0.baseAddress!) }
+            defer { close(fd) }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
+            // Still refused when it has contents (io_uring would call it always ready).
+            #expect(writeBytes(fd, count: 16) == 16)
+            #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
+            #expect(poller.openDescriptorCount == 0)
+            try expectPollerStillWorks(poller)
         }
     }
 
     @Test("registering a directory fails with EPERM", arguments: BackendKind.allCases)
     func registerDirectory(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let fd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                try #require(fd >= 0, "open(/tmp) failed: errno \(errno)")
-                defer { close(fd) }
-                #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
-                #expect(poller.openDescriptorCount == 0)
-                try expectPollerStillWorks(poller)
-            }
+        try await withLeakCheckedPoller(kind) { poller in
+            let fd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            try #require(fd >= 0, "open(/tmp) failed: errno \(errno)")
+            defer { close(fd) }
+            #expect(registrationError(poller, fd) == .registrationFailed(errno: EPERM))
+            #expect(poller.openDescriptorCount == 0)
+            try expectPollerStillWorks(poller)
         }
     }
 
@@ -81,64 +75,58 @@ struct BadInputTests {
     @Test("registering a character device without poll support (/dev/null) fails with EPERM",
           arguments: BackendKind.allCases)
     func registerUnpollableDevice(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let fd = open("/dev/null", O_RDWR | O_NONBLOCK | O_CLOEXEC)
-                try #require(fd >= 0, "open(/dev/null) failed: errno \(errno)")
-                defer { close(fd) }
-                let pd: PollDescriptor?
-                do throws(PollError) {
-                    pd = try poller.register(fd)
-                } catch {
-                    #expect(error == .registrationFailed(errno: EPERM))
-                    pd = nil
-                }
-                #expect(pd == nil, "a descriptor without poll support was accepted")
-                if let pd {
-                    if let uring = poller.backend as? URingBackend {
-                        let before = uring.rearmCount
-                        try await Task.sleep(for: .milliseconds(50))
-                        let rearms = uring.rearmCount - before
-                        #expect(rearms < 100, "the poller re-armed the poll \(rearms) times in 50 ms (a busy loop)")
-                    }
-                    pd.finish()
-                }
-                try expectPollerStillWorks(poller)
+        try await withLeakCheckedPoller(kind) { poller in
+            let fd = open("/dev/null", O_RDWR | O_NONBLOCK | O_CLOEXEC)
+            try #require(fd >= 0, "open(/dev/null) failed: errno \(errno)")
+            defer { close(fd) }
+            let pd: PollDescriptor?
+            do throws(PollError) {
+                pd = try poller.register(fd)
+            } catch {
+                #expect(error == .registrationFailed(errno: EPERM))
+                pd = nil
             }
+            #expect(pd == nil, "a descriptor without poll support was accepted")
+            if let pd {
+                if let uring = poller.backend as? URingBackend {
+                    let before = uring.rearmCount
+                    try await Task.sleep(for: .milliseconds(50))
+                    let rearms = uring.rearmCount - before
+                    #expect(rearms < 100, "the poller re-armed the poll \(rearms) times in 50 ms (a busy loop)")
+                }
+                pd.finish()
+            }
+            try expectPollerStillWorks(poller)
         }
     }
 
     @Test("registering the poller's own descriptors fails with EINVAL", arguments: BackendKind.allCases)
     func registerOwnDescriptors(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let main: Int32
-                switch kind {
-                case .epoll: main = (poller.backend as! EpollBackend).epollFD
-                case .ioUring: main = (poller.backend as! URingBackend).ringFD
-                }
-                let wake = poller.backend.wakeChannel
-                for fd in Set([main, wake.readFD, wake.writeFD]) {
-                    #expect(poller.isPollerDescriptor(fd))
-                    #expect(registrationError(poller, fd) == .registrationFailed(errno: EINVAL), "fd \(fd)")
-                }
-                #expect(poller.openDescriptorCount == 0)
-                try expectPollerStillWorks(poller)
+        try await withLeakCheckedPoller(kind) { poller in
+            let main: Int32
+            switch kind {
+            case .epoll: main = (poller.backend as! EpollBackend).epollFD
+            case .ioUring: main = (poller.backend as! URingBackend).ringFD
             }
+            let wake = poller.backend.wakeChannel
+            for fd in Set([main, wake.readFD, wake.writeFD]) {
+                #expect(poller.isPollerDescriptor(fd))
+                #expect(registrationError(poller, fd) == .registrationFailed(errno: EINVAL), "fd \(fd)")
+            }
+            #expect(poller.openDescriptorCount == 0)
+            try expectPollerStillWorks(poller)
         }
     }
 
     @Test("the poller's self-pipe wake-up descriptors are refused with EINVAL too", arguments: BackendKind.allCases)
     func registerOwnSelfPipe(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind, forcePipeWake: true) { poller in
-                let wake = poller.backend.wakeChannel
-                try #require(wake.isPipe)
-                #expect(wake.readFD != wake.writeFD)
-                #expect(registrationError(poller, wake.readFD) == .registrationFailed(errno: EINVAL))
-                #expect(registrationError(poller, wake.writeFD) == .registrationFailed(errno: EINVAL))
-                try expectPollerStillWorks(poller)
-            }
+        try await withLeakCheckedPoller(kind, forcePipeWake: true) { poller in
+            let wake = poller.backend.wakeChannel
+            try #require(wake.isPipe)
+            #expect(wake.readFD != wake.writeFD)
+            #expect(registrationError(poller, wake.readFD) == .registrationFailed(errno: EINVAL))
+            #expect(registrationError(poller, wake.writeFD) == .registrationFailed(errno: EINVAL))
+            try expectPollerStillWorks(poller)
         }
     }
 
@@ -148,47 +136,39 @@ struct BadInputTests {
     @Test("registering the same descriptor twice fails with EEXIST (epoll); io_uring may accept it, and both then work",
           arguments: BackendKind.allCases)
     func registerTwice(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let first = try poller.register(pipe.readFD)
-                let second: PollDescriptor?
-                do throws(PollError) {
-                    second = try poller.register(pipe.readFD)
-                } catch {
-                    #expect(error == .registrationFailed(errno: EEXIST))
-                    second = nil
-                }
-                if kind == .epoll {
-                    #expect(second == nil, "epoll accepted a duplicate registration")
-                }
-                if let second {
-                    #expect(second != first)
-                    #expect(poller.openDescriptorCount == 2)
-                    // Both registrations see the readiness.
-                    writeBytes(pipe.writeFD)
-                    #expect(await first.boundedOutcome(.read) == .ready)
-                    #expect(await second.boundedOutcome(.read) == .ready)
-                    // Closing one leaves the other working.
-                    first.finish()
-                    drain(pipe.readFD)
-                    let waiter = startWait(second, .read)
-                    #expect(await waitersParked(poller, 1))
-                    writeBytes(pipe.writeFD)
-                    #expect(await waiter.outcome() == .ready)
-                    second.finish()
-                } else {
-                    // The failed attempt left the first registration intact.
-                    #expect(poller.openDescriptorCount == 1)
-                    let waiter = startWait(first, .read)
-                    #expect(await waitersParked(poller, 1))
-                    writeBytes(pipe.writeFD)
-                    #expect(await waiter.outcome() == .ready)
-                    first.finish()
-                    // Once closed, the same fd registers again.
-                    let again = try poller.register(pipe.readFD)
-                    again.finish()
-                }
+        try await withLeakCheckedPoller(kind) { poller in
+            let pipe = Pipe()
+            let first = try poller.register(pipe.readFD)
+            let second: PollDescriptor?
+            do throws(PollError) {
+                second = try poller.register(pipe.readFD)
+            } catch {
+                #expect(error == .registrationFailed(errno: EEXIST))
+                second = nil
+            }
+            if kind == .epoll {
+                #expect(second == nil, "epoll accepted a duplicate registration")
+            }
+            if let second {
+                #expect(second != first)
+                #expect(poller.openDescriptorCount == 2)
+                // Both registrations see the readiness.
+                writeBytes(pipe.writeFD)
+                #expect(await first.boundedOutcome(.read) == .ready)
+                #expect(await second.boundedOutcome(.read) == .ready)
+                // Closing one leaves the other working.
+                first.finish()
+                drain(pipe.readFD)
+                try await expectReadWaitEndsReady(poller, second, writer: pipe.writeFD)
+                second.finish()
+            } else {
+                // The failed attempt left the first registration intact.
+                #expect(poller.openDescriptorCount == 1)
+                try await expectReadWaitEndsReady(poller, first, writer: pipe.writeFD)
+                first.finish()
+                // Once closed, the same fd registers again.
+                let again = try poller.register(pipe.readFD)
+                again.finish()
             }
         }
     }
@@ -196,17 +176,13 @@ struct BadInputTests {
     @Test("registering after shutdown fails with EBADF; a descriptor open at shutdown reports closing and still closes",
           arguments: BackendKind.allCases)
     func registerAfterShutdown(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                poller.shutdown()
-                #expect(registrationError(poller, pipe.writeFD) == .registrationFailed(errno: EBADF))
-                #expect(await pd.boundedOutcome(.read) == .failed(.closing))
-                #expect(pd.resetResult(.write) == .closing)
-                #expect(pd.closeResult() == nil)
-                #expect(pd.closeResult() == .closing)
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            poller.shutdown()
+            #expect(registrationError(poller, pipe.writeFD) == .registrationFailed(errno: EBADF))
+            #expect(await pd.boundedOutcome(.read) == .failed(.closing))
+            #expect(pd.resetResult(.write) == .closing)
+            #expect(pd.closeResult() == nil)
+            #expect(pd.closeResult() == .closing)
         }
     }
 
@@ -225,33 +201,29 @@ struct BadInputTests {
     @Test("a wait for read+write or for no valid direction fails with invalidMode without parking; a reset for an invalid mode too",
           arguments: BackendKind.allCases)
     func invalidModes(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                let bad: [PollMode] = [.readWrite, PollMode(rawValue: 0), PollMode(rawValue: 4), PollMode(rawValue: 5),
-                                       PollMode(rawValue: 0xFF)]
-                for mode in bad {
-                    let error = await poller.wait(pd.slot, generation: pd.generation, mode: mode, cancellable: true)
-                    #expect(error == .invalidMode, "wait \(mode)")
-                    let uncancellable = await poller.wait(pd.slot, generation: pd.generation, mode: mode,
-                                                          cancellable: false)
-                    #expect(uncancellable == .invalidMode, "uncancellable wait \(mode)")
-                    #expect(await pd.outcome(mode) == .failed(.invalidMode), "wait(for: \(mode))")
-                    #expect(pd.blockingResult(mode) == .invalidMode, "waitBlocking \(mode)")
-                }
-                for raw: UInt8 in [0, 4, 5, 6, 7, 8, 0xFF] {
-                    #expect(pd.resetResult(PollMode(rawValue: raw)) == .invalidMode, "reset \(raw)")
-                }
-                #expect(pd.parkAttempts == 0, "an invalid wait took the park path")
-                #expect(poller.parkedWaiterCount == 0)
-                // The mode check comes first even on a closing descriptor.
-                pd.unblock()
-                #expect(pd.resetResult(PollMode(rawValue: 4)) == .invalidMode)
-                #expect(await pd.outcome(.readWrite) == .failed(.invalidMode))
-                #expect(pd.resetResult(.readWrite) == .closing)
-                #expect(pd.closeResult() == nil)
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            let bad: [PollMode] = [.readWrite, PollMode(rawValue: 0), PollMode(rawValue: 4), PollMode(rawValue: 5),
+                                   PollMode(rawValue: 0xFF)]
+            for mode in bad {
+                let error = await poller.wait(pd.slot, generation: pd.generation, mode: mode, cancellable: true)
+                #expect(error == .invalidMode, "wait \(mode)")
+                let uncancellable = await poller.wait(pd.slot, generation: pd.generation, mode: mode,
+                                                      cancellable: false)
+                #expect(uncancellable == .invalidMode, "uncancellable wait \(mode)")
+                #expect(await pd.outcome(mode) == .failed(.invalidMode), "wait(for: \(mode))")
+                #expect(pd.blockingResult(mode) == .invalidMode, "waitBlocking \(mode)")
             }
+            for raw: UInt8 in [0, 4, 5, 6, 7, 8, 0xFF] {
+                #expect(pd.resetResult(PollMode(rawValue: raw)) == .invalidMode, "reset \(raw)")
+            }
+            #expect(pd.parkAttempts == 0, "an invalid wait took the park path")
+            #expect(poller.parkedWaiterCount == 0)
+            // The mode check comes first even on a closing descriptor.
+            pd.unblock()
+            #expect(pd.resetResult(PollMode(rawValue: 4)) == .invalidMode)
+            #expect(await pd.outcome(.readWrite) == .failed(.invalidMode))
+            #expect(pd.resetResult(.readWrite) == .closing)
+            #expect(pd.closeResult() == nil)
         }
     }
 
@@ -260,92 +232,73 @@ struct BadInputTests {
     @Test("a Go deadline of Int64.max nanoseconds is the far future: a wait stays pending until unblocked",
           arguments: BackendKind.allCases)
     func deadlineInt64Max(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                pd.setDeadline(goRelative: .max, for: .readWrite)
-                #expect(pd.deadlines.read > 0 && pd.deadlines.write > 0, "Int64.max expired or cleared the deadline")
-                #expect(pd.resetResult(.readWrite) == nil)
-                let reader = startWait(pd, .read)
-                let writer = startWait(pd, .write)  // a pipe's read end never becomes writable
-                #expect(await waitersParked(poller, 2))
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!reader.isFinished && !writer.isFinished, "the Int64.max deadline fired")
-                pd.unblock()
-                #expect(await reader.outcome() == .failed(.closing))
-                #expect(await writer.outcome() == .failed(.closing))
-                #expect(pd.closeResult() == nil)
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            pd.setDeadline(goRelative: .max, for: .readWrite)
+            #expect(pd.deadlines.read > 0 && pd.deadlines.write > 0, "Int64.max expired or cleared the deadline")
+            #expect(pd.resetResult(.readWrite) == nil)
+            let reader = startWait(pd, .read)
+            let writer = startWait(pd, .write)  // a pipe's read end never becomes writable
+            #expect(await waitersParked(poller, 2))
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(!reader.isFinished && !writer.isFinished, "the Int64.max deadline fired")
+            pd.unblock()
+            #expect(await reader.outcome() == .failed(.closing))
+            #expect(await writer.outcome() == .failed(.closing))
+            #expect(pd.closeResult() == nil)
         }
     }
 
     @Test("a Go deadline of Int64.min nanoseconds has already expired: a wait times out at once, for that direction only",
           arguments: BackendKind.allCases)
     func deadlineInt64Min(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                pd.setDeadline(goRelative: .min, for: .read)
-                #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
-                #expect(pd.resetResult(.read) == .timeout)
-                #expect(pd.resetResult(.write) == nil, "the read deadline reached the write direction")
-                pd.setDeadline(goRelative: .min, for: .write)
-                #expect(pd.blockingResult(.write) == .timeout)
-                #expect(pd.resetResult(.readWrite) == .timeout)
-                // Clearing it (Go's d = 0) makes the wait block again.
-                pd.setDeadline(goRelative: 0, for: .readWrite)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                pd.finish()
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            pd.setDeadline(goRelative: .min, for: .read)
+            #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
+            #expect(pd.resetResult(.read) == .timeout)
+            #expect(pd.resetResult(.write) == nil, "the read deadline reached the write direction")
+            pd.setDeadline(goRelative: .min, for: .write)
+            #expect(pd.blockingResult(.write) == .timeout)
+            #expect(pd.resetResult(.readWrite) == .timeout)
+            // Clearing it (Go's d = 0) makes the wait block again.
+            pd.setDeadline(goRelative: 0, for: .readWrite)
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
+            pd.finish()
         }
     }
 
     @Test("a zero or negative Duration expires the deadline at once, for both directions by default",
           arguments: BackendKind.allCases)
     func negativeDurations(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                let durations: [Duration] = [.seconds(-5), .zero, .nanoseconds(-1), .seconds(Int64.min),
-                                             .seconds(-1) + .nanoseconds(1)]
-                for duration in durations {
-                    pd.setDeadline(nil)
-                    #expect(pd.resetResult(.readWrite) == nil)
-                    pd.setDeadline(in: duration)
-                    #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout), "\(duration)")
-                    #expect(await pd.boundedOutcome(.write, within: .seconds(2)) == .failed(.timeout), "\(duration)")
-                    #expect(pd.blockingResult(.read) == .timeout, "\(duration)")
-                }
-                pd.finish()
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            let durations: [Duration] = [.seconds(-5), .zero, .nanoseconds(-1), .seconds(Int64.min),
+                                         .seconds(-1) + .nanoseconds(1)]
+            for duration in durations {
+                pd.setDeadline(nil)
+                #expect(pd.resetResult(.readWrite) == nil)
+                pd.setDeadline(in: duration)
+                #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout), "\(duration)")
+                #expect(await pd.boundedOutcome(.write, within: .seconds(2)) == .failed(.timeout), "\(duration)")
+                #expect(pd.blockingResult(.read) == .timeout, "\(duration)")
             }
+            pd.finish()
         }
     }
 
     @Test("a ContinuousClock instant in the past (or now) expires the deadline at once, even for a blocked waiter",
           arguments: BackendKind.allCases)
     func pastInstant(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                pd.setDeadline(ContinuousClock.now - .seconds(3600), for: .read)
-                #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
-                #expect(pd.resetResult(.write) == nil)
-                pd.setDeadline(ContinuousClock.now, for: .write)
-                #expect(pd.resetResult(.write) == .timeout)
-                pd.setDeadline(nil)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                pd.setDeadline(ContinuousClock.now - .milliseconds(1), for: .read)
-                #expect(await waiter.outcome() == .failed(.timeout))
-                pd.finish()
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            pd.setDeadline(ContinuousClock.now - .seconds(3600), for: .read)
+            #expect(await pd.boundedOutcome(.read, within: .seconds(2)) == .failed(.timeout))
+            #expect(pd.resetResult(.write) == nil)
+            pd.setDeadline(ContinuousClock.now, for: .write)
+            #expect(pd.resetResult(.write) == .timeout)
+            pd.setDeadline(nil)
+            let waiter = startWait(pd, .read)
+            #expect(await waitersParked(poller, 1))
+            pd.setDeadline(ContinuousClock.now - .milliseconds(1), for: .read)
+            #expect(await waiter.outcome() == .failed(.timeout))
+            pd.finish()
         }
     }
 
@@ -354,115 +307,98 @@ struct BadInputTests {
     @Test("after close, a stale handle's wait and reset fail with closing and its setDeadline, unblock and close do nothing, also once the slot is reused",
           arguments: BackendKind.allCases)
     func staleHandleAfterClose(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let old = makePipeFDs()
-                let stale = try poller.register(old.read)
-                stale.finish()
-                close(old.read)
-                close(old.write)
-                try await expectStaleHandleInert(stale)
+        try await withLeakCheckedPoller(kind) { poller in
+            let old = makePipeFDs()
+            let stale = try poller.register(old.read)
+            stale.finish()
+            close(old.read)
+            close(old.write)
+            try await expectStaleHandleInert(stale)
 
-                // A new registration, likely on the same fd number, takes the freed slot.
-                let pipe = Pipe()
-                let fresh = try poller.register(pipe.readFD)
-                #expect(fresh.slot === stale.slot, "the freed slot was not reused")
-                #expect(fresh != stale)
-                try await expectStaleHandleInert(stale)
-                #expect(poller.openDescriptorCount == 1)
-                // The stale handle's deadlines and unblock did not reach the new registration.
-                #expect(fresh.resetResult(.readWrite) == nil)
-                #expect(fresh.deadlines.read == 0 && fresh.deadlines.write == 0)
+            // A new registration, likely on the same fd number, takes the freed slot.
+            let pipe = Pipe()
+            let fresh = try poller.register(pipe.readFD)
+            #expect(fresh.slot === stale.slot, "the freed slot was not reused")
+            #expect(fresh != stale)
+            try await expectStaleHandleInert(stale)
+            #expect(poller.openDescriptorCount == 1)
+            // The stale handle's deadlines and unblock did not reach the new registration.
+            #expect(fresh.resetResult(.readWrite) == nil)
+            #expect(fresh.deadlines.read == 0 && fresh.deadlines.write == 0)
 
-                // Nor does it disturb a waiter parked on the new registration.
-                let waiter = startWait(fresh, .read)
-                #expect(await waitersParked(poller, 1))
-                stale.unblock()
-                stale.setDeadline(in: .zero)
-                stale.setDeadline(goRelative: .min, for: .read)
-                #expect(stale.closeResult() == .closing)
-                #expect(await stale.boundedOutcome(.read, within: .seconds(2)) == .failed(.closing))
-                try await Task.sleep(for: .milliseconds(20))
-                #expect(!waiter.isFinished, "the stale handle woke the new registration's waiter")
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                fresh.finish()
-                try await expectStaleHandleInert(fresh)
-                try await expectStaleHandleInert(stale)
-            }
+            // Nor does it disturb a waiter parked on the new registration.
+            let waiter = startWait(fresh, .read)
+            #expect(await waitersParked(poller, 1))
+            stale.unblock()
+            stale.setDeadline(in: .zero)
+            stale.setDeadline(goRelative: .min, for: .read)
+            #expect(stale.closeResult() == .closing)
+            #expect(await stale.boundedOutcome(.read, within: .seconds(2)) == .failed(.closing))
+            try await Task.sleep(for: .milliseconds(20))
+            #expect(!waiter.isFinished, "the stale handle woke the new registration's waiter")
+            writeBytes(pipe.writeFD)
+            #expect(await waiter.outcome() == .ready)
+            fresh.finish()
+            try await expectStaleHandleInert(fresh)
+            try await expectStaleHandleInert(stale)
         }
     }
 
     @Test("a second close throws closing and changes nothing", arguments: BackendKind.allCases)
     func doubleClose(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                pd.unblock()
-                #expect(pd.closeResult() == nil)
-                #expect(poller.openDescriptorCount == 0)
-                #expect(pd.closeResult() == .closing)
-                #expect(pd.closeResult() == .closing)
-                pd.unblock()
-                #expect(pd.closeResult() == .closing)
-                #expect(poller.openDescriptorCount == 0)
-                // The slot is free exactly once: two new registrations get two distinct slots.
-                let other = Pipe()
-                let a = try poller.register(pipe.readFD)
-                let b = try poller.register(other.readFD)
-                #expect(a.slot !== b.slot)
-                a.finish()
-                b.finish()
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            pd.unblock()
+            #expect(pd.closeResult() == nil)
+            #expect(poller.openDescriptorCount == 0)
+            #expect(pd.closeResult() == .closing)
+            #expect(pd.closeResult() == .closing)
+            pd.unblock()
+            #expect(pd.closeResult() == .closing)
+            #expect(poller.openDescriptorCount == 0)
+            // The slot is free exactly once: two new registrations get two distinct slots.
+            let other = Pipe()
+            let a = try poller.register(pipe.readFD)
+            let b = try poller.register(other.readFD)
+            #expect(a.slot !== b.slot)
+            a.finish()
+            b.finish()
         }
     }
 
     @Test("close without unblock throws notUnblocked and the descriptor keeps working", arguments: BackendKind.allCases)
     func closeWithoutUnblock(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                #expect(pd.closeResult() == .notUnblocked)
-                #expect(pd.closeResult() == .notUnblocked)
-                #expect(poller.openDescriptorCount == 1)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                #expect(pd.closeResult() == .notUnblocked, "not unblocked comes before waiter parked")
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                pd.setDeadline(in: .zero, for: .write)
-                #expect(pd.resetResult(.write) == .timeout)
-                #expect(pd.closeResult() == .notUnblocked)
-                pd.finish()
-            }
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            #expect(pd.closeResult() == .notUnblocked)
+            #expect(pd.closeResult() == .notUnblocked)
+            #expect(poller.openDescriptorCount == 1)
+            let waiter = startWait(pd, .read)
+            #expect(await waitersParked(poller, 1))
+            #expect(pd.closeResult() == .notUnblocked, "not unblocked comes before waiter parked")
+            writeBytes(pipe.writeFD)
+            #expect(await waiter.outcome() == .ready)
+            pd.setDeadline(in: .zero, for: .write)
+            #expect(pd.resetResult(.write) == .timeout)
+            #expect(pd.closeResult() == .notUnblocked)
+            pd.finish()
         }
     }
 
     @Test("waitBlocking from a task on the poller's executor fails with wouldBlockPollerThread, for every direction and state",
           arguments: BackendKind.allCases)
     func waitBlockingOnPollerThread(kind: BackendKind) async throws {
-        try await checkingDescriptorLeaks {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                let task = Task(executorPreference: poller.executor) {
-                    [pd.blockingResult(.read), pd.blockingResult(.write), pd.blockingResult(.read)]
-                }
-                let (results, timedOut) = await boundedValue(of: task, within: .seconds(5)) { pd.unblock() }
-                #expect(!timedOut, "waitBlocking on the poller thread deadlocked")
-                #expect(results == [.wouldBlockPollerThread, .wouldBlockPollerThread, .wouldBlockPollerThread])
-                // The mode check still comes first.
-                let invalid = await Task(executorPreference: poller.executor) { pd.blockingResult(.readWrite) }.value
-                #expect(invalid == .invalidMode)
-                // The loop is alive: readiness still arrives.
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                pd.finish()
+        try await withLeakCheckedPipe(kind) { poller, pipe, pd in
+            let task = Task(executorPreference: poller.executor) {
+                [pd.blockingResult(.read), pd.blockingResult(.write), pd.blockingResult(.read)]
             }
+            let (results, timedOut) = await boundedValue(of: task, within: .seconds(5)) { pd.unblock() }
+            #expect(!timedOut, "waitBlocking on the poller thread deadlocked")
+            #expect(results == [.wouldBlockPollerThread, .wouldBlockPollerThread, .wouldBlockPollerThread])
+            // The mode check still comes first.
+            let invalid = await Task(executorPreference: poller.executor) { pd.blockingResult(.readWrite) }.value
+            #expect(invalid == .invalidMode)
+            // The loop is alive: readiness still arrives.
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
+            pd.finish()
         }
     }
 }
@@ -519,41 +455,4 @@ private func expectStaleHandleInert(_ pd: PollDescriptor, sourceLocation: Source
     pd.unblock()
     #expect(pd.closeResult() == .closing, sourceLocation: sourceLocation)
     #expect(pd.resetResult(.read) == .closing, sourceLocation: sourceLocation)
-}
-
-/// Runs `body` and checks afterwards that the process has no more open descriptors than
-/// before (re-sampled for up to two seconds, as parallel suites open descriptors too).
-///
-/// The concurrency runtime creates a timerfd lazily the first time a task sleeps on a given
-/// clock; both clocks are warmed up first so that this is not mistaken for a leak.
-private func checkingDescriptorLeaks(
-    sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void
-) async throws {
-    try? await Task.sleep(for: .milliseconds(1))
-    try? await Task.sleep(until: SuspendingClock.now + .milliseconds(1), clock: .suspending)
-    let beforeList = openDescriptorList()
-    let before = openFDCount()
-    try await body()
-    var after = openFDCount()
-    if after > before {
-        _ = await becomesTrue(within: .seconds(2)) {
-            after = openFDCount()
-            return after <= before
-        }
-    }
-    if after > before {
-        let new = Set(openDescriptorList()).subtracting(beforeList).sorted()
-        Issue.record("descriptor leak: \(before) open before, \(after) after; new: \(new)",
-                     sourceLocation: sourceLocation)
-    }
-}
-
-/// "fd=target" for the open descriptors below 4096, for leak reports.
-private func openDescriptorList() -> [String] {
-    (0..<4096).compactMap { fd -> String? in
-        var buffer = [CChar](repeating: 0, count: 256)
-        let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        return "\(fd)=" + String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 }

@@ -9,11 +9,9 @@ import Testing
 extension NetpollSuites {
     @Suite("Deadlines") struct DeadlineTests {
         @Test("a positive relative deadline times out a blocked wait once it has passed, for its direction only",
-              arguments: BackendKind.allCases)
-        func relativeDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func relativeDeadline(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(30), for: .read)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
@@ -29,9 +27,7 @@ extension NetpollSuites {
         @Test("a zero relative duration expires the deadline (it does not mean no deadline); Go's d = 0 clears it",
               arguments: BackendKind.allCases)
         func zeroMeansNow(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .zero, for: .read)
                 #expect(pd.resetResult(.read) == .timeout)
                 pd.setDeadline(goRelative: 0, for: .read)
@@ -46,11 +42,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases)
-        func clearWhileBlocked(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+        @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func clearWhileBlocked(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 pd.setDeadline(in: .milliseconds(60), for: .read)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
@@ -58,7 +52,7 @@ extension NetpollSuites {
                 #expect(poller.armedTimerCount == 0, "clearing left a timer armed")
                 try await Task.sleep(for: .milliseconds(150))
                 #expect(!waiter.isFinished, "the cleared deadline still woke the waiter")
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await waiter.outcome() == .ready)
                 pd.finish()
             }
@@ -66,9 +60,7 @@ extension NetpollSuites {
 
         @Test("a deadline set in the past wakes a blocked waiter with timeout at once", arguments: BackendKind.allCases)
         func pastDeadlineWakes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let reader = startWait(pd, .read)
                 let writer = startWait(pd, .write)
                 #expect(await waitersParked(poller, 2))
@@ -86,9 +78,7 @@ extension NetpollSuites {
         @Test("a deadline pushed later on every read leaves its timer in place, and the timer fires at the last deadline",
               arguments: BackendKind.allCases)
         func deadlinePushedLaterIsLazy(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let earliest = { poller.timers.withLockAnnotated { $0.heap.earliest } }
                 pd.setDeadline(in: .milliseconds(30), for: .read)
                 let first = try #require(earliest())
@@ -116,9 +106,7 @@ extension NetpollSuites {
 
         @Test("equal read and write deadlines share one timer", arguments: BackendKind.allCases)
         func combinedTimer(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .seconds(10), for: .readWrite)
                 #expect(poller.armedTimerCount == 1)
                 // Different deadlines: two timers.
@@ -138,9 +126,7 @@ extension NetpollSuites {
         @Test("after the combined timer fires both directions time out; clearing only write leaves read expired and makes write wait",
               arguments: BackendKind.allCases)
         func combinedTimerExpiresBoth(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .milliseconds(20), for: .readWrite)
                 #expect(poller.armedTimerCount == 1)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
@@ -162,68 +148,50 @@ extension NetpollSuites {
         @Test("a changed deadline invalidates the old timer: the waiter does not wake at the old time",
               arguments: BackendKind.allCases)
         func movedDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                var checked = false
-                for _ in 0..<5 where !checked {
-                    let pd = try poller.register(pipe.readFD)
-                    let start = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(40), for: .read)
-                    let waiter = startWait(pd, .read)
-                    try await Task.sleep(for: .milliseconds(5))
-                    pd.setDeadline(in: .milliseconds(400), for: .read)
-                    let movedAfter = ContinuousClock.now - start
-                    #expect(poller.armedTimerCount == 1, "the moved deadline left two timers")
-                    if movedAfter < .milliseconds(30) {
-                        checked = true
-                        try await Task.sleep(until: start + .milliseconds(150))
-                        #expect(!waiter.isFinished, "the waiter woke at the old deadline")
-                    }
-                    pd.unblock()
-                    let outcome = await waiter.outcome()
-                    if checked { #expect(outcome == .failed(.closing)) }
-                    #expect(pd.closeResult() == nil)
+            try await withDeadlineChange(kind, from: .milliseconds(40), after: .milliseconds(5),
+                                         tooSlowTo: "move the deadline") { poller, pd, start, waiter in
+                pd.setDeadline(in: .milliseconds(400), for: .read)
+                let movedAfter = ContinuousClock.now - start
+                #expect(poller.armedTimerCount == 1, "the moved deadline left two timers")
+                let checked = movedAfter < .milliseconds(30)
+                if checked {
+                    try await Task.sleep(until: start + .milliseconds(150))
+                    #expect(!waiter.isFinished, "the waiter woke at the old deadline")
                 }
-                #expect(checked, "the machine was too slow to move the deadline in time, 5 times")
+                pd.unblock()
+                let outcome = await waiter.outcome()
+                if checked { #expect(outcome == .failed(.closing)) }
+                #expect(pd.closeResult() == nil)
+                return checked
             }
         }
 
         @Test("extending the deadline while a waiter is blocked keeps it waiting until the new deadline",
               arguments: BackendKind.allCases)
         func extendedDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                var checked = false
-                for _ in 0..<5 where !checked {
-                    let pd = try poller.register(pipe.readFD)
-                    let start = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(50), for: .read)
-                    let waiter = startWait(pd, .read)
-                    try await Task.sleep(for: .milliseconds(20))
-                    let extendedAt = ContinuousClock.now
-                    pd.setDeadline(in: .milliseconds(200), for: .read)
-                    if extendedAt - start < .milliseconds(40) {
-                        checked = true
-                        try await Task.sleep(until: start + .milliseconds(120))
-                        #expect(!waiter.isFinished, "the waiter woke at the old deadline")
-                        #expect(await waiter.outcome() == .failed(.timeout))
-                        let elapsed = ContinuousClock.now - extendedAt
-                        #expect(elapsed >= .milliseconds(200), "timed out \(elapsed) after the extension")
-                    } else {
-                        pd.unblock()
-                        _ = await waiter.outcome()
-                    }
-                    pd.finish()
+            try await withDeadlineChange(kind, from: .milliseconds(50), after: .milliseconds(20),
+                                         tooSlowTo: "extend the deadline") { poller, pd, start, waiter in
+                let extendedAt = ContinuousClock.now
+                pd.setDeadline(in: .milliseconds(200), for: .read)
+                let checked = extendedAt - start < .milliseconds(40)
+                if checked {
+                    try await Task.sleep(until: start + .milliseconds(120))
+                    #expect(!waiter.isFinished, "the waiter woke at the old deadline")
+                    #expect(await waiter.outcome() == .failed(.timeout))
+                    let elapsed = ContinuousClock.now - extendedAt
+                    #expect(elapsed >= .milliseconds(200), "timed out \(elapsed) after the extension")
+                } else {
+                    pd.unblock()
+                    _ = await waiter.outcome()
                 }
-                #expect(checked, "the machine was too slow to extend the deadline in time, 5 times")
+                pd.finish()
+                return checked
             }
         }
 
         @Test("an overflowing deadline clamps to the far future instead of expiring", arguments: BackendKind.allCases)
         func overflowClamps(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(goRelative: .max, for: .read)
                 #expect(pd.deadlines.read == .max)
                 pd.setDeadline(in: .seconds(Int64.max), for: .write)
@@ -243,9 +211,7 @@ extension NetpollSuites {
 
         @Test("a 50 µs deadline fires in well under a millisecond (median of 20)", arguments: BackendKind.allCases)
         func deadlinePrecision(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 var samples: [Duration] = []
                 for _ in 0..<20 {
                     pd.setDeadline(nil, for: .read)
@@ -275,9 +241,7 @@ extension NetpollSuites {
 
         @Test("an earlier deadline wakes a poller sleeping with no timers", arguments: BackendKind.allCases)
         func deadlineWakesIdlePoller(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(await becomesTrue { poller.timers.withLock { $0.sleepUntil } == .max },
@@ -317,5 +281,29 @@ extension NetpollSuites {
                 #expect(poller.armedTimerCount == 0, "unblock left a timer armed")
             }
         }
+    }
+}
+
+/// Up to five attempts, each with a fresh registration of one pipe's read end: a read deadline
+/// `from` now, a waiter, and `after` later `attempt` (which changes the deadline and finishes
+/// the registration). An attempt returns whether it ran fast enough to check its timing;
+/// expects that one did.
+private func withDeadlineChange(
+    _ kind: BackendKind, from first: Duration, after gap: Duration, tooSlowTo what: String,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ attempt: (Poller, PollDescriptor, ContinuousClock.Instant, StartedWait) async throws -> Bool
+) async throws {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let pipe = Pipe()
+        var checked = false
+        for _ in 0..<5 where !checked {
+            let pd = try poller.register(pipe.readFD)
+            let start = ContinuousClock.now
+            pd.setDeadline(in: first, for: .read)
+            let waiter = startWait(pd, .read)
+            try await Task.sleep(for: gap)
+            checked = try await attempt(poller, pd, start, waiter)
+        }
+        #expect(checked, "the machine was too slow to \(what) in time, 5 times", sourceLocation: sourceLocation)
     }
 }

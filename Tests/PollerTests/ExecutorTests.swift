@@ -11,9 +11,7 @@ extension NetpollSuites {
         @Test("a task preferring the poller's executor runs on the poller thread and resumes there after a wait",
               arguments: BackendKind.allCases)
         func runsOnPollerThread(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task(executorPreference: poller.executor) { () -> (UInt64, UInt64, WaitOutcome) in
                     let before = cpoller_thread_id()
                     let outcome = await pd.outcome(.read)
@@ -99,9 +97,7 @@ extension NetpollSuites {
         @Test("cancelling a task blocked in wait ends it with cancelled promptly and leaves the descriptor usable",
               arguments: BackendKind.allCases)
         func cancellation(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 let start = ContinuousClock.now
@@ -110,10 +106,7 @@ extension NetpollSuites {
                 #expect(ContinuousClock.now - start < .seconds(1))
                 #expect(poller.parkedWaiterCount == 0)
                 // The descriptor is still usable: a new wait parks and gets readiness.
-                let next = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await next.outcome() == .ready)
+                try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
                 pd.finish()
             }
         }
@@ -121,9 +114,7 @@ extension NetpollSuites {
         @Test("a wait started in an already-cancelled task returns cancelled without parking",
               arguments: BackendKind.allCases)
         func alreadyCancelled(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task { () -> WaitOutcome in
                     while !Task.isCancelled { await Task.yield() }
                     return await pd.outcome(.read)
@@ -139,9 +130,7 @@ extension NetpollSuites {
 
         @Test("waitBlocking on a plain thread returns when the descriptor becomes ready", arguments: BackendKind.allCases)
         func blockingWaitReady(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let result = SharedBox<PollError??>(nil)
                 let thread = BlockingThread { result.value = .some(pd.blockingResult(.read)) }
                 #expect(await waitersParked(poller, 1), "the blocking waiter did not park")
@@ -156,9 +145,7 @@ extension NetpollSuites {
         @Test("waitBlocking returns timeout when the deadline passes, and closing when unblocked",
               arguments: BackendKind.allCases)
         func blockingWaitErrors(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let result = SharedBox<PollError??>(nil)
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(30), for: .read)
@@ -180,9 +167,7 @@ extension NetpollSuites {
 
         @Test("waitBlocking on the poller thread is refused instead of stopping the loop", arguments: BackendKind.allCases)
         func blockingWaitOnPollerThread(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task(executorPreference: poller.executor) { pd.blockingResult(.read) }
                 let (result, timedOut) = await boundedValue(of: task, within: .seconds(5)) { pd.unblock() }
                 #expect(!timedOut)

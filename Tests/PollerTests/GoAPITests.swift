@@ -31,9 +31,7 @@ extension NetpollSuites {
             #expect(PollMode(goMode: 233) == .readWrite)
             #expect(PollMode(goMode: 0) == nil)
             #expect(PollMode(goMode: 115) == nil)
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(await goWait(pd, 233) == pollErrInvalidArgument, "a wait needs one direction")
                 #expect(await goWait(pd, 0) == pollErrInvalidArgument)
                 #expect(await goWait(pd, 120) == pollErrInvalidArgument)
@@ -47,18 +45,14 @@ extension NetpollSuites {
                 #expect(runtime_pollReset(pd, 119) == pollErrTimeout)
                 runtime_pollSetDeadline(pd, -1, 233)
                 #expect(runtime_pollReset(pd, 114) == pollErrTimeout)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
         @Test("runtime_pollReset and runtime_pollWait return 0 on readiness, 2 on an expired deadline, 1 after unblock",
               arguments: BackendKind.allCases)
         func resetAndWaitCodes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(runtime_pollReset(pd, 114) == pollNoError)
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
@@ -73,18 +67,15 @@ extension NetpollSuites {
                 runtime_pollUnblock(pd)
                 #expect(runtime_pollReset(pd, 114) == pollErrClosing)
                 #expect(await goWait(pd, 119) == pollErrClosing)
-                runtime_pollUnblock(pd)  // harmless (fatal in Go)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                // A second unblock is harmless here (fatal in Go).
+                goUnblockAndClose(pd, poller)
             }
         }
 
         @Test("a blocked runtime_pollWait returns 2 when its deadline passes and 1 when unblocked",
               arguments: BackendKind.allCases)
         func blockedWaitCodes(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollSetDeadline(pd, 20_000_000, 114)
                 let timed = Task { await runtime_pollWait(pd, 114) }
                 let (code, timedOut) = await boundedValue(of: timed, within: .seconds(5)) { runtime_pollUnblock(pd) }
@@ -104,9 +95,7 @@ extension NetpollSuites {
 
         @Test("runtime_pollWait ignores task cancellation, as Go has none", arguments: BackendKind.allCases)
         func waitIgnoresCancellation(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = Task { await runtime_pollWait(pd, 114) }
                 #expect(await waitersParked(poller, 1))
                 waiter.cancel()
@@ -124,33 +113,23 @@ extension NetpollSuites {
         @Test("runtime_pollWait returns pollErrNotPollable for reads after an exact EPOLLERR, 0 for writes",
               arguments: BackendKind.allCases)
         func notPollableCode(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
-                close(readFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
+                closeReader()
                 #expect(await becomesTrue { runtime_pollReset(pd, 114) == pollErrNotPollable })
                 #expect(await goWait(pd, 114) == pollErrNotPollable)
                 #expect(runtime_pollReset(pd, 119) == pollNoError)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
         @Test("runtime_pollClose without runtime_pollUnblock is refused and leaves the descriptor registered",
               arguments: BackendKind.allCases)
         func closeWithoutUnblock(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollClose(pd)
                 #expect(poller.openDescriptorCount == 1)
                 #expect(runtime_pollReset(pd, 114) == pollNoError)
-                runtime_pollUnblock(pd)
-                runtime_pollClose(pd)
-                #expect(poller.openDescriptorCount == 0)
+                goUnblockAndClose(pd, poller)
             }
         }
 
@@ -218,4 +197,13 @@ extension NetpollSuites {
             return fds
         }
     }
+}
+
+/// `runtime_pollUnblock` then `runtime_pollClose`, which must leave nothing registered.
+private func goUnblockAndClose(
+    _ pd: PollDescriptor, _ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    runtime_pollUnblock(pd)
+    runtime_pollClose(pd)
+    #expect(poller.openDescriptorCount == 0, sourceLocation: sourceLocation)
 }

@@ -11,13 +11,11 @@ extension NetpollSuites {
         // MARK: Latched readiness (T4 from nil, T2)
 
         @Test("readiness with no waiter is latched and consumed by the next wait, which returns without parking; a second wait blocks until a new edge",
-              arguments: BackendKind.allCases)
-        func latchedReadiness(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func latchedReadiness(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 #expect(!pd.isLatched(.read))
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await becomesTrue { pd.isLatched(.read) }, "readiness with no waiter was not latched")
 
                 let attempts = pd.parkAttempts
@@ -25,13 +23,10 @@ extension NetpollSuites {
                 #expect(pd.parkAttempts == attempts, "the wait parked although readiness was latched")
                 #expect(!pd.isLatched(.read), "the wait did not consume the latched readiness")
 
-                drain(pipe.readFD)
-                let second = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1), "the second wait did not park")
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!second.isFinished, "the second wait returned without a new edge")
-                writeBytes(pipe.writeFD)
-                #expect(await second.outcome() == .ready)
+                drain(ends.reader)
+                try await expectReadWaitEndsReady(
+                    poller, pd, writer: ends.writer, parked: "the second wait did not park",
+                    pendingFor: .milliseconds(50), pending: "the second wait returned without a new edge")
                 pd.finish()
             }
         }
@@ -54,9 +49,7 @@ extension NetpollSuites {
 
         @Test("closing is reported before an expired deadline", arguments: BackendKind.allCases)
         func closingBeforeTimeout(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .seconds(-1), for: .readWrite)
                 #expect(await pd.boundedOutcome(.read) == .failed(.timeout))
                 pd.unblock()
@@ -71,9 +64,7 @@ extension NetpollSuites {
         @Test("an expired deadline fails the wait at once even with readiness latched, and keeps the latch",
               arguments: BackendKind.allCases)
         func expiredDeadlineBeatsReadiness(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 pd.setDeadline(in: .seconds(-1), for: .read)
@@ -95,14 +86,8 @@ extension NetpollSuites {
         @Test("an error event that is exactly EPOLLERR fails reads with notPollable and leaves writes ready",
               arguments: BackendKind.allCases)
         func errorEventIsReadOnly(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                // The write end of a full pipe whose reader has gone reports EPOLLERR and
-                // nothing else (no EPOLLOUT: full; no EPOLLHUP: that is for readers).
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
-                close(readFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
+                closeReader()
                 let reported = await becomesTrue { poller.reset(pd.slot, generation: pd.generation, mode: .read) == .notPollable }
                 #expect(reported, "no notPollable after the reader of a full pipe went away")
                 #expect(await pd.boundedOutcome(.read) == .failed(.notPollable))
@@ -115,14 +100,10 @@ extension NetpollSuites {
         @Test("an EPOLLERR event wakes a blocked writer with readiness, not an error",
               arguments: BackendKind.allCases)
         func errorEventWakesWriter(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let (readFD, writeFD) = makePipeFDs()
-                defer { close(writeFD) }
-                fillUntilBlocked(writeFD)
-                let pd = try poller.register(writeFD)
+            try await withFullPipeWriter(kind) { poller, pd, closeReader in
                 let writer = startWait(pd, .write)
                 #expect(await waitersParked(poller, 1))
-                close(readFD)
+                closeReader()
                 #expect(await writer.outcome() == .ready)
                 #expect(await pd.boundedOutcome(.read) == .failed(.notPollable))
                 pd.finish()
@@ -132,18 +113,16 @@ extension NetpollSuites {
         // MARK: One waiter per direction
 
         @Test("a second wait on a direction that has a waiter gets doubleWait; the first still completes on readiness",
-              arguments: BackendKind.allCases)
-        func doubleWait(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func doubleWait(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let first = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(await pd.boundedOutcome(.read) == .failed(.doubleWait))
                 try await Task.sleep(for: .milliseconds(20))
                 #expect(!first.isFinished, "the double wait disturbed the first waiter")
                 #expect(poller.parkedWaiterCount == 1)
-                writeBytes(pipe.writeFD)
+                writeBytes(ends.writer)
                 #expect(await first.outcome() == .ready)
                 pd.finish()
             }
@@ -193,20 +172,7 @@ extension NetpollSuites {
             }
         }
 
-        @Test("close without unblock is refused and leaves the descriptor usable", arguments: BackendKind.allCases)
-        func closeWithoutUnblock(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                #expect(pd.closeResult() == .notUnblocked)
-                #expect(poller.openDescriptorCount == 1)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                pd.finish()
-            }
-        }
+        // Close without unblock: BadInputTests.closeWithoutUnblock (with a descriptor-leak check).
 
         @Test("close while a waiter is still parked is refused, and succeeds once it has returned",
               arguments: BackendKind.allCases)
@@ -234,13 +200,7 @@ extension NetpollSuites {
 
         @Test("a stale handle cannot affect a new registration that reuses its slot", arguments: BackendKind.allCases)
         func staleHandle(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot, "the freed slot was not reused (LIFO)")
+            try await withReusedSlot(kind, reused: "the freed slot was not reused (LIFO)") { poller, a, b, second in
                 #expect(a != b)
                 let waiter = startWait(b, .read)
                 #expect(await waitersParked(poller, 1))
@@ -262,14 +222,9 @@ extension NetpollSuites {
         @Test("a deadline armed by the previous user of a slot does not fire on the new registration",
               arguments: BackendKind.allCases)
         func staleTimerAfterReuse(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
+            try await withReusedSlot(kind, beforeClose: { a, _ in
                 a.setDeadline(in: .milliseconds(20), for: .readWrite)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot)
+            }) { poller, a, b, second in
                 let waiter = startWait(b, .read)
                 try await Task.sleep(for: .milliseconds(100))
                 #expect(!waiter.isFinished, "the old registration's deadline woke the new one")
@@ -283,14 +238,9 @@ extension NetpollSuites {
         @Test("readiness of a closed registration does not reach the new registration in its slot",
               arguments: BackendKind.allCases)
         func staleEventAfterReuse(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let first = Pipe()
-                let second = Pipe()
-                let a = try poller.register(first.readFD)
+            try await withReusedSlot(kind, beforeClose: { _, first in
                 writeBytes(first.writeFD)
-                a.finish()
-                let b = try poller.register(second.readFD)
-                #expect(b.slot === a.slot)
+            }) { poller, a, b, second in
                 let waiter = startWait(b, .read)
                 try await Task.sleep(for: .milliseconds(50))
                 #expect(!waiter.isFinished, "the closed registration's readiness woke the new one")
@@ -302,22 +252,17 @@ extension NetpollSuites {
 
         // MARK: pollReset
 
-        @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases)
-        func resetClearsLatch(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
-                writeBytes(pipe.writeFD)
+        @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        func resetClearsLatch(kind: BackendKind, descriptor: DescriptorKind) async throws {
+            try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
+                writeBytes(ends.writer)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 #expect(pd.resetResult(.read) == nil)
                 #expect(!pd.isLatched(.read), "reset kept the latched readiness")
-                drain(pipe.readFD)
-                let waiter = startWait(pd, .read)
-                #expect(await waitersParked(poller, 1))
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!waiter.isFinished, "a wait after reset returned without a new edge")
-                writeBytes(pipe.writeFD)
-                #expect(await waiter.outcome() == .ready)
+                drain(ends.reader)
+                try await expectReadWaitEndsReady(
+                    poller, pd, writer: ends.writer,
+                    pendingFor: .milliseconds(50), pending: "a wait after reset returned without a new edge")
                 pd.finish()
             }
         }
@@ -325,9 +270,7 @@ extension NetpollSuites {
         @Test("reset reports the pending error in Go's order, per direction, and keeps latched readiness when it does",
               arguments: BackendKind.allCases)
         func resetReportsErrors(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
                 #expect(await becomesTrue { pd.isLatched(.read) })
                 pd.setDeadline(in: .seconds(-1), for: .read)
@@ -349,9 +292,7 @@ extension NetpollSuites {
         @Test("an idle poller makes no wake-ups while a waiter is parked and no deadline is set",
               arguments: BackendKind.allCases)
         func idleMeansIdle(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let tid = await pollerTID(poller)
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
@@ -371,5 +312,25 @@ extension NetpollSuites {
                 pd.finish()
             }
         }
+    }
+}
+
+/// `withPoller` with a registration `a` of one pipe, prepared by `beforeClose` and then
+/// finished, and a registration `b` of a second pipe (`second`) that must reuse `a`'s slot.
+private func withReusedSlot(
+    _ kind: BackendKind, reused: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    beforeClose: (PollDescriptor, OwnedPipe) -> Void = { _, _ in },
+    _ body: (Poller, _ a: PollDescriptor, _ b: PollDescriptor, _ second: OwnedPipe) async throws -> Void
+) async throws {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let first = OwnedPipe()
+        let second = OwnedPipe()
+        let a = try poller.register(first.readFD)
+        beforeClose(a, first)
+        a.finish(sourceLocation: sourceLocation)
+        let b = try poller.register(second.readFD)
+        #expect(b.slot === a.slot, reused, sourceLocation: sourceLocation)
+        try await body(poller, a, b, second)
+        withExtendedLifetime(first) {}  // open throughout: `second` gets other descriptor numbers
     }
 }

@@ -19,9 +19,7 @@ extension NetpollSuites {
 
         @Test("readiness arriving while a wait starts is never lost", arguments: BackendKind.allCases)
         func readinessVersusWait(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 for i in 0..<Self.iterations {
                     drain(pipe.readFD)
                     #expect(pd.resetResult(.read) == nil)
@@ -41,9 +39,7 @@ extension NetpollSuites {
         @Test("readiness racing a very short deadline ends the wait with ready or timeout, never a hang",
               arguments: BackendKind.allCases)
         func readinessVersusDeadline(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 var ready = 0
                 var timedOut = 0
                 for i in 0..<Self.iterations {
@@ -125,9 +121,7 @@ extension NetpollSuites {
 
         @Test("a deadline cleared or extended while it fires never strands the waiter", arguments: BackendKind.allCases)
         func deadlineChangeVersusExpiry(kind: BackendKind) async throws {
-            try await withPoller(kind) { poller in
-                let pipe = Pipe()
-                let pd = try poller.register(pipe.readFD)
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
                 for i in 0..<Self.iterations {
                     pd.setDeadline(nil, for: .read)
                     drain(pipe.readFD)

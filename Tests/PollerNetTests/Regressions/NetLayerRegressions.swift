@@ -30,8 +30,7 @@ extension PollerNetTests {
                 }
                 try await NetTestHooks.with(hooks) {
                     // Writer A takes the write lock and parks in the poller on a full buffer.
-                    let writerA = Task { await client.writeReportingProgress([UInt8](repeating: 1, count: 64 << 20)) }
-                    try await waitUntilParked(poller)
+                    let writerA = try await startBlockedWrite(client, poller)
                     // Writer B is past beginLock (one reference) and held before queueing.
                     let writerB = Task { await client.writeReportingProgress([2]) }
                     #expect(await waitUntil { writerBArrived.isSet }, "writer B never reached the lock queue")
@@ -188,12 +187,10 @@ extension PollerNetTests {
 
         @Test("TerminationSignal's pipe is close-on-exec and non-blocking from the start")
         func terminationPipeFlags() throws {
-            TerminationSignal.uninstallForTesting()
-            try TerminationSignal.install()
-            defer { TerminationSignal.uninstallForTesting() }
-            let fd = TerminationSignal.writeFDForTesting
-            #expect(fcntl(fd, F_GETFD) & FD_CLOEXEC != 0)
-            #expect(fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
+            try withFreshTerminationSignal { fd in
+                #expect(fcntl(fd, F_GETFD) & FD_CLOEXEC != 0)
+                #expect(fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
+            }
         }
 
         @Test("a second concurrent TerminationSignal.wait is rejected with EBUSY, and the first still returns on SIGTERM",
@@ -245,21 +242,28 @@ extension PollerNetTests {
 
         @Test("the termination signal handler leaves errno as the interrupted code had it")
         func terminationHandlerPreservesErrno() throws {
-            TerminationSignal.uninstallForTesting()
-            try TerminationSignal.install()
-            defer { TerminationSignal.uninstallForTesting() }
-            // Fill the pipe, so that the handler's write fails with EAGAIN and sets errno.
-            let fd = TerminationSignal.writeFDForTesting
-            let block = [UInt8](repeating: 1, count: 4096)
-            while write(fd, block, block.count) > 0 {}
-            var byte: UInt8 = 1
-            while write(fd, &byte, 1) > 0 {}
-            try #require(errno == EAGAIN)
-            // raise delivers to this thread before it returns, and leaves errno alone itself.
-            let after = raiseUnblocked(SIGTERM, errnoBefore: ERANGE)
-            #expect(after == ERANGE, "errno changed to \(after) across the signal handler")
+            try withFreshTerminationSignal { fd in
+                // Fill the pipe, so that the handler's write fails with EAGAIN and sets errno.
+                let block = [UInt8](repeating: 1, count: 4096)
+                while write(fd, block, block.count) > 0 {}
+                var byte: UInt8 = 1
+                while write(fd, &byte, 1) > 0 {}
+                try #require(errno == EAGAIN)
+                // raise delivers to this thread before it returns, and leaves errno alone itself.
+                let after = raiseUnblocked(SIGTERM, errnoBefore: ERANGE)
+                #expect(after == ERANGE, "errno changed to \(after) across the signal handler")
+            }
         }
     }
+}
+
+/// Installs TerminationSignal afresh, runs `body` with the write end of its pipe, and
+/// uninstalls it again.
+private func withFreshTerminationSignal(_ body: (Int32) throws -> Void) throws {
+    TerminationSignal.uninstallForTesting()
+    try TerminationSignal.install()
+    defer { TerminationSignal.uninstallForTesting() }
+    try body(TerminationSignal.writeFDForTesting)
 }
 
 /// Raises `signal` in this thread with it unblocked for the duration, and returns errno as

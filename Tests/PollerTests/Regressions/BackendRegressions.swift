@@ -100,10 +100,7 @@ struct BackendRegressions {
             // wake makes the poller leave the wait it may already be in.
             _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), poller.backend.kernelFD, EPERM, -1)
             poller.backend.wake()
-            let waiter = startWait(pd, .read)
-            #expect(await waitersParked(poller, 1))
-            writeBytes(pipe.writeFD)
-            #expect(await waiter.outcome() == .ready)
+            try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
             let refusals = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), -1, 0, 0)
             #expect(refusals == 1, "epoll_pwait2 was tried \(refusals) times: the fallback was not remembered")
             #expect(cpoller_epoll_has_pwait2() == 0)
@@ -116,9 +113,7 @@ struct BackendRegressions {
     @Test("A wait that keeps failing is reported once and backs off: the poller thread stays near idle, jobs still run, and events flow again once it succeeds",
           arguments: BackendKind.allCases, [EBADF, EINVAL, EFAULT])
     func failingWaitBacksOff(kind: BackendKind, error: Int32) async throws {
-        try await withPoller(kind) { poller in
-            let pipe = Pipe()
-            let pd = try poller.register(pipe.readFD)
+        try await withRegisteredPipe(kind) { poller, pipe, pd in
             let waiter = startWait(pd, .read)
             #expect(await waitersParked(poller, 1))
             let backend = poller.backend
@@ -170,11 +165,7 @@ struct BackendRegressions {
 
             // Nothing was left behind: the descriptor registers and works once the ring does.
             let pd = try poller.register(pair.a)
-            let waiter = startWait(pd, .read)
-            writeBytes(pair.b)
-            #expect(await waiter.outcome() == .ready)
-            pd.unblock()
-            try pd.close()
+            try await expectReadReadyThenClose(pd, writer: pair.b)
         }
     }
 
@@ -189,11 +180,7 @@ struct BackendRegressions {
             let pd = try poller.register(pair.a)
             #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), -1, 0, 0) == 2)
             #expect(cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), -1, 0, 0) == 2)
-            let waiter = startWait(pd, .read)
-            writeBytes(pair.b)
-            #expect(await waiter.outcome() == .ready)
-            pd.unblock()
-            try pd.close()
+            try await expectReadReadyThenClose(pd, writer: pair.b)
         }
     }
 
@@ -233,7 +220,7 @@ struct BackendRegressions {
           arguments: [EBUSY, EAGAIN, ENOMEM])
     func refusedCancelStillCancels(error: Int32) async throws {
         try await withPoller(.ioUring) { poller in
-            let fds = makeSocketPair()
+            let fds = makeSocketPairFDs()
             defer { close(fds.b) }
             let pd = try poller.register(fds.a)
             let ringFD = poller.backend.kernelFD
@@ -293,10 +280,14 @@ private func threadCPUNanos(_ poller: Poller) -> Int64? {
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
-/// A raw non-blocking AF_UNIX stream socket pair; the caller closes both.
-private func makeSocketPair() -> (a: Int32, b: Int32) {
-    var fds: [Int32] = [-1, -1]
-    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-    precondition(socketpair(AF_UNIX, type, 0, &fds) == 0)
-    return (fds[0], fds[1])
+/// A read wait on `pd` ends ready once a byte is written to `writer`; then `pd` is unblocked
+/// and closed.
+private func expectReadReadyThenClose(
+    _ pd: PollDescriptor, writer: Int32, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let waiter = startWait(pd, .read)
+    writeBytes(writer)
+    #expect(await waiter.outcome() == .ready, sourceLocation: sourceLocation)
+    pd.unblock()
+    try pd.close()
 }

@@ -46,34 +46,13 @@ extension PollDescriptor {
     }
 
     /// `waitBlocking(for:)` as an error value.
-    func blockingResult(_ mode: PollMode) -> PollError? {
-        do {
-            try waitBlocking(for: mode)
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func blockingResult(_ mode: PollMode) -> PollError? { pollError { () throws(PollError) in try waitBlocking(for: mode) } }
 
     /// `reset(for:)` as an error value.
-    func resetResult(_ mode: PollMode) -> PollError? {
-        do {
-            try reset(for: mode)
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func resetResult(_ mode: PollMode) -> PollError? { pollError { () throws(PollError) in try reset(for: mode) } }
 
     /// `close()` as an error value.
-    func closeResult() -> PollError? {
-        do {
-            try close()
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func closeResult() -> PollError? { pollError { () throws(PollError) in try close() } }
 
     /// White-box: readiness is latched (Go's pdReady) for `mode`.
     func isLatched(_ mode: PollMode) -> Bool {
@@ -102,6 +81,16 @@ extension Poller {
     var armedTimerCount: Int { timers.withLock { $0.heap.count } }
     /// Writes made to the wake-up channel so far.
     var wakeWrites: Int { backend.wakeChannel.writes.load(ordering: .relaxed) }
+}
+
+/// The error `body` throws, or nil.
+func pollError(_ body: () throws(PollError) -> Void) -> PollError? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error
+    }
 }
 
 /// A one-shot flag shared with a task or thread.
@@ -207,6 +196,22 @@ func waitersParked(_ poller: Poller, _ count: Int, within limit: Duration = .sec
     await becomesTrue(within: limit) { poller.parkedWaiterCount == count }
 }
 
+/// Starts a read wait on `pd` and expects it to park (and, given `pendingFor`, to be still
+/// pending that much later), then to end ready once a byte is written to `writer`.
+func expectReadWaitEndsReady(
+    _ poller: Poller, _ pd: PollDescriptor, writer: Int32, parked: Comment? = nil,
+    pendingFor: Duration? = nil, pending: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let waiter = startWait(pd, .read)
+    #expect(await waitersParked(poller, 1), parked, sourceLocation: sourceLocation)
+    if let pendingFor {
+        try await Task.sleep(for: pendingFor)
+        #expect(!waiter.isFinished, pending, sourceLocation: sourceLocation)
+    }
+    writeBytes(writer)
+    #expect(await waiter.outcome() == .ready, sourceLocation: sourceLocation)
+}
+
 /// Busy-waits for `nanoseconds` (sub-microsecond jitter for races).
 func spinWait(nanoseconds: Int64) {
     guard nanoseconds > 0 else { return }
@@ -216,40 +221,9 @@ func spinWait(nanoseconds: Int64) {
 
 /// A non-blocking pipe that can be shared with tasks (closed on deinit).
 final class OwnedPipe: Sendable {
-    let readFD: Int32
-    let writeFD: Int32
-
-    init() {
-        (readFD, writeFD) = makePipeFDs()
-    }
-
-    deinit {
-        close(readFD)
-        close(writeFD)
-    }
-}
-
-/// A raw non-blocking close-on-exec pipe; the caller closes both ends.
-func makePipeFDs() -> (read: Int32, write: Int32) {
-    var fds: [Int32] = [-1, -1]
-    precondition(pipe(&fds) == 0)
-    for fd in fds {
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-    }
-    return (fds[0], fds[1])
-}
-
-/// Writes until the kernel refuses (EAGAIN); returns the bytes written.
-@discardableResult
-func fillUntilBlocked(_ fd: Int32) -> Int {
-    let chunk = [UInt8](repeating: 0x55, count: 65536)
-    var total = 0
-    while true {
-        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { return total }
-        total += n
-    }
+    private let pipe = Pipe()
+    var readFD: Int32 { pipe.readFD }
+    var writeFD: Int32 { pipe.writeFD }
 }
 
 /// Reads one byte, waiting on `pd` while the descriptor has nothing (Go's read loop).
@@ -265,28 +239,15 @@ func readOneByte(_ fd: Int32, _ pd: PollDescriptor) async throws(PollError) {
 
 /// A plain pthread (not a cooperative-pool thread) running `body`.
 final class BlockingThread: Sendable {
-    private final class Start: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-
     private let id: UInt64
     let done = DoneFlag()
 
     init(_ body: @escaping @Sendable () -> Void) {
         let done = self.done
-        let start = Start {
+        id = startThread {
             body()
             done.set()
         }
-        let context = Unmanaged.passRetained(start).toOpaque()
-        var thread: UInt64 = 0
-        let r = cpoller_thread_start(&thread, { context in
-            Unmanaged<Start>.fromOpaque(context!).takeRetainedValue().body()
-            return nil
-        }, context)
-        precondition(r == 0, "pthread_create failed")
-        id = thread
     }
 
     /// Waits (bounded) for the thread to finish, then joins it. On timeout `onTimeout` runs

@@ -47,43 +47,120 @@ func withPoller<R>(
     return result
 }
 
-/// A non-blocking, close-on-exec pipe.
-struct Pipe: ~Copyable {
-    let readFD: Int32
-    let writeFD: Int32
-
-    init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0)
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        readFD = fds[0]
-        writeFD = fds[1]
+/// `withPoller` with a new pipe whose read end is registered as `pd`.
+func withRegisteredPipe<R>(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, OwnedPipe, PollDescriptor) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let pipe = OwnedPipe()
+        let pd = try poller.register(pipe.readFD)
+        return try await body(poller, pipe, pd)
     }
+}
+
+/// `withPoller` with a new `descriptor` pair whose read side is registered as `pd`.
+func withRegisteredReader<R>(
+    _ kind: BackendKind, _ descriptor: DescriptorKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, _ ends: (reader: Int32, writer: Int32), PollDescriptor) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let fds = Descriptors()
+        let ends = fds.make(descriptor)
+        let pd = try poller.register(ends.reader)
+        return try await body(poller, ends, pd)
+    }
+}
+
+/// `withPoller` with the write end of a full pipe registered as `pd`. Once `closeReader` has
+/// closed the read end, the write end reports EPOLLERR and nothing else (no EPOLLOUT: it is
+/// full; no EPOLLHUP: that is for readers).
+func withFullPipeWriter<R>(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, PollDescriptor, _ closeReader: () -> Void) async throws -> R
+) async throws -> R {
+    try await withPoller(kind, sourceLocation: sourceLocation) { poller in
+        let fds = Descriptors()
+        let (readFD, writeFD) = fds.pipe()
+        fillUntilBlocked(writeFD)
+        let pd = try poller.register(writeFD)
+        return try await body(poller, pd) { fds.close(readFD) }
+    }
+}
+
+/// Two descriptors, closed together when the owner goes away.
+struct ClosingPair: ~Copyable, Sendable {
+    let first: Int32
+    let second: Int32
+
+    init(_ fds: (Int32, Int32)) { (first, second) = fds }
 
     deinit {
-        close(readFD)
-        close(writeFD)
+        close(first)
+        close(second)
     }
+}
+
+/// A non-blocking, close-on-exec pipe.
+struct Pipe: ~Copyable, Sendable {
+    private let fds = ClosingPair(makePipeFDs())
+    var readFD: Int32 { fds.first }
+    var writeFD: Int32 { fds.second }
 }
 
 /// A non-blocking AF_UNIX stream socket pair.
 struct SocketPair: ~Copyable {
-    let a: Int32
-    let b: Int32
+    private let fds = ClosingPair(makeSocketPairFDs())
+    var a: Int32 { fds.first }
+    var b: Int32 { fds.second }
+}
 
-    init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
-        a = fds[0]
-        b = fds[1]
+/// The kinds of descriptor a behaviour is checked on, where it is the same for both.
+enum DescriptorKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// A pipe: `reader` is its read end, `writer` its write end.
+    case pipe
+    /// An AF_UNIX stream socket pair: `reader` and `writer` are its two ends.
+    case socketPair = "socket pair"
+
+    var testDescription: String { rawValue }
+}
+
+/// Raw descriptors a test closes itself (part-way through, or in bulk); whatever is still
+/// open when the owner goes away is closed then, and nothing is closed twice.
+final class Descriptors {
+    private var open: Set<Int32> = []
+
+    func pipe() -> (read: Int32, write: Int32) {
+        let fds = makePipeFDs()
+        open.formUnion([fds.read, fds.write])
+        return fds
+    }
+
+    func socketPair() -> (a: Int32, b: Int32) {
+        let fds = makeSocketPairFDs()
+        open.formUnion([fds.a, fds.b])
+        return fds
+    }
+
+    /// Two connected descriptors of `kind`: what is written to `writer` can be read from `reader`.
+    func make(_ kind: DescriptorKind) -> (reader: Int32, writer: Int32) {
+        switch kind {
+        case .pipe:
+            let (read, write) = pipe()
+            return (read, write)
+        case .socketPair:
+            let (a, b) = socketPair()
+            return (a, b)
+        }
+    }
+
+    func close(_ fd: Int32) {
+        precondition(open.remove(fd) != nil, "fd \(fd) is not open here")
+        _ = Glibc.close(fd)
     }
 
     deinit {
-        close(a)
-        close(b)
+        for fd in open { _ = Glibc.close(fd) }
     }
 }
 
@@ -97,14 +174,67 @@ func writeBytes(_ fd: Int32, count: Int = 1) -> Int {
 /// Reads until EAGAIN or EOF; returns the number of bytes read.
 @discardableResult
 func drain(_ fd: Int32) -> Int {
-    var total = 0
     var buffer = [UInt8](repeating: 0, count: 65536)
+    return untilBlocked { buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+}
+
+/// Writes until the kernel refuses (EAGAIN); returns the bytes written.
+@discardableResult
+func fillUntilBlocked(_ fd: Int32) -> Int {
+    let chunk = [UInt8](repeating: 0x55, count: 65536)
+    return untilBlocked { chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+}
+
+/// Repeats `transfer` (one read or write) until it moves nothing; returns the bytes moved.
+private func untilBlocked(_ transfer: () -> Int) -> Int {
+    var total = 0
     while true {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let n = transfer()
         if n <= 0 { return total }
         total += n
     }
 }
 
+/// A raw non-blocking close-on-exec pipe; the caller closes both ends.
+func makePipeFDs() -> (read: Int32, write: Int32) {
+    var fds: [Int32] = [-1, -1]
+    precondition(pipe(&fds) == 0, "pipe: errno \(errno)")
+    for fd in fds {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+    return (fds[0], fds[1])
+}
+
+/// A raw non-blocking close-on-exec AF_UNIX stream socket pair; the caller closes both ends.
+func makeSocketPairFDs() -> (a: Int32, b: Int32) {
+    var fds: [Int32] = [-1, -1]
+    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+    precondition(socketpair(AF_UNIX, type, 0, &fds) == 0, "socketpair: errno \(errno)")
+    return (fds[0], fds[1])
+}
+
 /// The number of open descriptors in this process.
 func openFDCount() -> Int { Int(cpoller_count_open_fds()) }
+
+/// A closure to run on a thread started with cpoller_thread_start.
+final class ThreadBody {
+    let run: @Sendable () -> Void
+    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+}
+
+/// Starts a joinable pthread running `body`.
+func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
+    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread: UInt64 = 0
+    let err = cpoller_thread_start(&thread, { context in
+        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
+        return nil
+    }, context)
+    precondition(err == 0, "pthread_create: errno \(err)")
+    return thread
+}
+
+func joinThread(_ thread: UInt64) {
+    precondition(cpoller_thread_join(thread) == 0)
+}
