@@ -148,6 +148,7 @@ int cpoller_fault_inject(int point, int fd, int err, int count) {
     return used;
 }
 
+#ifdef DEBUG
 int cpoller_fault_take(int point, int fd) {
     struct fault_point *f = &fault_points[point];
     int left = atomic_load_explicit(&f->left, memory_order_relaxed);
@@ -160,3 +161,4 @@ int cpoller_fault_take(int point, int fd) {
     int err = atomic_load(&f->err);
     return err > 0 ? err : EIO;
 }
+#endif

@@ -152,9 +152,11 @@ final class FDMutex: Sendable {
     /// taken by ``beginLock(_:)``) until handed the lock, closed or cancelled.
     @inline(never)
     nonisolated(nonsending) private func waitForLock(_ direction: Direction, ticket id: UInt64) async throws(NetError) -> Bool {
+        #if DEBUG  // the test seam exists only where tests run
         if NetTestHooks.active.load(ordering: .relaxed), let hook = NetTestHooks.current.beforeLockQueue {
             await hook(self, direction)
         }
+        #endif
         let failure: NetError? = await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<NetError?, Never>) in
                 let (immediate, closeWaiter): (NetError??, UnsafeContinuation<Void, Never>?) = state.withLockAnnotated { s in

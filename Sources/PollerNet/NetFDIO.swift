@@ -107,14 +107,13 @@ extension NetFD {
             guard let base = buffer.baseAddress else { return WriteResult(bytesWritten: 0, error: nil) }
             while written < buffer.count {
                 let chunk = min(buffer.count - written, maxChunk)
-                let n: Int
-                if NetTestHooks.active.load(ordering: .relaxed), let injected = NetTestHooks.current.writeCall?(fd, chunk) {
-                    n = injected
-                } else {
-                    n = isSocket
-                        ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
-                        : writeWithoutSIGPIPE(fd, base + written, chunk)
-                }
+                var injected: Int? = nil
+                #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
+                if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, chunk) }
+                #endif
+                let n = injected ?? (isSocket
+                    ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
+                    : writeWithoutSIGPIPE(fd, base + written, chunk))
                 if n > chunk {
                     // Impossible from a sane kernel; trusting it would move past the buffer.
                     throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)

@@ -1,6 +1,7 @@
 import Synchronization
 
-/// Test seams of PollerNet, reached from tests through `@testable import`. Inert unless a
+/// Test seams of PollerNet, reached from tests through `@testable import`. Consulted only in
+/// debug builds (where tests run; the call sites are `#if DEBUG`), and inert there unless a
 /// test installs a hook: each seam's path pays one relaxed atomic load of ``active`` and a
 /// predictable branch, and never touches the mutex behind it.
 ///
