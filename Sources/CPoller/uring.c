@@ -12,9 +12,14 @@
 #include <string.h>
 
 // Thread-local so a test can inject a failure without disturbing pollers other tests start.
+// Debug builds only (where tests run): a release build's set-up reads no injection.
+#ifdef DEBUG
 static _Thread_local int injected_setup_error = 0;
-
 void cpoller_uring_inject_setup_failure(int err) { injected_setup_error = err; }
+#else
+static const int injected_setup_error = 0;
+void cpoller_uring_inject_setup_failure(int err) { (void)err; }
+#endif
 
 #if defined(CPOLLER_IOURING)
 

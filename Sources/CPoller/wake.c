@@ -1,28 +1,25 @@
-// The wake-up channel behind Go's netpollBreak: an eventfd, or a self-pipe where eventfd
-// cannot be created. Coalescing (one write per sleep) is the caller's job.
+// The wake-up channel's primitives (Go's netpollBreak). Which kind of channel to make, and
+// what a full channel means, is decided in Swift (WakeChannel.swift).
 #include "cpoller.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#ifdef DEBUG
 // Thread-local so a test can force the self-pipe without disturbing other tests.
 static _Thread_local int inject_eventfd_failure = 0;
-
 void cpoller_wake_inject_eventfd_failure(int fail) { inject_eventfd_failure = fail; }
+#else
+void cpoller_wake_inject_eventfd_failure(int fail) { (void)fail; }
+#endif
 
-int cpoller_wake_create(int fds[2], int force_pipe) {
-    if (!force_pipe && !inject_eventfd_failure) {
-        int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (efd >= 0) {
-            fds[0] = fds[1] = efd;
-            return 0;
-        }
-    }
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -errno;
-    return 1;
+int cpoller_eventfd_create(void) {
+#ifdef DEBUG
+    if (inject_eventfd_failure) return -ENOSYS;
+#endif
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
 }
 
 int cpoller_wake_signal(int wfd, int is_pipe) {
@@ -36,9 +33,7 @@ int cpoller_wake_signal(int wfd, int is_pipe) {
             r = write(wfd, &one, sizeof one);
         }
         if (r >= 0) return 0;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return 0;  // full: a wake-up is pending anyway
-        return -errno;
+        if (errno != EINTR) return -errno;
     }
 }
 
@@ -51,8 +46,6 @@ int cpoller_wake_drain(int rfd, int is_pipe) {
             continue;
         }
         if (r == 0) return 0;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) return 0;
-        return -errno;
+        if (errno != EINTR) return -errno;
     }
 }

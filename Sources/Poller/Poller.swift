@@ -39,8 +39,10 @@ public final class Poller: Sendable {
     /// Set once by ``shutdown()``; from then on registrations fail and waits that ignore
     /// errors end.
     let shutdownStarted = Atomic<Bool>(false)
-    /// Test seams (PollerTestSeams.swift); inert outside tests.
+    #if DEBUG
+    /// Test seams (PollerTestSeams.swift); inert unless a test sets them.
     let hooks: TestHooks
+    #endif
 
     /// Starts the poller thread (PollerStartup.swift) and hands it this poller once every
     /// stored property is set.
@@ -54,7 +56,9 @@ public final class Poller: Sendable {
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
         loopExited = start.exited
+        #if DEBUG
         hooks = options.hooks
+        #endif
         start.handOff(to: self)
         if PollerLog.enabled {
             PollerLog.write("poller: backend \(kind) (\(reason))")
@@ -92,7 +96,9 @@ public final class Poller: Sendable {
         guard fd >= 0 else { throw .registrationFailed(errno: EBADF) }
         if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
         if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
+        #if DEBUG
         hooks.registerAfterShutdownCheck?()
+        #endif
         // A shutdown may start from here on. It closes the backend before it unblocks the open
         // slots, so either the backend refuses this registration (EBADF, the slot is retired)
         // or it was accepted before the close, hence the slot was opened before the sweep,

@@ -77,7 +77,9 @@ extension Poller {
             swap(&s.jobs, &leftover)
         }
         backend.shutdown()
+        #if DEBUG
         hooks.shutdownBeforeSweep?()
+        #endif
         for slot in table.allSlots {
             let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
             if let generation { unblock(slot, generation: generation) }

@@ -78,6 +78,20 @@ extension Poller {
 /// The process-wide poller, started on first use.
 private let sharedPoller = Mutex<Result<Poller, PollerError>?>(nil)
 
+extension Poller {
+    /// Set-up knobs of the designated initializer, for the convenience initializers, tests
+    /// and tools.
+    struct Options: Sendable {
+        /// Make the wake-up channel a self-pipe even where eventfd works.
+        var forcePipeWake = false
+        var autoPrefersIOUring = BackendChoice.autoPrefersIOUring
+        var threadName = "poller"
+        #if DEBUG
+        var hooks = TestHooks()
+        #endif
+    }
+}
+
 /// Hand-off between `Poller.init` and the poller thread it starts.
 ///
 /// The backend is created on the poller thread itself: an io_uring ring set up with

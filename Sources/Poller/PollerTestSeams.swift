@@ -1,19 +1,13 @@
 import Synchronization
 
-// Every seam for tests and benchmarks, in one place. None is on a production path: the
-// hooks are nil unless a test sets them, and the benchmark entry points are SPI.
+// Every seam for tests and benchmarks, in one place. None is on a production path: the test
+// hooks exist only in debug builds (where tests run) and are nil unless a test sets them; the
+// benchmark entry points are SPI.
 
 // MARK: Tests
 
+#if DEBUG
 extension Poller {
-    /// Set-up knobs for tests and tools.
-    struct Options {
-        var forcePipeWake = false
-        var autoPrefersIOUring = BackendChoice.autoPrefersIOUring
-        var threadName = "poller"
-        var hooks = TestHooks()
-    }
-
     /// Seams that widen race windows which are otherwise a few instructions wide, so tests
     /// can force the interleavings the code must survive. Inert (nil) outside tests.
     struct TestHooks: Sendable {
@@ -25,7 +19,7 @@ extension Poller {
     }
 }
 
-extension Poller.Options: Sendable {}
+#endif
 
 // MARK: Benchmarks (SPI)
 

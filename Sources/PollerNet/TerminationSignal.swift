@@ -133,6 +133,7 @@ public enum TerminationSignal {
 
     // MARK: Tests
 
+    #if DEBUG
     /// The pipe's write end (-1 when not installed), for tests that fill the pipe.
     static var writeFDForTesting: Int32 { writeEnd.load(ordering: .sequentiallyConsistent) }
 
@@ -146,6 +147,7 @@ public enum TerminationSignal {
             installed = nil
         }
     }
+    #endif
 
     private static func restore(_ saved: Installation) {
         var saved = saved

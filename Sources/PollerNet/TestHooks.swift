@@ -1,12 +1,13 @@
 import Synchronization
 
-/// Test seams of PollerNet, reached from tests through `@testable import`. Consulted only in
-/// debug builds (where tests run; the call sites are `#if DEBUG`), and inert there unless a
+/// Test seams of PollerNet, reached from tests through `@testable import`. Compiled and consulted
+/// only in debug builds (where tests run; the call sites are `#if DEBUG`), and inert there unless a
 /// test installs a hook: each seam's path pays one relaxed atomic load of ``active`` and a
 /// predictable branch, and never touches the mutex behind it.
 ///
 /// The hooks are process-wide; the net-layer tests that use them run serialized and install
 /// them with ``with(_:_:)``, which removes them on every path.
+#if DEBUG
 enum NetTestHooks {
     struct Hooks: Sendable {
         /// Runs in the slow path of `FDMutex.lock(_:)`, after `beginLock(_:)` took a reference
@@ -38,3 +39,4 @@ enum NetTestHooks {
         return try await body()
     }
 }
+#endif

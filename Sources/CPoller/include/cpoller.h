@@ -52,15 +52,14 @@ int cpoller_epoll_create(void);
 // epoll_ctl(ADD) of fd for `events` (EPOLL* bits, chosen by the caller) with a 64-bit token.
 int cpoller_epoll_add(int epfd, int fd, uint32_t events, uint64_t token);
 int cpoller_epoll_del(int epfd, int fd);
-// Waits up to timeout_ns (< 0: forever, 0: poll) and fills at most cap events (any cap: the
-// kernel writes into `events` itself, which is then widened in place). Returns the number of
-// events; EINTR returns 0; any other failure returns -errno. Uses epoll_pwait2 (nanosecond
-// timeouts) where it is allowed, else epoll_wait with the timeout rounded up to whole
-// milliseconds, never down to 0. The first ENOSYS or EPERM from epoll_pwait2 switches the
-// process to epoll_wait for good.
-int cpoller_epoll_wait(int epfd, cpoller_event *events, int cap, int64_t timeout_ns);
-// 1 when epoll_pwait2 is in use, 0 when the millisecond fallback is.
-int cpoller_epoll_has_pwait2(void);
+// The two waits. Both fill at most cap events (any cap: the kernel writes into `events`
+// itself, which is then widened in place) and return the number of events or -errno (EINTR
+// included). Which to call, and what an error means, is EpollBackend's choice.
+// epoll_pwait2 (Linux 5.11): timeout_ns < 0 waits forever, 0 polls. -ENOSYS on older kernels;
+// -EPERM where a seccomp filter refuses it.
+int cpoller_epoll_pwait2(int epfd, cpoller_event *events, int cap, int64_t timeout_ns);
+// epoll_wait: timeout_ms < 0 waits forever, 0 polls.
+int cpoller_epoll_wait_ms(int epfd, cpoller_event *events, int cap, int timeout_ms);
 
 // MARK: io_uring
 
@@ -126,13 +125,14 @@ int cpoller_uring_compiled(void);
 
 // MARK: Wake-up channel (Go's netpollBreak)
 
-// Creates an eventfd (EFD_NONBLOCK | EFD_CLOEXEC); both fds[0] (read) and fds[1] (write) are
-// that eventfd. If eventfd fails, or force_pipe is set, creates a non-blocking close-on-exec
-// pipe instead. Returns 0 (eventfd) or 1 (pipe), or -errno.
-int cpoller_wake_create(int fds[2], int force_pipe);
-// Writes one token. EAGAIN (counter or pipe full) counts as success: a wake is pending.
+// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC): the descriptor, or -errno. (The self-pipe is
+// cpoller_pipe_cloexec_nonblocking.)
+int cpoller_eventfd_create(void);
+// Writes one token (8 bytes to an eventfd, 1 byte to a pipe), retrying EINTR. Returns 0 or
+// -errno (-EAGAIN: the counter or pipe is full).
 int cpoller_wake_signal(int wfd, int is_pipe);
-// Reads every pending token. Returns 0 or -errno (EAGAIN is not an error).
+// Reads tokens until none is left (one read empties an eventfd), retrying EINTR. Returns 0
+// when it read to the end of a pipe, else -errno (-EAGAIN: nothing, or nothing more, to read).
 int cpoller_wake_drain(int rfd, int is_pipe);
 
 // MARK: Parker (one blocked thread, woken by another)
@@ -150,21 +150,23 @@ void cpoller_parker_unpark(cpoller_parker *p);
 
 // MARK: Test seams
 //
-// Used by tests only; inert in production (one relaxed atomic or thread-local load).
+// Used by tests only, and live only in debug builds (SwiftPM defines DEBUG there; the tests
+// build in debug): in a release build the injections do nothing and the paths they would
+// reach carry no check.
 
-// Force the millisecond epoll_wait fallback (1) or allow epoll_pwait2 again (0), process-wide.
-void cpoller_epoll_force_ms_timeouts(int force);
 // For the calling thread only: makes cpoller_uring_create and cpoller_uring_probe fail with
 // errno (0 restores).
 void cpoller_uring_inject_setup_failure(int err);
-// For the calling thread only: cpoller_wake_create behaves as if eventfd failed (1).
+// For the calling thread only: cpoller_eventfd_create fails with ENOSYS (1), as where eventfd is
+// missing, so the self-pipe is made.
 void cpoller_wake_inject_eventfd_failure(int fail);
 
 
 // Where a test can make a primitive fail. Each point is inert (one relaxed atomic load) until
 // armed with cpoller_fault_inject.
 enum {
-    // cpoller_epoll_wait / cpoller_uring_enter fail with err before reaching the kernel.
+    // cpoller_epoll_pwait2, cpoller_epoll_wait_ms and cpoller_uring_enter fail with err before
+    // reaching the kernel.
     CPOLLER_FAULT_WAIT = 0,
     // The epoll_pwait2 system call answers err (as a seccomp filter would); the
     // millisecond epoll_wait fallback is not affected.

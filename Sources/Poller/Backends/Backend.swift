@@ -28,7 +28,8 @@ import Glibc
 //   isPollerDescriptor  Go's netpollIsPollDescriptor: fd is one of the backend's own.
 //   shutdown    Release every descriptor the backend owns. Poller thread, after the last poll.
 //
-// Test seams (the core never reads them; tests reach them through `any PollerBackend`):
+// Observed by tests only (the core never reads them; tests reach them through
+// `any PollerBackend`; the counters and kernelFD exist in debug builds only):
 //   kernelFD    The epoll or io_uring descriptor: what the C layer's fault points are keyed by.
 //   faults      Every fault the backend survived, reported once per kind (FaultLog).
 //   waitBackoff The back-off of failing waits, with its failure count (WaitBackoff).
@@ -41,8 +42,9 @@ protocol PollerBackend: AnyObject, Sendable {
     func isPollerDescriptor(_ fd: Int32) -> Bool
     func shutdown()
 
-    // MARK: Test seams
+    #if DEBUG  // test seam
     var kernelFD: Int32 { get }
+    #endif
     var faults: FaultLog { get }
     var waitBackoff: WaitBackoff { get }
 }

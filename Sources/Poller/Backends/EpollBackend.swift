@@ -17,8 +17,9 @@ final class EpollBackend: PollerBackend {
     let waitBackoff = WaitBackoff(call: "epoll_wait")
     let faults = FaultLog()
 
-    // MARK: Test seams
+    #if DEBUG  // test seam
     var kernelFD: Int32 { epollFD }
+    #endif
 
     // MARK: The backend
 
@@ -55,7 +56,8 @@ final class EpollBackend: PollerBackend {
     }
 
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
-        let n = Int(cpoller_epoll_wait(epollFD, events.baseAddress, Int32(events.count), timeoutNanos))
+        var n = Int(WaitCall.wait(epollFD, events, timeoutNanos: timeoutNanos))
+        if n == -Int(EINTR) { n = 0 }  // a signal ended the wait early: not a failure
         guard n >= 0 else {
             waitBackoff.failed(errno: Int32(-n), timeoutNanos: timeoutNanos, wakeChannel: wakeChannel, log: faults)
             return 0
@@ -87,5 +89,59 @@ final class EpollBackend: PollerBackend {
             wakeChannel.close()
             _ = Glibc.close(epollFD)
         }
+    }
+}
+
+extension EpollBackend {
+    /// Which system call waits, chosen once per process: epoll_pwait2 (nanosecond timeouts,
+    /// Linux 5.11) while it works, else epoll_wait with whole milliseconds.
+    ///
+    /// Invariants: the state only moves from unknown to one answer, and from "works" never
+    /// back, except through the debug-only test seam; a wait that raced with another poller's
+    /// switch to the fallback must not switch the process back (compare-exchange from unknown
+    /// only). The fallback rounds a positive timeout up, never down to 0 (which would spin the
+    /// loop until the deadline), and caps it at 1e9 ms as Go does.
+    enum WaitCall {
+        static let unknown = 0, pwait2 = 1, milliseconds = -1
+        private static let state = Atomic<Int>(unknown)
+
+        /// Whether epoll_pwait2 is in use (or not yet refused).
+        static var usesPwait2: Bool { state.load(ordering: .relaxed) >= unknown }
+
+        static func wait(_ epollFD: Int32, _ events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int32 {
+            let cap = Int32(events.count)
+            let known = state.load(ordering: .relaxed)
+            if known >= unknown {
+                let n = cpoller_epoll_pwait2(epollFD, events.baseAddress, cap, timeoutNanos)
+                // ENOSYS: the kernel predates 5.11. EPERM: a seccomp profile that denies
+                // system calls it does not know (older container runtimes' defaults, many
+                // sandboxes) refuses it; epoll_wait is on every such list. epoll_pwait2
+                // never fails with EPERM otherwise.
+                guard n == -ENOSYS || n == -EPERM else {
+                    if n >= 0 && known == unknown {
+                        _ = state.compareExchange(expected: unknown, desired: pwait2, ordering: .relaxed)
+                    }
+                    return n
+                }
+                state.store(milliseconds, ordering: .relaxed)
+            }
+            return cpoller_epoll_wait_ms(epollFD, events.baseAddress, cap, milliseconds(roundingUp: timeoutNanos))
+        }
+
+        /// epoll_wait's timeout for `nanos`: < 0 forever, 0 poll, else whole milliseconds
+        /// rounded up, at most 1e9 (about 11.5 days, Go's cap).
+        static func milliseconds(roundingUp nanos: Int64) -> Int32 {
+            if nanos <= 0 { return nanos < 0 ? -1 : 0 }
+            if nanos >= 1_000_000_000 * 1_000_000 { return 1_000_000_000 }
+            return Int32((nanos + 999_999) / 1_000_000)
+        }
+
+        #if DEBUG
+        /// Test seam: force the millisecond fallback (true) or let the next wait try
+        /// epoll_pwait2 again (false), process-wide.
+        static func forceMilliseconds(_ force: Bool) {
+            state.store(force ? milliseconds : unknown, ordering: .relaxed)
+        }
+        #endif
     }
 }

@@ -16,10 +16,10 @@ import Synchronization
 final class FaultLog: Sendable {
     private let seen = Mutex<Set<String>>([])
 
-    // MARK: Test seams
-
-    /// "operation errno" for every fault reported so far.
+    #if DEBUG
+    /// Test seam: "operation errno" for every fault reported so far.
     var reported: Set<String> { seen.withLockAnnotated { $0 } }
+    #endif
 
     // MARK: Reporting
 
@@ -45,10 +45,10 @@ final class WaitBackoff: Sendable {
     let call: String
     private let consecutive = Atomic<Int>(0)
 
-    // MARK: Test seams
-
-    /// Failed waits so far.
+    #if DEBUG
+    /// Test seam: failed waits so far.
     let failures = Atomic<Int>(0)
+    #endif
 
     // MARK: Back-off
 
@@ -65,7 +65,9 @@ final class WaitBackoff: Sendable {
     /// Poller thread, after a wait that failed with `errno`: reports it (once per errno) and
     /// sleeps as described above.
     func failed(errno: Int32, timeoutNanos: Int64, wakeChannel: WakeChannel, log: FaultLog) {
+        #if DEBUG
         failures.add(1, ordering: .relaxed)
+        #endif
         let n = consecutive.wrappingAdd(1, ordering: .relaxed).newValue
         log.report(call, errno: errno, "retrying with back-off (at most 100 ms); no readiness is delivered until it succeeds")
         guard timeoutNanos != 0 else { return }

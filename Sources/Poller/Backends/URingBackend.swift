@@ -516,11 +516,13 @@ final class URingBackend: PollerBackend {
 
     // MARK: Test seams
 
+    #if DEBUG
     var kernelFD: Int32 { ringFD }
     /// Multishot polls re-armed so far.
     var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
     /// Completion-queue overflows seen so far. Owner thread only.
     var overflowCount: UInt64 { owner.overflows }
+    #endif
 
     // MARK: Descriptors
 

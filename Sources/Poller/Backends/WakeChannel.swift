@@ -23,23 +23,29 @@ final class WakeChannel: Sendable {
     /// descriptor number that `close()` has released (and the kernel may have reused).
     private let closed = Mutex<Bool>(false)
 
-    // MARK: Test seams
-
-    /// Writes made by `signal()` (coalesced signals are not counted). Only tests read it; the
-    /// relaxed increment sits on the (already coalesced) write path, never on the poll path.
+    #if DEBUG
+    /// Test seam: writes made by `signal()` (coalesced signals are not counted).
     let writes = Atomic<Int>(0)
+    #endif
 
     // MARK: The channel
 
+    /// An eventfd; a self-pipe when `forcePipe` is set or eventfd cannot be created (a seccomp
+    /// filter, an old kernel, EMFILE: the pipe then fails too and its error is thrown).
     init(forcePipe: Bool = false) throws(PollerError) {
+        if !forcePipe {
+            let efd = cpoller_eventfd_create()
+            if efd >= 0 {
+                (readFD, writeFD, isPipe) = (efd, efd, false)
+                return
+            }
+        }
         var fds: (Int32, Int32) = (-1, -1)
         let r = withUnsafeMutableBytes(of: &fds) { raw in
-            cpoller_wake_create(raw.baseAddress!.assumingMemoryBound(to: Int32.self), forcePipe ? 1 : 0)
+            cpoller_pipe_cloexec_nonblocking(raw.baseAddress!.assumingMemoryBound(to: Int32.self))
         }
         if r < 0 { throw .system(call: "eventfd/pipe2", errno: -r) }
-        readFD = fds.0
-        writeFD = fds.1
-        isPipe = r == 1
+        (readFD, writeFD, isPipe) = (fds.0, fds.1, true)
     }
 
     func signal() {
@@ -47,14 +53,18 @@ final class WakeChannel: Sendable {
         else { return }
         closed.withLockAnnotated { closed in
             guard !closed else { return }
+            #if DEBUG
             writes.add(1, ordering: .relaxed)
+            #endif
+            // -EAGAIN (the counter or pipe is full) means a wake-up is pending already: as
+            // good as a write. Nothing else can fail on an open non-blocking channel.
             _ = cpoller_wake_signal(writeFD, isPipe ? 1 : 0)
         }
     }
 
     /// Poller thread only.
     func drain() {
-        _ = cpoller_wake_drain(readFD, isPipe ? 1 : 0)
+        _ = cpoller_wake_drain(readFD, isPipe ? 1 : 0)  // -EAGAIN: drained
         pending.store(false, ordering: .sequentiallyConsistent)
     }
 

@@ -92,7 +92,7 @@ struct BackendRegressions {
     // Epoll only: epoll_pwait2 is an epoll system call; io_uring's wait has no such fallback.
     @Test("Where epoll_pwait2 is refused with EPERM (a seccomp profile), the poller falls back to epoll_wait for good and still delivers events")
     func pwait2RefusedFallsBack() async throws {
-        defer { cpoller_epoll_force_ms_timeouts(0) }  // let later pollers find epoll_pwait2 again
+        defer { EpollBackend.WaitCall.forceMilliseconds(false) }  // let later pollers find epoll_pwait2 again
         try await withPoller(.epoll) { poller in
             let pipe = Pipe()
             let pd = try poller.register(pipe.readFD)
@@ -103,7 +103,7 @@ struct BackendRegressions {
             try await expectReadWaitEndsReady(poller, pd, writer: pipe.writeFD)
             let refusals = cpoller_fault_inject(Int32(CPOLLER_FAULT_PWAIT2), -1, 0, 0)
             #expect(refusals == 1, "epoll_pwait2 was tried \(refusals) times: the fallback was not remembered")
-            #expect(cpoller_epoll_has_pwait2() == 0)
+            #expect(!EpollBackend.WaitCall.usesPwait2)
             #expect(poller.backend.faults.reported.isEmpty, "a fallback is not a fault")
             pd.unblock()
             try pd.close()
