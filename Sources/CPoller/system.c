@@ -1,4 +1,7 @@
 // Small system helpers: the futex parker, clocks, thread ids and descriptor checks.
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1  // sched_getaffinity, CPU_COUNT
+#endif
 #include "cpoller.h"
 
 #include <dirent.h>
@@ -8,6 +11,7 @@
 #include <linux/futex.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -162,3 +166,14 @@ int cpoller_fault_take(int point, int fd) {
     return err > 0 ? err : EIO;
 }
 #endif
+
+int cpoller_affinity_cpu_count(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -errno;
+    return CPU_COUNT(&set);
+}
+
+static _Thread_local void *current_poller = NULL;
+void cpoller_set_current_poller(void *poller) { current_poller = poller; }
+void *cpoller_current_poller(void) { return current_poller; }

@@ -16,6 +16,9 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidBackendName(String)
     /// A system call failed while setting the poller up.
     case system(call: String, errno: Int32)
+    /// A ``PollerGroup`` was asked for fewer than one thread (or `POLLER_THREADS` holds
+    /// something that is not a positive number); the text is what was asked.
+    case invalidThreadCount(String)
 
     public var description: String {
         switch self {
@@ -25,6 +28,8 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
             return "unknown backend '\(name)': expected epoll, io_uring or auto"
         case .system(let call, let errno):
             return "\(call) failed: \(ErrnoName.describe(errno))"
+        case .invalidThreadCount(let asked):
+            return "invalid poller thread count '\(asked)': expected a whole number of 1 or more"
         }
     }
 }

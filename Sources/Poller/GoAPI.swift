@@ -2,7 +2,8 @@ import Glibc
 import Synchronization
 
 // Go's runtime_poll* surface (internal/poll/fd_poll_runtime.go), over the process-wide
-// poller (`Poller.shared()`), so code written against Go's contract ports line for line.
+// group (`PollerGroup.shared()`: descriptors spread across its pollers by `Poller.shared()`),
+// so code written against Go's contract ports line for line.
 
 /// Go's pollDesc handle.
 public typealias PollDesc = PollDescriptor
@@ -31,12 +32,12 @@ public let pollErrCancelled: Int = 6
 /// forbidden), the reason is written once to standard error and every `runtime_pollOpen`
 /// returns `(nil, ENOSYS)`; `Poller.shared()` throws the same error.
 public func runtime_pollServerInit() {
-    _ = sharedPollerForRuntime()
+    _ = sharedGroupForRuntime()
 }
 
-private func sharedPollerForRuntime() -> Poller? {
+private func sharedGroupForRuntime() -> PollerGroup? {
     do {
-        return try Poller.shared()
+        return try PollerGroup.shared()
     } catch {
         reportedInitFailure.withLockAnnotated { reported in
             guard !reported else { return }
@@ -52,10 +53,15 @@ private let reportedInitFailure = Mutex(false)
 /// Registers `fd` with the process-wide poller. Returns the descriptor and 0, or nil and an
 /// errno: EBADF (bad or closed fd), EPERM (regular file or directory), EINVAL (the poller's
 /// own descriptors), EEXIST (already registered), ENOSYS (the poller could not start).
+///
+/// The member of the group is chosen by the descriptor's number, so asking twice for one
+/// descriptor reaches the same member and fails with EEXIST, as Go's single epoll does.
 public func runtime_pollOpen(_ fd: Int32) -> (PollDesc?, Int32) {
-    guard let poller = sharedPollerForRuntime() else { return (nil, ENOSYS) }
+    guard let group = sharedGroupForRuntime() else { return (nil, ENOSYS) }
+    guard fd >= 0 else { return (nil, EBADF) }
+    if group.isPollerDescriptor(fd) { return (nil, EINVAL) }
     do {
-        return (try poller.register(fd), 0)
+        return (try group.member(forDescriptor: fd).register(fd), 0)
     } catch {
         if case .registrationFailed(let errno) = error { return (nil, errno) }
         return (nil, EINVAL)
@@ -110,5 +116,5 @@ public func runtime_pollUnblock(_ pd: PollDesc) {
 /// True exactly for the process-wide poller's own descriptors (the epoll or io_uring fd and
 /// the wake-up eventfd or pipe). False before the poller has started.
 public func runtime_isPollServerDescriptor(_ fd: Int32) -> Bool {
-    Poller.sharedIfStarted?.isPollerDescriptor(fd) ?? false
+    PollerGroup.sharedIfStarted?.isPollerDescriptor(fd) ?? false
 }

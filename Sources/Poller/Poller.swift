@@ -46,8 +46,14 @@ public final class Poller: Sendable {
 
     /// Starts the poller thread (PollerStartup.swift) and hands it this poller once every
     /// stored property is set.
-    init(backend choice: BackendChoice, options: Options) throws(PollerError) {
+    convenience init(backend choice: BackendChoice, options: Options) throws(PollerError) {
         let (kind, reason) = try choice.resolve(autoPrefersIOUring: options.autoPrefersIOUring)
+        try self.init(kind: kind, reason: reason, options: options)
+    }
+
+    /// Starts a poller on a backend already resolved (a group resolves `.auto` once for all
+    /// its members).
+    init(kind: BackendKind, reason: String, options: Options) throws(PollerError) {
         let (start, thread, backend) = try PollerThreadStart.launch(kind: kind, options: options)
         self.backend = backend
         backendKind = kind
@@ -74,7 +80,11 @@ public final class Poller: Sendable {
 
     /// Whether `fd` is one of the poller's own descriptors (the epoll or io_uring descriptor,
     /// the wake-up eventfd or pipe): Go's `runtime_isPollServerDescriptor`.
-    public func isPollerDescriptor(_ fd: Int32) -> Bool { backend.isPollerDescriptor(fd) }
+    /// False once ``shutdown()`` has started: the numbers are then being closed, and the
+    /// kernel may hand them to new descriptors.
+    public func isPollerDescriptor(_ fd: Int32) -> Bool {
+        !shutdownStarted.load(ordering: .acquiring) && backend.isPollerDescriptor(fd)
+    }
 
     /// Whether the wake-up channel is a self-pipe (eventfd was unavailable).
     public var usesSelfPipeWakeup: Bool { backend.wakeChannel.isPipe }
@@ -94,8 +104,9 @@ public final class Poller: Sendable {
     ///   descriptors, EEXIST if `fd` is already registered here, EBADF after shutdown.
     public func register(_ fd: Int32) throws(PollError) -> PollDescriptor {
         guard fd >= 0 else { throw .registrationFailed(errno: EBADF) }
-        if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
+        // Shutdown first: the backend's descriptor numbers are stale once it has closed them.
         if shutdownStarted.load(ordering: .acquiring) { throw .registrationFailed(errno: EBADF) }
+        if backend.isPollerDescriptor(fd) { throw .registrationFailed(errno: EINVAL) }
         #if DEBUG
         hooks.registerAfterShutdownCheck?()
         #endif

@@ -21,28 +21,21 @@ extension Poller {
         try self.init(backend: try BackendChoice.fromEnvironment())
     }
 
-    /// The process-wide poller used by the `runtime_poll*` functions, started on first use
-    /// with the backend named by `POLLER_BACKEND`. Thread-safe; every call returns the same
-    /// poller or the same error.
+    /// A poller of the process-wide group (``PollerGroup/shared()``, sized by
+    /// `POLLER_THREADS`, on the backend named by `POLLER_BACKEND`), started on first use: the
+    /// member whose thread is calling, else the next member in turn, so descriptors
+    /// registered from plain code spread across the group and those registered from a
+    /// member's own tasks stay on it. With `POLLER_THREADS=1` every call returns the same
+    /// poller. Thread-safe; throws the group's start-up error on every call if it failed.
     public static func shared() throws(PollerError) -> Poller {
-        try sharedPoller.withLockAnnotated { result throws(PollerError) -> Poller in
-            if result == nil {
-                do throws(PollerError) {
-                    result = .success(try Poller())
-                } catch {
-                    result = .failure(error)
-                }
-            }
-            return try result!.get()
-        }
+        try PollerGroup.shared().poller()
     }
 
-    /// The shared poller if it has been started.
-    static var sharedIfStarted: Poller? {
-        sharedPoller.withLockAnnotated { result in
-            if case .success(let poller)? = result { return poller }
-            return nil
-        }
+    /// The poller whose thread is running the caller (a job on its ``executor``), or nil on
+    /// any other thread.
+    public static var current: Poller? {
+        guard let raw = cpoller_current_poller() else { return nil }
+        return Unmanaged<Poller>.fromOpaque(raw).takeUnretainedValue()
     }
 
     /// Stops the poller thread: every descriptor still open is unblocked (its waiters return
@@ -74,9 +67,6 @@ extension Poller {
         }
     }
 }
-
-/// The process-wide poller, started on first use.
-private let sharedPoller = Mutex<Result<Poller, PollerError>?>(nil)
 
 extension Poller {
     /// Set-up knobs of the designated initializer, for the convenience initializers, tests
@@ -149,7 +139,10 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
     let start = Unmanaged<PollerThreadStart>.fromOpaque(context!).takeRetainedValue()
     cpoller_thread_set_name(start.options.threadName)
     let backend: any PollerBackend
-    do {
+    do throws(PollerError) {
+        #if DEBUG
+        if let error = start.options.hooks.beforeBackendSetup?(start.options.threadName) { throw error }
+        #endif
         backend = try start.kind.makeBackend(forcePipeWake: start.options.forcePipeWake)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }
@@ -161,6 +154,9 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
     start.go.park()
     guard let poller = start.poller.withLockAnnotated({ $0 }) else { return nil }
     start.poller.withLockAnnotated { $0 = nil }
+    // Unretained: `poller` holds it for as long as the loop runs on this thread.
+    cpoller_set_current_poller(Unmanaged.passUnretained(poller).toOpaque())
     poller.runLoop()
+    cpoller_set_current_poller(nil)
     return nil
 }

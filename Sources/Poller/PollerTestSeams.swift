@@ -16,6 +16,9 @@ extension Poller {
         /// On the poller thread during shutdown, after the backend is closed and before the
         /// open descriptors are unblocked.
         var shutdownBeforeSweep: (@Sendable () -> Void)?
+        /// On a new poller thread (named `threadName`) before it makes its backend: a non-nil
+        /// result fails the set-up with that error, as a backend that cannot start would.
+        var beforeBackendSetup: (@Sendable (_ threadName: String) -> PollerError?)?
     }
 }
 

@@ -135,20 +135,23 @@ extension NetpollSuites {
 
         // MARK: The process-wide poller
 
-        @Test("runtime_pollOpen registers with the process-wide poller and returns Go's errnos")
+        @Test("runtime_pollOpen registers with the process-wide group and returns Go's errnos, EEXIST and EINVAL across members too")
         func pollOpen() throws {
             runtime_pollServerInit()
-            guard let shared = try? Poller.shared() else {
-                try Test.cancel("the process-wide poller cannot start here")
+            guard let group = try? PollerGroup.shared() else {
+                try Test.cancel("the process-wide group cannot start here")
             }
             let pipe = Pipe()
             let (pd, errno0) = runtime_pollOpen(pipe.readFD)
             #expect(errno0 == 0)
             let opened = try #require(pd)
-            #expect(opened.poller === shared)
+            #expect(group.contains(opened.poller))
             #expect(opened.fd == pipe.readFD)
-            let again = runtime_pollOpen(pipe.readFD)
-            #expect(again.0 == nil && again.1 == EEXIST)
+            // Asked again, from any thread, the same member answers: EEXIST, as Go's epoll_ctl.
+            for _ in 0..<(2 * group.count) {
+                let again = runtime_pollOpen(pipe.readFD)
+                #expect(again.0 == nil && again.1 == EEXIST)
+            }
             let bad = runtime_pollOpen(-1)
             #expect(bad.0 == nil && bad.1 == EBADF)
             var template = Array("/tmp/netpoll-regular-XXXXXX".utf8CString)
@@ -160,7 +163,8 @@ extension NetpollSuites {
             }
             let file = runtime_pollOpen(fileFD)
             #expect(file.0 == nil && file.1 == EPERM)
-            if let own = sharedBackendFDs(shared).first {
+            // Every member's own descriptors are refused, whichever member the fd maps to.
+            for own in group.pollers.flatMap(sharedBackendFDs) {
                 let ownResult = runtime_pollOpen(own)
                 #expect(ownResult.0 == nil && ownResult.1 == EINVAL)
             }
@@ -169,14 +173,14 @@ extension NetpollSuites {
             #expect(opened.resetResult(.read) == .closing)
         }
 
-        @Test("runtime_isPollServerDescriptor is true for the process-wide poller's own descriptors and false for others")
+        @Test("runtime_isPollServerDescriptor is true for every member's own descriptors of the process-wide group and false for others")
         func isPollServerDescriptor() throws {
             runtime_pollServerInit()
-            guard let shared = try? Poller.shared() else {
-                try Test.cancel("the process-wide poller cannot start here")
+            guard let group = try? PollerGroup.shared() else {
+                try Test.cancel("the process-wide group cannot start here")
             }
-            let own = sharedBackendFDs(shared)
-            #expect(own.count >= 2, "expected the backend descriptor and the wake-up channel")
+            let own = group.pollers.flatMap(sharedBackendFDs)
+            #expect(own.count >= 2 * group.count, "expected the backend descriptor and the wake-up channel of each")
             for fd in own {
                 #expect(runtime_isPollServerDescriptor(fd), "fd \(fd) belongs to the poller")
             }

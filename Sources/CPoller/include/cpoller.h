@@ -218,6 +218,13 @@ void cpoller_tsan_release(void *addr);
 int64_t cpoller_heap_bytes_in_use(void);
 // Names the calling thread (best effort; at most 15 bytes are kept).
 void cpoller_thread_set_name(const char *name);
+// The number of CPUs in the calling thread's affinity mask (sched_getaffinity: taskset and
+// cgroup cpusets count), or -errno.
+int cpoller_affinity_cpu_count(void);
+// A thread-local pointer: the poller whose thread this is (NULL on other threads). Swift's
+// own thread-locals are not available to a library without Foundation.
+void cpoller_set_current_poller(void *poller);
+void *cpoller_current_poller(void);
 
 #ifdef __cplusplus
 }
