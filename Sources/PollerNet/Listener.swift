@@ -1,3 +1,4 @@
+import Glibc
 import Poller
 
 /// What every listening socket offers, whatever its address family: Go's `net.Listener`.
@@ -29,6 +30,37 @@ extension Listener {
     /// a time, its timers a few descriptors once) with room to spare; small beside common
     /// limits (1,024 and up), a quarter of a 64-descriptor limit.
     public static var defaultDescriptorHeadroom: Int { 16 }
+
+    /// A stream socket bound to `address` and listening, owned by a new `NetFD` on `poller`:
+    /// the one construction path of ``TCPListener`` and ``UnixListener``.
+    ///
+    /// `beforeBind` sets socket options that must precede bind(2). `afterClose` undoes what a
+    /// successful bind created outside the socket (a Unix socket's file): it runs when
+    /// listen(2) fails and, through the `NetFD`, after the socket is closed, but never after a
+    /// failed bind, which created nothing. The socket is closed on every failure.
+    static func listeningNetFD(
+        address: SocketAddress, backlog: Int32?, poller: Poller?,
+        beforeBind: (Int32) throws(NetError) -> Void = { _ in },
+        afterClose: (@Sendable () -> Void)? = nil
+    ) throws(NetError) -> NetFD {
+        let fd = try SocketOptions.makeStreamSocket(family: address.family)
+        do throws(NetError) {
+            try beforeBind(fd)
+            let bound = try address.withSockaddr { bind(fd, $0, $1) == 0 ? 0 : errno }
+            if bound != 0 { throw .system(call: "bind", errno: bound) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        if Glibc.listen(fd, backlog ?? SocketOptions.systemBacklog) != 0 {
+            let e = errno
+            Glibc.close(fd)
+            afterClose?()
+            throw .system(call: "listen", errno: e)
+        }
+        // NetFD owns fd from here, closing it (and running afterClose) itself on failure.
+        return try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
+    }
 
     /// ``defaultDescriptorHeadroom``, for conformers that keep no value of their own.
     public var descriptorHeadroom: Int { Self.defaultDescriptorHeadroom }

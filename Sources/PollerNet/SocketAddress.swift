@@ -67,23 +67,19 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     func withSockaddr<R>(
         _ body: (UnsafePointer<sockaddr>, socklen_t) -> R
     ) throws(NetError) -> R {
-        var storage = sockaddr_storage()
-        let length: socklen_t
         switch self {
         case .ipv4(let host, let port):
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
             sin.sin_port = port.bigEndian
             guard inet_pton(AF_INET, host, &sin.sin_addr) == 1 else { throw .invalidAddress(host) }
-            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin) { dst.copyMemory(from: $0) } }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            return Self.withSockaddr(of: sin, body)
         case .ipv6(let host, let port):
             var sin6 = sockaddr_in6()
             sin6.sin6_family = sa_family_t(AF_INET6)
             sin6.sin6_port = port.bigEndian
             guard inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1 else { throw .invalidAddress(host) }
-            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            return Self.withSockaddr(of: sin6, body)
         case .unix(let path):
             var sun = sockaddr_un()
             sun.sun_family = sa_family_t(AF_UNIX)
@@ -96,11 +92,22 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
                 dst.copyBytes(from: bytes)
                 dst[bytes.count] = 0
             }
-            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sun) { dst.copyMemory(from: $0) } }
-            length = socklen_t(MemoryLayout<sockaddr_un>.size)
+            return Self.withSockaddr(of: sun, body)
         }
+    }
+
+    /// Calls `body` with `address` (a `sockaddr_in`, `sockaddr_in6` or `sockaddr_un`) as a
+    /// `sockaddr` and its full size. The copy into `sockaddr_storage` gives every family the
+    /// alignment and size the kernel may read through a `sockaddr` pointer.
+    private static func withSockaddr<Address, R>(
+        of address: Address, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R
+    ) -> R {
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: address) { dst.copyMemory(from: $0) } }
         return withUnsafePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                body($0, socklen_t(MemoryLayout<Address>.size))
+            }
         }
     }
 

@@ -48,21 +48,10 @@ public final class TCPListener: Listener {
         descriptorHeadroom: Int = TCPListener.defaultDescriptorHeadroom
     ) throws(NetError) -> TCPListener {
         let address = try SocketAddress(host: host, port: port)
-        let fd = try SocketOptions.makeStreamSocket(family: address.family)
-        do throws(NetError) {
+        let netFD = try listeningNetFD(address: address, backlog: backlog, poller: poller) { fd throws(NetError) in
             try SocketOptions.set(fd, level: SOL_SOCKET, option: SO_REUSEADDR, value: 1)
-            let bound = try address.withSockaddr { bind(fd, $0, $1) == 0 ? 0 : errno }
-            if bound != 0 { throw .system(call: "bind", errno: bound) }
-            if Glibc.listen(fd, backlog ?? SocketOptions.systemBacklog) != 0 {
-                throw .system(call: "listen", errno: errno)
-            }
-        } catch {
-            Glibc.close(fd)
-            throw error
         }
-        // NetFD owns fd from here, closing it itself on failure.
-        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
-        let local = try SocketOptions.localAddress(fd)
+        let local = try SocketOptions.localAddress(netFD.fd)
         return TCPListener(
             netFD: netFD, localAddress: local, poller: poller, descriptorHeadroom: descriptorHeadroom)
     }

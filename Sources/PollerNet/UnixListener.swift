@@ -41,23 +41,8 @@ public final class UnixListener: Listener {
         descriptorHeadroom: Int = UnixListener.defaultDescriptorHeadroom
     ) throws(NetError) -> UnixListener {
         let address = SocketAddress.unix(path: path)
-        let fd = try SocketOptions.makeStreamSocket(family: AF_UNIX)
-        do throws(NetError) {
-            let bound = try address.withSockaddr { bind(fd, $0, $1) == 0 ? 0 : errno }
-            if bound != 0 { throw .system(call: "bind", errno: bound) }
-        } catch {
-            Glibc.close(fd)
-            throw error
-        }
-        // The file exists now: every later failure, and the eventual close, unlinks it.
-        let unlinkPath: @Sendable () -> Void = { _ = unlink(path) }
-        if Glibc.listen(fd, backlog ?? SocketOptions.systemBacklog) != 0 {
-            let e = errno
-            Glibc.close(fd)
-            unlinkPath()
-            throw .system(call: "listen", errno: e)
-        }
-        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: unlinkPath)
+        let netFD = try listeningNetFD(
+            address: address, backlog: backlog, poller: poller, afterClose: { _ = unlink(path) })
         return UnixListener(
             netFD: netFD, localAddress: address, poller: poller, descriptorHeadroom: descriptorHeadroom)
     }
