@@ -11,7 +11,9 @@
 /// One waiter per direction: a reader and a writer may wait at once, but a second wait on a
 /// direction that already has a waiter fails with ``PollError/doubleWait``.
 public struct PollDescriptor: Sendable, Hashable {
-    @usableFromInline let poller: Poller
+    /// The poller this descriptor is registered with: its waits are woken on that poller's
+    /// thread, so a task on its ``Poller/executor`` resumes without a hop.
+    public let poller: Poller
     @usableFromInline let slot: DescriptorSlot
     @usableFromInline let generation: UInt32
     /// The registered file descriptor.

@@ -23,6 +23,16 @@ public final class Connection: Sendable {
     /// The peer's address (`.unix(path: "")` for an unnamed Unix client).
     public let remoteAddress: SocketAddress
 
+    /// The poller the connection is registered with (for an accepted connection, the one
+    /// its listener's group assigned).
+    public var poller: Poller { netFD.poller }
+
+    /// The executor of the connection's poller: a task that serves the connection from it
+    /// (`Task(executorPreference: connection.executor)`) runs on the thread that sees the
+    /// connection's readiness, so a read, its wake-up and the resumed task stay on one thread.
+    /// A task elsewhere works as well; each wake-up then hops to it.
+    public var executor: PollerExecutor { netFD.poller.executor }
+
     /// Wraps a connected socket, taking ownership of `fd` (closed on failure).
     convenience init(adopting fd: Int32, poller: Poller?) throws(NetError) {
         // From here on NetFD owns the fd (and on failure has closed it).

@@ -8,9 +8,12 @@ public protocol Listener: Sendable {
     var netFD: NetFD { get }
     /// The bound address (for TCP, with the port the kernel chose when 0 was asked for).
     var localAddress: SocketAddress { get }
-    /// The poller for the listener and the connections it accepts; nil for
-    /// `Poller.shared()`.
+    /// The poller for the listener (and for the connections it accepts, unless ``group``
+    /// is set); nil for `Poller.shared()`.
     var poller: Poller? { get }
+    /// The group whose pollers take the accepted connections in turn, or nil for the
+    /// listener's own ``poller``. Conformers that do not say have none.
+    var group: PollerGroup? { get }
     /// How many descriptors below the soft RLIMIT_NOFILE ``accept()`` leaves free for the
     /// rest of the process: a connection that would take one of them is closed at once
     /// (shed) and ``accept()`` throws ``NetError/tooManyOpenFiles(errno:)``. 0 turns shedding
@@ -62,11 +65,17 @@ extension Listener {
         return try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
     }
 
+    /// No group, for conformers that keep none: connections go to ``poller``.
+    public var group: PollerGroup? { nil }
+
     /// ``defaultDescriptorHeadroom``, for conformers that keep no value of their own.
     public var descriptorHeadroom: Int { Self.defaultDescriptorHeadroom }
 
     /// Waits for and returns the next connection (TCP_NODELAY on for TCP, registered with
-    /// this listener's poller), keeping ``descriptorHeadroom`` descriptors free.
+    /// the next poller of ``group`` in turn, else with this listener's ``poller``), keeping
+    /// ``descriptorHeadroom`` descriptors free. Serve it from a task on its poller's executor
+    /// (`Task(executorPreference: connection.executor)`) so its reads, their wake-ups and the
+    /// task stay on one thread.
     ///
     /// A connection is never returned in the top ``descriptorHeadroom`` descriptor slots below
     /// the soft RLIMIT_NOFILE (the kernel hands out the lowest free number, so such a number
@@ -86,7 +95,7 @@ extension Listener {
     ///   listener stays usable).
     nonisolated(nonsending) public func accept() async throws(NetError) -> Connection {
         let fd = try await netFD.accept(keepingFree: max(0, descriptorHeadroom))
-        return try Connection(adopting: fd, poller: poller)
+        return try Connection(adopting: fd, poller: group?.next() ?? poller)
     }
 
     /// Sets (nil clears) the deadline for ``accept()``: Go's `SetDeadline` on a listener.

@@ -21,6 +21,8 @@ public final class NetFD: Sendable {
     public let fd: Int32
     /// The registration with the poller.
     public let pollDescriptor: PollDescriptor
+    /// The poller the descriptor is registered with.
+    public var poller: Poller { pollDescriptor.poller }
     /// Whether a zero-byte read means end of file (stream sockets, pipes).
     public let isStream: Bool
     /// Whether `fd` is a socket: writes then use `send(MSG_NOSIGNAL)`, so a peer that has
