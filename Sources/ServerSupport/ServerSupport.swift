@@ -208,12 +208,24 @@ public struct FlagReader {
     }
 }
 
+/// How a server with several pollers takes connections in.
+public enum AcceptMode: String, Sendable {
+    /// One listener; its accept loop hands connections to the group's pollers in turn.
+    case shared
+    /// One SO_REUSEPORT listener and accept loop per poller; the kernel spreads connections.
+    case reusePort = "reuseport"
+}
+
 /// The flags both servers take, with their defaults: `--host`, `--port`, `--backend` (default
-/// from `POLLER_BACKEND`, else auto), `--idle-timeout`, `--write-timeout`, `--max-connections`.
+/// from `POLLER_BACKEND`, else auto), `--threads` (default: every CPU the process may run on),
+/// `--accept`, `--idle-timeout`, `--write-timeout`, `--max-connections`.
 public struct ServerOptions: Sendable {
     public var host = "127.0.0.1"
     public var port: UInt16 = 0
     public var backend: BackendChoice
+    /// The pollers (threads) to run; nil: one per CPU in the affinity mask.
+    public var threads: Int?
+    public var acceptMode = AcceptMode.shared
     /// nil: off. The read deadline while waiting for data.
     public var idleTimeout: Duration?
     /// nil: off. The deadline of each write.
@@ -243,6 +255,13 @@ public struct ServerOptions: Sendable {
             } catch {
                 fail("\(error)")
             }
+        case "--threads":
+            let n = flags.integer(of: flag, in: 0...4096)
+            threads = n == 0 ? nil : n
+        case "--accept":
+            let value = flags.value(of: flag)
+            guard let mode = AcceptMode(rawValue: value) else { fail("--accept takes shared or reuseport, not '\(value)'") }
+            acceptMode = mode
         case "--idle-timeout": idleTimeout = parseTimeout(flag, flags.value(of: flag))
         case "--write-timeout": writeTimeout = parseTimeout(flag, flags.value(of: flag))
         case "--max-connections":
@@ -253,3 +272,41 @@ public struct ServerOptions: Sendable {
         return true
     }
 }
+
+/// A server's pollers and listeners, made from its ``ServerOptions``.
+public struct ServingGroup: Sendable {
+    public let group: PollerGroup
+    /// One listener (``AcceptMode/shared``: connections to the pollers in turn) or one per
+    /// poller (``AcceptMode/reusePort``). Run each one's accept loop on its own poller's
+    /// executor (`listener.netFD.poller.executor`).
+    public let listeners: [TCPListener]
+    public let acceptMode: AcceptMode
+
+    /// Starts the group and listens as `options` say; exits with a message on failure.
+    public init(_ options: ServerOptions) async {
+        do {
+            group = try PollerGroup(threads: options.threads, backend: options.backend)
+        } catch {
+            fail("\(error)")
+        }
+        acceptMode = options.acceptMode
+        do {
+            switch options.acceptMode {
+            case .shared:
+                listeners = [try TCPListener.listen(host: options.host, port: options.port, group: group)]
+            case .reusePort:
+                listeners = try await TCPListener.listenOnEveryPoller(host: options.host, port: options.port, group: group)
+            }
+        } catch {
+            fail("listen on \(options.host):\(options.port): \(error)")
+        }
+    }
+
+    /// "threads 2 (of 2 CPUs), accept shared, backend epoll (reason)": for the start-up line.
+    public var summary: String {
+        let asked = group.requestedThreads == group.count ? "" : ", \(group.requestedThreads) asked"
+        return "threads \(group.count) (of \(PollerGroup.availableCPUs) CPUs\(asked)), accept \(acceptMode.rawValue), "
+            + "backend \(group.backendKind): \(group.backendReason)"
+    }
+}
+

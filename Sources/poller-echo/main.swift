@@ -1,11 +1,15 @@
 // poller-echo: the seeds' echo server made real, on PollerNet.
 //
 //   poller-echo [--host 127.0.0.1] [--port 0] [--backend epoll|io_uring|auto]
+//               [--threads N] [--accept shared|reuseport]
 //               [--idle-timeout SECONDS] [--write-timeout SECONDS]
 //               [--max-connections N] [--global-executor]
 //
-// One task per connection, echoing everything. Connection tasks run on the poller's own
-// thread (its TaskExecutor) unless --global-executor is given. SIGINT/SIGTERM stop it
+// One task per connection, echoing everything. --threads N pollers (default: one per CPU the
+// process may run on), each connection on one of them; its task runs on that poller's own
+// thread (its TaskExecutor) unless --global-executor is given. --accept shared (default): one
+// listener hands connections to the pollers in turn; reuseport: one SO_REUSEPORT listener per
+// poller (BENCHMARKS.md compares them). SIGINT/SIGTERM stop it
 // cleanly: stop accepting, unblock and close every connection, print totals, exit 0. Port 0
 // picks a free port; the first line printed says which.
 //
@@ -28,8 +32,13 @@ import ServerSupport
 import Synchronization
 
 let usageText = """
-    usage: poller-echo [--host H] [--port P] [--backend epoll|io_uring|auto]
-                       [--idle-timeout S] [--write-timeout S] [--max-connections N] [--global-executor]
+    usage: poller-echo [--host H] [--port P] [--backend epoll|io_uring|auto] [--threads N]
+                       [--accept shared|reuseport] [--idle-timeout S] [--write-timeout S]
+                       [--max-connections N] [--global-executor]
+      --threads N           pollers, one thread each (default and 0: one per CPU this process
+                            may run on; more is clamped to that)
+      --accept MODE         shared: one listener hands connections to the pollers in turn
+                            (default); reuseport: one SO_REUSEPORT listener per poller
       --idle-timeout S      close a connection that sends nothing for S seconds (default 60; 0 = off)
       --write-timeout S     close a connection whose echo cannot be written within S seconds
                             (a peer that does not read; default 30; 0 = off)
@@ -64,10 +73,8 @@ struct Options: Sendable {
 
 /// The server's live connections and totals.
 final class Server: Sendable {
-    let listener: TCPListener
+    let serving: ServingGroup
     let options: Options
-    let poller: Poller
-    let backoffTimer: BackoffTimer
     private let connections = Mutex<[Int: Connection]>([:])
     private let nextID = Atomic<Int>(0)
     let accepted = Atomic<Int>(0)
@@ -77,18 +84,20 @@ final class Server: Sendable {
     let writeTimedOut = Atomic<Int>(0)
     let stopping = Atomic<Bool>(false)
 
-    init(listener: TCPListener, options: Options, poller: Poller, backoffTimer: BackoffTimer) {
-        self.listener = listener
+    init(serving: ServingGroup, options: Options) {
+        self.serving = serving
         self.options = options
-        self.poller = poller
-        self.backoffTimer = backoffTimer
     }
 
-    var executor: (any TaskExecutor)? { options.onPollerExecutor ? poller.executor : nil }
+    /// Where a connection's task runs: its own poller's thread, or the global executor.
+    func executor(for connection: Connection) -> (any TaskExecutor)? {
+        options.onPollerExecutor ? connection.executor : nil
+    }
 
-    /// Accepts until the listener is closed (shutdown). Invariant: no error other than
-    /// `.closed` ends this loop, and no error makes it spin: accept errors back off.
-    func acceptLoop() async {
+    /// Accepts from `listener` until it is closed (shutdown). Invariant: no error other than
+    /// `.closed` ends this loop, and no error makes it spin: accept errors back off on
+    /// `backoffTimer` (one per loop: a timer has one sleeper).
+    func acceptLoop(_ listener: TCPListener, _ backoffTimer: BackoffTimer) async {
         var acceptErrors = AcceptErrorPolicy()
         var shedLog = RateLimitedLog()
         while let connection = await acceptErrors.accept(
@@ -114,7 +123,7 @@ final class Server: Sendable {
                 shedLog("at the connection cap (\(options.maxConnections)): shedding new connections")
                 try? await connection.close()
             case true?:
-                Task(executorPreference: executor) {
+                Task(executorPreference: executor(for: connection)) {
                     await self.serve(connection)
                     _ = self.connections.withLockAnnotated { $0.removeValue(forKey: id) }
                     try? await connection.close()
@@ -169,10 +178,10 @@ final class Server: Sendable {
 
     /// Stops accepting, unblocks and closes every connection, and waits (bounded) for their
     /// tasks to finish.
-    func stop() async {
+    func stop(_ backoffTimers: [BackoffTimer]) async {
         stopping.store(true, ordering: .relaxed)
-        try? await listener.close()
-        backoffTimer.unblock()  // an accept loop backing off returns at once
+        for listener in serving.listeners { try? await listener.close() }
+        for timer in backoffTimers { timer.unblock() }  // an accept loop backing off returns at once
         let open = connections.withLockAnnotated { Array($0.values) }
         for connection in open { try? await connection.close() }
         let deadline = ContinuousClock.now + .seconds(5)
@@ -188,47 +197,42 @@ nonisolated func run(_ options: Options) async -> Int32 {
     } catch {
         fail("signal handlers: \(error)")
     }
-    let poller: Poller
-    do {
-        poller = try Poller(backend: options.backend)
-    } catch {
-        fail("\(error)")
-    }
-    let listener: TCPListener
-    do {
-        listener = try TCPListener.listen(host: options.host, port: options.port, poller: poller)
-    } catch {
-        fail("listen on \(options.host):\(options.port): \(error)")
-    }
-    print("poller-echo: listening on \(listener.localAddress) (backend \(poller.backendKind): \(poller.backendReason))")
+    let serving = await ServingGroup(options.server)
+    let group = serving.group
+    print("poller-echo: listening on \(serving.listeners[0].localAddress) (\(serving.summary))")
     fflush(nil)
-    let backoffTimer: BackoffTimer
+    // Each accept loop runs on its listener's poller, with its own back-off timer there.
+    let backoffTimers: [BackoffTimer]
     do {
-        backoffTimer = try BackoffTimer(poller: poller)
+        backoffTimers = try serving.listeners.map { listener throws(PollError) in try BackoffTimer(poller: listener.netFD.poller) }
     } catch {
         fail("backoff timer: \(error)")
     }
-    let server = Server(listener: listener, options: options, poller: poller, backoffTimer: backoffTimer)
-    let acceptTask = Task(executorPreference: server.executor) { await server.acceptLoop() }
+    let server = Server(serving: serving, options: options)
+    let acceptTasks = zip(serving.listeners, backoffTimers).map { listener, timer in
+        Task(executorPreference: options.onPollerExecutor ? listener.netFD.poller.executor : nil) {
+            await server.acceptLoop(listener, timer)
+        }
+    }
 
     do {
-        try await TerminationSignal.wait(poller: poller)
+        try await TerminationSignal.wait(poller: group.pollers[0])
     } catch {
         log("signal wait: \(error)")
     }
     log("stopping")
-    await server.stop()
-    await acceptTask.value
-    backoffTimer.close()
+    await server.stop(backoffTimers)
+    for task in acceptTasks { await task.value }
+    for timer in backoffTimers { timer.close() }
     // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
     print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
         + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "
         + "closed \(server.idleClosed.load(ordering: .relaxed)) idle, "
-        + "parked \(poller.parkedWaiterCount), registered \(poller.openDescriptorCount), "
+        + "parked \(group.parkedWaiterCount), registered \(group.openDescriptorCount), "
         + "write timeouts \(server.writeTimedOut.load(ordering: .relaxed)), "
         + "shed \(server.shed.load(ordering: .relaxed))")
     fflush(nil)
-    poller.shutdown()
+    group.shutdown()
     return 0
 }
 

@@ -5,7 +5,7 @@
 // bodies given by Content-Length.
 //
 //   poller-http [--host 127.0.0.1] [--port 0] [--backend epoll|io_uring|auto]
-//               [--idle-timeout S] [--read-timeout S] [--write-timeout S]
+//               [--threads N] [--accept shared|reuseport] [--idle-timeout S] [--read-timeout S] [--write-timeout S]
 //               [--max-connections N] [--max-header-bytes N] [--max-body-bytes N]
 //
 // What it defends against, with the defaults a public server needs (see usageText):
@@ -35,6 +35,10 @@ import Synchronization
 
 let usageText = """
     usage: poller-http [--host H] [--port P] [--backend epoll|io_uring|auto] [options]
+      --threads N            pollers, one thread each (default and 0: one per CPU this process
+                             may run on; more is clamped to that)
+      --accept MODE          shared: one listener hands connections to the pollers in turn
+                             (default); reuseport: one SO_REUSEPORT listener per poller
       --idle-timeout S       close a connection idle between requests for S seconds (default 60; 0 = off)
       --read-timeout S       a request's head and body must arrive within S seconds of its first
                              bytes (default 10; 0 = off, reads then only get the idle timeout)
@@ -389,14 +393,15 @@ final class OpenCount: Sendable {
 }
 
 /// Accepts until the listener is closed. Invariant: only `.closed` ends the loop, and accept
-/// errors back off (5 ms doubling to 1 s) instead of spinning.
-func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: BackoffTimer, _ options: Options) async {
-    let open = OpenCount()
+/// errors back off (5 ms doubling to 1 s) instead of spinning. `open` counts the connections
+/// of every accept loop.
+func acceptLoop(_ listener: TCPListener, _ backoffTimer: BackoffTimer, _ open: OpenCount, _ options: Options) async {
     var acceptErrors = AcceptErrorPolicy()
     var shedLog = RateLimitedLog()
     while let connection = await acceptErrors.accept(from: listener, backingOffOn: backoffTimer) {
-        // Only this loop increments, so load-then-add cannot overshoot the cap.
-        if open.value.load(ordering: .relaxed) >= options.maxConnections {
+        // Reserve a place first, so loops on several pollers cannot overshoot the cap together.
+        if open.value.add(1, ordering: .relaxed).newValue > options.maxConnections {
+            open.value.subtract(1, ordering: .relaxed)
             // Shed: a 503 (into an empty send buffer, so it does not block; the deadline makes
             // sure) and close, keeping the listen queue moving and the descriptors for the
             // connections already served.
@@ -406,8 +411,7 @@ func acceptLoop(_ listener: TCPListener, _ poller: Poller, _ backoffTimer: Backo
             try? await connection.close()
             continue
         }
-        open.value.add(1, ordering: .relaxed)
-        Task(executorPreference: poller.executor) {
+        Task(executorPreference: connection.executor) {
             await serve(connection, options)
             try? await connection.close()
             open.value.subtract(1, ordering: .relaxed)
@@ -419,19 +423,22 @@ nonisolated func run() async {
     let options = parse()
     do {
         try TerminationSignal.install()
-        let poller = try Poller(backend: options.backend)
-        let listener = try TCPListener.listen(host: options.host, port: options.port, poller: poller)
-        print("poller-http: listening on \(listener.localAddress) (backend \(poller.backendKind))")
+        let serving = await ServingGroup(options.server)
+        print("poller-http: listening on \(serving.listeners[0].localAddress) (\(serving.summary))")
         fflush(nil)
-        let backoffTimer = try BackoffTimer(poller: poller)
-        let server = Task(executorPreference: poller.executor) { await acceptLoop(listener, poller, backoffTimer, options) }
+        let open = OpenCount()
+        // Each accept loop on its listener's poller, with its own back-off timer there.
+        let backoffTimers = try serving.listeners.map { listener throws(PollError) in try BackoffTimer(poller: listener.netFD.poller) }
+        let loops = zip(serving.listeners, backoffTimers).map { listener, timer in
+            Task(executorPreference: listener.netFD.poller.executor) { await acceptLoop(listener, timer, open, options) }
+        }
         // SIGINT/SIGTERM: stop accepting and exit 0 (open connections end with the process).
-        try? await TerminationSignal.wait(poller: poller)
-        try? await listener.close()
-        backoffTimer.unblock()
-        await server.value
-        backoffTimer.close()
-        poller.shutdown()
+        try? await TerminationSignal.wait(poller: serving.group.pollers[0])
+        for listener in serving.listeners { try? await listener.close() }
+        for timer in backoffTimers { timer.unblock() }
+        for loop in loops { await loop.value }
+        for timer in backoffTimers { timer.close() }
+        serving.group.shutdown()
         exit(0)
     } catch {
         log("\(error)")
