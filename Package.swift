@@ -41,6 +41,7 @@ let package = Package(
         .executableTarget(name: "example-go-style", dependencies: ["Poller"], path: "Examples/GoStyle"),
         .executableTarget(name: "example-swift-style", dependencies: ["Poller"], path: "Examples/SwiftStyle"),
         .executableTarget(name: "example-echo-server", dependencies: ["PollerNet"], path: "Examples/EchoServer"),
+        .executableTarget(name: "example-group-server", dependencies: ["PollerNet"], path: "Examples/GroupServer"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],
