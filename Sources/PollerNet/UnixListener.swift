@@ -3,7 +3,7 @@ import Poller
 
 /// A Unix domain stream listening socket: Go's `net.UnixListener`.
 ///
-/// The socket file is created by ``listen(path:backlog:poller:descriptorHeadroom:)`` and unlinked when the
+/// The socket file is created by ``listen(path:backlog:poller:group:descriptorHeadroom:)`` and unlinked when the
 /// listener is closed (Go's default `SetUnlinkOnClose(true)` for listeners it created).
 public final class UnixListener: Listener {
     /// The listening descriptor and its poller registration.
@@ -37,7 +37,7 @@ public final class UnixListener: Listener {
     ///   - poller: the poller for the listener and the connections it accepts; nil for
     ///     `Poller.shared()` (or, with `group`, the group's next poller).
     ///   - group: spread the accepted connections over this group's pollers, in turn (one
-    ///     acceptor hands them out; see ``listenOnEveryPoller(host:port:backlog:group:descriptorHeadroom:)``
+    ///     acceptor hands them out; see ``TCPListener/listenOnEveryPoller(host:port:backlog:group:descriptorHeadroom:)``
     ///     for one listener per poller instead); nil for `poller`.
     ///   - descriptorHeadroom: how many descriptors below the soft RLIMIT_NOFILE
     ///     ``accept()`` keeps free, shedding connections that would take them (see
