@@ -42,6 +42,7 @@ let package = Package(
         .executableTarget(name: "example-swift-style", dependencies: ["Poller"], path: "Examples/SwiftStyle"),
         .executableTarget(name: "example-echo-server", dependencies: ["PollerNet"], path: "Examples/EchoServer"),
         .executableTarget(name: "example-group-server", dependencies: ["PollerNet"], path: "Examples/GroupServer"),
+        .executableTarget(name: "example-default-executor", dependencies: ["Poller"], path: "Examples/DefaultExecutor"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

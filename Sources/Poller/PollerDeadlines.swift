@@ -17,6 +17,18 @@ extension Poller {
         /// look at the heap before sleeping), `.max` when it sleeps with no timeout. A new
         /// deadline earlier than this must wake it.
         var sleepUntil: Int64 = .min
+        /// Jobs scheduled for an instant (`Task.sleep` under the installed default executor).
+        var delayedJobs = DelayedJobHeap()
+        /// The loop has exited: delayed jobs go to the platform's executor instead.
+        var stopped = false
+
+        /// The earliest descriptor deadline or delayed job, if any.
+        var earliest: Int64? {
+            switch (heap.earliest, delayedJobs.earliest) {
+            case (let a?, let b?): min(a, b)
+            case (let a, let b): a ?? b
+            }
+        }
     }
 
     /// The longest timeout ever handed to the kernel: one day.
@@ -48,7 +60,7 @@ extension Poller {
     func timeoutUntilNextDeadline() -> Int64 {
         timers.withLockAnnotated { t in
             let now = MonotonicClock.now()
-            let timeout = Poller.sleepTimeout(earliest: t.heap.earliest, now: now)
+            let timeout = Poller.sleepTimeout(earliest: t.earliest, now: now)
             // A deadline earlier than sleepUntil wakes the poller; one later is picked up when
             // it wakes by itself, at the (possibly capped) timeout.
             if timeout < 0 {
@@ -57,6 +69,24 @@ extension Poller {
                 t.sleepUntil = now + timeout
             }
             return timeout
+        }
+    }
+
+    /// Runs `job` on this poller's thread at the CLOCK_MONOTONIC instant `when` (nanoseconds):
+    /// `Task.sleep` under the group installed as the default executor. Waking a sleeping
+    /// poller follows the deadline rule: only for an instant earlier than it will wake by
+    /// itself. After the loop has exited the job goes to the platform's executor, with the
+    /// time it has left.
+    func enqueue(_ job: UnownedJob, at when: Int64) {
+        let (accepted, wakePoller) = timers.withLockAnnotated { t -> (Bool, Bool) in
+            if t.stopped { return (false, false) }
+            t.delayedJobs.schedule(job, at: when)
+            return (true, when < t.sleepUntil)
+        }
+        if !accepted {
+            PlatformFallback.enqueue(job, afterNanos: when - MonotonicClock.now())
+        } else if wakePoller {
+            backend.wake()
         }
     }
 
@@ -107,15 +137,20 @@ extension Poller {
     }
 
     /// Runs the deadline timers that are due (Go's netpolldeadlineimpl; the transition is
-    /// ``SlotState/fireTimer(_:now:woken:)``).
-    func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)]) {
+    /// ``SlotState/fireTimer(_:now:woken:)``) and moves the delayed jobs that are due to the
+    /// run queue.
+    func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)], _ dueJobs: inout [UnownedJob]) {
         let now = MonotonicClock.now()
         let due = timers.withLockAnnotated { t -> Bool in
-            guard let earliest = t.heap.earliest, earliest <= now else { return false }
+            guard let earliest = t.earliest, earliest <= now else { return false }
             t.heap.popExpired(now: now, into: &expired)
+            t.delayedJobs.popDue(now: now, into: &dueJobs)
             return true
         }
         guard due else { return }
+        // On the poller thread, so these stay local and run in this iteration of the loop.
+        for job in dueJobs { runQueue.enqueue(job) }
+        dueJobs.removeAll(keepingCapacity: true)
         // The heap's lock is released: a timer callback takes the slot's lock (Go #35532).
         for timer in expired {
             guard let slot = table.slot(at: timer.slot) else { continue }

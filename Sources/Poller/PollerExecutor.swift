@@ -12,8 +12,8 @@ import Synchronization
 /// while jobs remain, and blocks only when it has nothing to run.
 ///
 /// Jobs must not block the thread: a task that blocks stalls every descriptor of the poller.
-/// After ``Poller/shutdown()``, jobs enqueued here are handed to the global concurrent
-/// executor, so no task is stranded.
+/// After ``Poller/shutdown()``, jobs enqueued here are handed to the platform's global
+/// executor (Dispatch), so no task is stranded.
 public final class PollerExecutor: TaskExecutor {
     let runQueue: RunQueue
 
@@ -34,7 +34,7 @@ final class RunQueue: Sendable {
     struct State {
         var jobs: [UnownedJob] = []
         var sleeping = false
-        /// The loop has exited: jobs go to the global executor.
+        /// The loop has exited: jobs go to the platform's executor.
         var stopped = false
         var stopRequested = false
     }
@@ -51,7 +51,7 @@ final class RunQueue: Sendable {
             return (s.sleeping, false)
         }
         if forward {
-            globalConcurrentExecutor.enqueue(ExecutorJob(job))
+            PlatformFallback.enqueue(job)
         } else if wake {
             backend.wake()
         }

@@ -140,12 +140,20 @@ public final class PollerGroup: Sendable {
     /// The process-wide group, started on first use as ``init()`` does. Thread-safe; every
     /// call returns the same group or the same error.
     public static func shared() throws(PollerError) -> PollerGroup {
+        try startShared(threads: nil, backend: nil)
+    }
+
+    /// The shared group; if this call starts it, with `threads` and `backend` (nil: from the
+    /// environment, as ``init()``).
+    static func startShared(threads: Int?, backend: BackendChoice?) throws(PollerError) -> PollerGroup {
         try sharedGroup.withLockAnnotated { result throws(PollerError) -> PollerGroup in
             if result == nil {
                 do throws(PollerError) {
-                    result = .success(try PollerGroup(threads: try threadsFromEnvironment(),
-                                                      backend: try BackendChoice.fromEnvironment(),
-                                                      options: Poller.Options()))
+                    var count = threads
+                    if count == nil { count = try threadsFromEnvironment() }
+                    var choice = backend
+                    if choice == nil { choice = try BackendChoice.fromEnvironment() }
+                    result = .success(try PollerGroup(threads: count, backend: choice!, options: Poller.Options()))
                 } catch {
                     result = .failure(error)
                 }

@@ -17,6 +17,7 @@ extension Poller {
         var indices: [UInt32] = []
         var woken: [(Waiter, WakeReason)] = []
         var expired: [DeadlineHeap.Timer] = []
+        var dueJobs: [UnownedJob] = []
         let taskExecutor = executor.asUnownedTaskExecutor()
         loop: while true {
             var timeout: Int64 = 0
@@ -36,7 +37,7 @@ extension Poller {
             if n > 0 {
                 dispatch(UnsafeBufferPointer(rebasing: events[0..<n]), &indices, &slots, &woken)
             }
-            fireDeadlines(&expired, &woken)
+            fireDeadlines(&expired, &woken, &dueJobs)
             runQueue.takeAll(into: &batch)
             for job in batch { job.runSynchronously(on: taskExecutor) }
             batch.removeAll(keepingCapacity: true)
@@ -64,7 +65,8 @@ extension Poller {
     }
 
     /// Poller thread, after the loop: close the backend, unblock what is still open, and route
-    /// later jobs to the global executor.
+    /// queued, delayed and later jobs to the platform's executor (not the default executor,
+    /// which may be this poller's group).
     ///
     /// The backend is closed before the sweep: a `register` racing this either reaches the
     /// backend after the close and is refused, or opened its slot before the sweep, which then
@@ -76,6 +78,10 @@ extension Poller {
             s.stopped = true
             swap(&s.jobs, &leftover)
         }
+        let delayed = timers.withLockAnnotated { t in
+            t.stopped = true
+            return t.delayedJobs.removeAll()
+        }
         backend.shutdown()
         #if DEBUG
         hooks.shutdownBeforeSweep?()
@@ -84,7 +90,9 @@ extension Poller {
             let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
             if let generation { unblock(slot, generation: generation) }
         }
-        for job in leftover { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+        for job in leftover { PlatformFallback.enqueue(job) }
+        let now = MonotonicClock.now()
+        for entry in delayed { PlatformFallback.enqueue(entry.job, afterNanos: entry.when - now) }
         loopExited.unpark()
     }
 }

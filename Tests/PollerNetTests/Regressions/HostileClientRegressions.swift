@@ -355,7 +355,10 @@ final class ServerProcess {
 
     /// The directory holding the products: the test bundle's own (`swift build --build-tests`
     /// puts every product beside it).
-    static func binary(_ kind: ServerKind) throws -> String {
+    static func binary(_ kind: ServerKind) throws -> String { try binary(named: kind.rawValue) }
+
+    /// The product `name` beside the test bundle.
+    static func binary(named name: String) throws -> String {
         var candidates: [String] = []
         var path = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &path, path.count - 1)
@@ -366,12 +369,12 @@ final class ServerProcess {
             var dir = exe
             while let slash = dir.lastIndex(of: "/") {
                 dir = String(dir[..<slash])
-                let candidate = dir + "/" + kind.rawValue
+                let candidate = dir + "/" + name
                 if access(candidate, X_OK) == 0 { return candidate }
                 if dir.hasSuffix("/.build") || dir.isEmpty { break }
             }
         }
-        throw TestFailure("\(kind.rawValue) not found beside the test bundle (\(candidates)); "
+        throw TestFailure("\(name) not found beside the test bundle (\(candidates)); "
             + "build every product first: swift build --build-tests")
     }
 
@@ -415,8 +418,27 @@ final class ServerProcess {
         return (status, stderr)
     }
 
+    /// Runs the product `name` with `arguments` to its exit (≤ `waitingMs`, else killed): its
+    /// status, stdout and stderr.
+    static func runToExit(named name: String, _ arguments: [String], waitingMs: Int) throws -> (ExitStatus, String, String) {
+        let (pid, outPath, errPath) = try spawn(named: name, arguments)
+        let status = reap(pid, waitingMs: waitingMs)
+        if status == .running {
+            kill(pid, SIGKILL)
+            _ = reap(pid, waitingMs: 5000)
+        }
+        let result = (status, readFile(outPath), readFile(errPath))
+        unlink(outPath)
+        unlink(errPath)
+        return result
+    }
+
     private static func spawn(_ kind: ServerKind, _ arguments: [String]) throws -> (pid_t, String, String) {
-        let path = try binary(kind)
+        try spawn(named: kind.rawValue, arguments)
+    }
+
+    private static func spawn(named name: String, _ arguments: [String]) throws -> (pid_t, String, String) {
+        let path = try binary(named: name)
         let tag = "/tmp/poller-hostile-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let outPath = tag + ".out", errPath = tag + ".err"
         var actions = posix_spawn_file_actions_t()
