@@ -25,6 +25,16 @@ mkdir -p Benchmarks
     ./.build/release/poller-microbench --backend "$b" 2>&1 || echo "($b unavailable)"
     echo '```'
   done
+  echo
+  echo "Plain \`Task {}\` with the group installed as Swift's default executor"
+  echo "(\`--default-executor THREADS\`; bar: within 1.5x the poller-executor figure of the same process):"
+  for b in epoll io_uring; do
+    for t in 1 2; do
+      echo '```'
+      ./.build/release/poller-microbench --backend "$b" --default-executor "$t" 2>&1 || echo "($b unavailable)"
+      echo '```'
+    done
+  done
 } | tee "$out"
 
 # The same hot paths (and open+close, and enqueue-from-another-thread) under ordo-one/benchmark,

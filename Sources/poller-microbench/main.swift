@@ -1,6 +1,7 @@
 // poller-microbench: the costs behind the poller's hot paths, measured in one run.
 //
 //   swift run -c release poller-microbench [--backend epoll|io_uring] [--descriptors 100000]
+//   swift run -c release poller-microbench [--backend …] --default-executor THREADS
 //
 // 1. wait when readiness is already latched (the fast path: no suspension);
 // 2. park-and-wake through a pipe: two tasks ping-pong over two pipes, both on the poller's
@@ -8,27 +9,65 @@
 // 3. set-deadline while N descriptors hold deadlines (the timer heap at size N);
 // 4. memory per open descriptor: heap bytes (glibc mallinfo2) and resident bytes (VmRSS) added
 //    by registering 10,000 sockets with the poller, then by wrapping 10,000 more in NetFDs.
+// With --default-executor THREADS the process first installs a group of THREADS pollers as
+// Swift's default executor (PollerGroup.installAsDefaultExecutor) and measures only 2, on a
+// member's executor and from plain `Task {}` tasks, in the same process.
 // Each timing is the median of 5 repetitions.
 import CPoller
+import Dispatch
 import Glibc
 @_spi(Benchmarks) import Poller
 import PollerNet
 
 @main
 struct MicroBench {
-    static func main() async throws {
+    /// Synchronous, so that `--default-executor` can install the group before the first task.
+    static func main() throws {
         var backend: BackendChoice = .epoll
         var descriptors = 100_000
+        var defaultExecutorThreads: Int?
         var args = CommandLine.arguments.dropFirst()
         while let arg = args.popFirst() {
             switch arg {
             case "--backend": backend = try BackendChoice(parsing: args.popFirst() ?? "")
             case "--descriptors": descriptors = Int(args.popFirst() ?? "") ?? descriptors
+            case "--default-executor": defaultExecutorThreads = Int(args.popFirst() ?? "") ?? 1
             default:
-                print("usage: poller-microbench [--backend epoll|io_uring] [--descriptors N]")
+                print("usage: poller-microbench [--backend epoll|io_uring] [--descriptors N] [--default-executor THREADS]")
                 exit(2)
             }
         }
+        if let threads = defaultExecutorThreads {
+            try PollerGroup.installAsDefaultExecutor(threads: threads, backend: backend)
+        }
+        Task {
+            do {
+                if defaultExecutorThreads != nil {
+                    try await plainTasks()
+                } else {
+                    try await run(backend: backend, descriptors: descriptors)
+                }
+                exit(0)
+            } catch {
+                print("poller-microbench: \(error)")
+                exit(1)
+            }
+        }
+        dispatchMain()
+    }
+
+    /// Park-and-wake under the installed group: on a member's executor, then from plain tasks.
+    static func plainTasks() async throws {
+        let group = PollerGroup.defaultExecutorGroup!
+        let poller = try Poller.shared()  // the member this task runs on
+        print("backend: \(group.backendKind), group of \(group.count) installed as the default executor")
+        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true) }
+        print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
+        let plain = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: false) }
+        print("park-and-wake via pipe, plain Task {}:     \(fmt(plain / 2, 0)) ns  (\(fmt(1e9 / plain, 0)) round trips/s; \(fmt(plain / onPoller, 2))x the poller executor)")
+    }
+
+    static func run(backend: BackendChoice, descriptors: Int) async throws {
         let poller = try Poller(backend: backend)
         defer { poller.shutdown() }
         print("backend: \(poller.backendKind)")
