@@ -4,12 +4,12 @@
 /// bounded by whichever comes first.
 ///
 /// Jobs due at the same instant run in the order they were scheduled: each entry carries a
-/// sequence number that breaks ties.
-struct DelayedJobHeap {
+/// sequence number that breaks ties. Generic over the job only so tests can schedule numbers.
+struct DelayedJobHeap<Job> {
     struct Entry {
         var when: Int64
         var sequence: UInt64
-        var job: UnownedJob
+        var job: Job
 
         func precedes(_ other: Entry) -> Bool {
             when != other.when ? when < other.when : sequence < other.sequence
@@ -23,7 +23,7 @@ struct DelayedJobHeap {
     var earliest: Int64? { heap.first?.when }
 
     /// Schedules `job` for the CLOCK_MONOTONIC instant `when` (nanoseconds).
-    mutating func schedule(_ job: UnownedJob, at when: Int64) {
+    mutating func schedule(_ job: Job, at when: Int64) {
         heap.append(Entry(when: when, sequence: nextSequence, job: job))
         nextSequence &+= 1
         var child = heap.count - 1
@@ -36,7 +36,7 @@ struct DelayedJobHeap {
     }
 
     /// Moves every job due at `now` or earlier into `due`, earliest first.
-    mutating func popDue(now: Int64, into due: inout [UnownedJob]) {
+    mutating func popDue(now: Int64, into due: inout [Job]) {
         while let first = heap.first, first.when <= now {
             due.append(first.job)
             removeFirst()

@@ -18,7 +18,7 @@ extension Poller {
         /// deadline earlier than this must wake it.
         var sleepUntil: Int64 = .min
         /// Jobs scheduled for an instant (`Task.sleep` under the installed default executor).
-        var delayedJobs = DelayedJobHeap()
+        var delayedJobs = DelayedJobHeap<UnownedJob>()
         /// The loop has exited: delayed jobs go to the platform's executor instead.
         var stopped = false
 
