@@ -1,6 +1,10 @@
 // What example-default-executor checks, one printed line per behaviour.
 import Glibc
+#if DEBUG
+@_spi(Testing) import Poller
+#else
 import Poller
+#endif
 import Synchronization
 
 /// One line per behaviour: "ok: ..." or "FAIL: ..."; any failure makes the exit status 1.
@@ -57,6 +61,9 @@ func serve(on group: PollerGroup) async -> Int32 {
     } catch {
         check(false, "park and wake: \(error)")
     }
+    #if DEBUG
+    await checkNoHops(group)
+    #endif
     let parked = group.parkedWaiterCount, open = group.openDescriptorCount
     check(parked == 0 && open == 0, "nothing left parked (\(parked)) or registered (\(open))")
 
@@ -81,3 +88,51 @@ extension BackendChoice {
         }
     }
 }
+
+#if DEBUG
+/// Regression (a plain task ran its jobs "on" the poller's own task executor, so the runtime
+/// hopped at every call into a nonisolated async function: 10 enqueues per round trip): two
+/// plain tasks ping-ponging a byte over two socket pairs cost two enqueues per round trip,
+/// one per park-and-wake, as tasks on a poller's executor do.
+func checkNoHops(_ group: PollerGroup) async {
+    var a: [Int32] = [-1, -1], b: [Int32] = [-1, -1]
+    let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+    guard socketpair(AF_UNIX, flags, 0, &a) == 0, socketpair(AF_UNIX, flags, 0, &b) == 0 else {
+        return check(false, "socketpair: errno \(errno)")
+    }
+    let (a0, a1, b0, b1) = (a[0], a[1], b[0], b[1])
+    defer { for fd in [a0, a1, b0, b1] { close(fd) } }
+    do {
+        let poller = try Poller.shared()
+        let pa = try poller.register(a0), pb = try poller.register(b0)
+        defer { for pd in [pa, pb] { pd.unblock(); try? pd.close() } }
+        let rounds = 1000
+        let before = group._enqueuedJobCountForTesting
+        async let echo: Void = Task {
+            for _ in 0..<rounds {
+                try await readByte(a0, pa)
+                var byte: UInt8 = 1
+                _ = write(b1, &byte, 1)
+            }
+        }.value
+        for _ in 0..<rounds {
+            var byte: UInt8 = 1
+            _ = write(a1, &byte, 1)
+            try await readByte(b0, pb)
+        }
+        try await echo
+        let perRound = Double(group._enqueuedJobCountForTesting - before) / Double(rounds)
+        check(perRound < 2.5, "a park-and-wake round trip between plain tasks costs \(perRound) enqueues (no hops: 2)")
+    } catch {
+        check(false, "ping-pong: \(error)")
+    }
+}
+
+/// Reads one byte from `fd`, waiting on `pd` while there is none.
+func readByte(_ fd: Int32, _ pd: PollDescriptor) async throws {
+    var byte: UInt8 = 0
+    while read(fd, &byte, 1) != 1 {
+        try await pd.wait(for: .read)
+    }
+}
+#endif

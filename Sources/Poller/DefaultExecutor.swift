@@ -96,7 +96,7 @@ final class PollerGroupExecutor: TaskExecutor, SchedulingExecutor {
     private var target: Poller { Poller.current ?? group.next() }
 
     func enqueue(_ job: consuming ExecutorJob) {
-        target.runQueue.enqueue(UnownedJob(job))
+        target.runQueue.enqueue(QueuedJob(job: UnownedJob(job), executor: asUnownedTaskExecutor()))
     }
 
     func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
@@ -120,12 +120,13 @@ final class PollerGroupExecutor: TaskExecutor, SchedulingExecutor {
 
     private func schedule(_ job: UnownedJob, afterNanos delay: Int64) {
         let poller = target
+        let queued = QueuedJob(job: job, executor: asUnownedTaskExecutor())
         guard delay > 0 else {
-            poller.runQueue.enqueue(job)
+            poller.runQueue.enqueue(queued)
             return
         }
         let now = MonotonicClock.now()
-        poller.enqueue(job, at: delay > Int64.max - now ? Int64.max : now + delay)
+        poller.enqueue(queued, at: delay > Int64.max - now ? Int64.max : now + delay)
     }
 }
 

@@ -18,7 +18,7 @@ extension Poller {
         /// deadline earlier than this must wake it.
         var sleepUntil: Int64 = .min
         /// Jobs scheduled for an instant (`Task.sleep` under the installed default executor).
-        var delayedJobs = DelayedJobHeap<UnownedJob>()
+        var delayedJobs = DelayedJobHeap<QueuedJob>()
         /// The loop has exited: delayed jobs go to the platform's executor instead.
         var stopped = false
 
@@ -77,14 +77,14 @@ extension Poller {
     /// poller follows the deadline rule: only for an instant earlier than it will wake by
     /// itself. After the loop has exited the job goes to the platform's executor, with the
     /// time it has left.
-    func enqueue(_ job: UnownedJob, at when: Int64) {
+    func enqueue(_ job: QueuedJob, at when: Int64) {
         let (accepted, wakePoller) = timers.withLockAnnotated { t -> (Bool, Bool) in
             if t.stopped { return (false, false) }
             t.delayedJobs.schedule(job, at: when)
             return (true, when < t.sleepUntil)
         }
         if !accepted {
-            PlatformFallback.enqueue(job, afterNanos: when - MonotonicClock.now())
+            PlatformFallback.enqueue(job.job, afterNanos: when - MonotonicClock.now())
         } else if wakePoller {
             backend.wake()
         }
@@ -139,7 +139,7 @@ extension Poller {
     /// Runs the deadline timers that are due (Go's netpolldeadlineimpl; the transition is
     /// ``SlotState/fireTimer(_:now:woken:)``) and moves the delayed jobs that are due to the
     /// run queue.
-    func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)], _ dueJobs: inout [UnownedJob]) {
+    func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)], _ dueJobs: inout [QueuedJob]) {
         let now = MonotonicClock.now()
         let due = timers.withLockAnnotated { t -> Bool in
             guard let earliest = t.earliest, earliest <= now else { return false }

@@ -12,13 +12,12 @@ extension Poller {
         let capacity = 256
         let events = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
-        var batch: [UnownedJob] = []
+        var batch: [QueuedJob] = []
         var slots: [DescriptorSlot?] = []
         var indices: [UInt32] = []
         var woken: [(Waiter, WakeReason)] = []
         var expired: [DeadlineHeap.Timer] = []
-        var dueJobs: [UnownedJob] = []
-        let taskExecutor = executor.asUnownedTaskExecutor()
+        var dueJobs: [QueuedJob] = []
         loop: while true {
             var timeout: Int64 = 0
             var slept = false
@@ -39,7 +38,7 @@ extension Poller {
             }
             fireDeadlines(&expired, &woken, &dueJobs)
             runQueue.takeAll(into: &batch)
-            for job in batch { job.runSynchronously(on: taskExecutor) }
+            for job in batch { job.run() }
             batch.removeAll(keepingCapacity: true)
         }
         closeEverything()
@@ -73,7 +72,7 @@ extension Poller {
     /// marks it closing. Sweeping first would miss a slot opened just after the sweep whose
     /// registration still reached the live backend (issue 11).
     private func closeEverything() {
-        var leftover: [UnownedJob] = []
+        var leftover: [QueuedJob] = []
         runQueue.state.withLockAnnotated { s in
             s.stopped = true
             swap(&s.jobs, &leftover)
@@ -90,9 +89,9 @@ extension Poller {
             let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
             if let generation { unblock(slot, generation: generation) }
         }
-        for job in leftover { PlatformFallback.enqueue(job) }
+        for job in leftover { PlatformFallback.enqueue(job.job) }
         let now = MonotonicClock.now()
-        for entry in delayed { PlatformFallback.enqueue(entry.job, afterNanos: entry.when - now) }
+        for entry in delayed { PlatformFallback.enqueue(entry.job.job, afterNanos: entry.when - now) }
         loopExited.unpark()
     }
 }

@@ -22,6 +22,14 @@ extension Poller {
     }
 }
 
+extension PollerGroup {
+    /// Test seam (debug builds): the jobs enqueued on the members' run queues so far. A task
+    /// that hops between executors shows up as extra enqueues.
+    @_spi(Testing) public var _enqueuedJobCountForTesting: Int {
+        pollers.reduce(0) { $0 + $1.runQueue.enqueued.load(ordering: .relaxed) }
+    }
+}
+
 #endif
 
 // MARK: Benchmarks (SPI)
