@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, every behavioural test on both backends (epoll and io_uring; the
 # io_uring cases are reported as skipped, with the reason, where io_uring cannot run), then
-# the same suite under ThreadSanitizer and under AddressSanitizer, then the short soak
+# the same suite on a group of two pollers (POLLER_THREADS=2: the test helpers put each test
+# on a member of a PollerGroup; skipped with the reason on one CPU), then the same suite
+# under ThreadSanitizer and under AddressSanitizer, then the short soak
 # (10,000 connections against poller-echo, 10 s per backend), then the DocC documentation
 # of both libraries, which must build without a warning (scripts/docs.sh). Installs liburing-dev first if
 # it is missing.
 #
 #   scripts/test.sh            everything (what CI runs)
-#   scripts/test.sh --quick    the plain suite only
+#   scripts/test.sh --quick    the plain suite only (on one poller, then on a group of two)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
@@ -40,6 +42,14 @@ set -e
 show .test-output.log
 [ "$status" = 0 ] || { echo "tests failed (exit $status)"; exit "$status"; }
 
+echo "== tests on a group of two pollers (POLLER_THREADS=2, both backends)"
+set +e
+POLLER_THREADS=2 swift test --skip-build --no-parallel >.test-group-output.log 2>&1
+status=$?
+set -e
+show .test-group-output.log
+[ "$status" = 0 ] || { echo "tests on a group of two pollers failed (exit $status)"; exit "$status"; }
+
 if [ "$quick" = 0 ]; then
   echo "== tests under ThreadSanitizer (both backends)"
   set +e
@@ -67,3 +77,4 @@ if [ "$quick" = 0 ]; then
 fi
 echo "== result"
 grep -E 'Test run with' .test-output.log | tail -n 1
+grep -E 'Test run with' .test-group-output.log | tail -n 1

@@ -60,6 +60,34 @@ static void usage(void) {
     exit(2);
 }
 
+// One send(2) of up to len bytes: the bytes sent, 0 when the socket takes nothing now (or the
+// connect is still under way), -1 on any other error (reported).
+static ssize_t send_some(int fd, const uint8_t *p, size_t len) {
+    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    if (w > 0) return w;
+    if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
+        fprintf(stderr, "loadgen: send: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+// One recv(2) of up to len bytes on connection idx: the bytes read, 0 when nothing is there
+// yet, -1 when the server closed the connection or on any other error (reported).
+static ssize_t recv_some(int fd, uint8_t *buf, size_t len, uint32_t idx) {
+    ssize_t r = recv(fd, buf, len, 0);
+    if (r > 0) return r;
+    if (r == 0) {
+        fprintf(stderr, "loadgen: server closed connection %u\n", idx);
+        return -1;
+    }
+    if (errno != EAGAIN && errno != ENOTCONN) {
+        fprintf(stderr, "loadgen: recv: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static int dial(const char *host, int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
@@ -171,19 +199,14 @@ int main(int argc, char **argv) {
                             uint64_t p = c->wpos + i;
                             buf[i] = pattern(idx, p / size, (size_t)(p % size));
                         }
-                        ssize_t w = send(c->fd, buf, chunk, MSG_NOSIGNAL);
-                        if (w > 0) { c->wpos += (uint64_t)w; progressed = 1; continue; }
-                        if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
-                            fprintf(stderr, "loadgen: send: %s\n", strerror(errno));
-                            return 1;
-                        }
-                        break;
+                        ssize_t w = send_some(c->fd, buf, chunk);
+                        if (w < 0) return 1;
+                        if (w == 0) break;
+                        c->wpos += (uint64_t)w;
+                        progressed = 1;
                     }
-                    ssize_t r = recv(c->fd, buf, 65536, 0);
-                    if (r == 0) {
-                        fprintf(stderr, "loadgen: server closed connection %u\n", idx);
-                        return 1;
-                    }
+                    ssize_t r = recv_some(c->fd, buf, 65536, idx);
+                    if (r < 0) return 1;
                     if (r > 0) {
                         progressed = 1;
                         for (ssize_t i = 0; i < r; i++, c->rpos++) {
@@ -191,9 +214,6 @@ int main(int argc, char **argv) {
                         }
                         bytes_verified += (uint64_t)r;
                         if (measuring) stream_bytes += (uint64_t)r;
-                    } else if (errno != EAGAIN && errno != ENOTCONN) {
-                        fprintf(stderr, "loadgen: recv: %s\n", strerror(errno));
-                        return 1;
                     }
                     if (!progressed) break;
                     continue;
@@ -201,18 +221,12 @@ int main(int argc, char **argv) {
                 if (c->sent < size) {
                     if (c->sent == 0 && c->recvd == 0) c->started = now_ns();
                     for (size_t i = c->sent; i < size; i++) out[i] = pattern(idx, c->seq, i);
-                    ssize_t w = send(c->fd, out + c->sent, size - c->sent, MSG_NOSIGNAL);
+                    ssize_t w = send_some(c->fd, out + c->sent, size - c->sent);
+                    if (w < 0) return 1;
                     if (w > 0) c->sent += (size_t)w, progressed = 1;
-                    else if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
-                        fprintf(stderr, "loadgen: send: %s\n", strerror(errno));
-                        return 1;
-                    }
                 }
-                ssize_t r = recv(c->fd, buf, size - c->recvd, 0);
-                if (r == 0) {
-                    fprintf(stderr, "loadgen: server closed connection %u\n", idx);
-                    return 1;
-                }
+                ssize_t r = recv_some(c->fd, buf, size - c->recvd, idx);
+                if (r < 0) return 1;
                 if (r > 0) {
                     progressed = 1;
                     for (ssize_t i = 0; i < r; i++, c->recvd++) {
@@ -229,9 +243,6 @@ int main(int argc, char **argv) {
                         c->seq++;
                         c->sent = c->recvd = 0;
                     }
-                } else if (errno != EAGAIN && errno != ENOTCONN) {
-                    fprintf(stderr, "loadgen: recv: %s\n", strerror(errno));
-                    return 1;
                 }
                 if (!progressed) break;
             }

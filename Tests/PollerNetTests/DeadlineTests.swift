@@ -3,6 +3,25 @@ import Poller
 import PollerNet
 import Testing
 
+/// Starts a read on `pair.client` with a read deadline `deadline` from now, then 20 ms later
+/// (the read blocked) moves that deadline with `change`; `waitingMs` later, past the first
+/// deadline, the server writes `byte`, and the read must return it: the changed deadline let
+/// the blocked read outlive the first one.
+private func expectBlockedReadOutlivesDeadline(
+    _ pair: TCPPair, deadline: Duration, waitingMs: Int, byte: UInt8,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    change: (Connection) throws(NetError) -> Void
+) async throws {
+    let client = pair.client
+    try client.setReadDeadline(in: deadline)
+    let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
+    await sleep(ms: 20)
+    try change(client)
+    await sleep(ms: waitingMs)  // past the first deadline
+    try await pair.server.write([byte])
+    #expect(try await reader.value == [byte], sourceLocation: sourceLocation)
+}
+
 extension PollerNetTests {
     /// Ported in spirit from Go's net/timeout_test.go.
     @Suite("Deadlines")
@@ -47,14 +66,9 @@ extension PollerNetTests {
         @Test("a deadline extended while a read is blocked keeps it waiting until data arrives", arguments: BackendKind.allCases)
         func extendWhileBlocked(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
-                let client = pair.client
-                try client.setReadDeadline(in: .milliseconds(100))
-                let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
-                await sleep(ms: 20)
-                try client.setReadDeadline(in: .seconds(10))
-                await sleep(ms: 200)  // past the original deadline
-                try await pair.server.write([42])
-                #expect(try await reader.value == [42])
+                try await expectBlockedReadOutlivesDeadline(
+                    pair, deadline: .milliseconds(100), waitingMs: 200, byte: 42
+                ) { client throws(NetError) in try client.setReadDeadline(in: .seconds(10)) }
             }
         }
 
@@ -62,13 +76,9 @@ extension PollerNetTests {
         func clearWhileBlocked(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                try client.setReadDeadline(in: .milliseconds(80))
-                let reader = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }
-                await sleep(ms: 20)
-                try client.setReadDeadline(nil)
-                await sleep(ms: 150)
-                try await pair.server.write([9])
-                #expect(try await reader.value == [9])
+                try await expectBlockedReadOutlivesDeadline(
+                    pair, deadline: .milliseconds(80), waitingMs: 150, byte: 9
+                ) { client throws(NetError) in try client.setReadDeadline(nil) }
                 // Go's TestReadTimeoutUnblocksRead: a past deadline set from elsewhere wakes a
                 // blocked read with a timeout.
                 let second = Task { () async throws(NetError) -> [UInt8] in try await client.read(maxBytes: 10) }

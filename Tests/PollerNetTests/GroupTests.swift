@@ -25,34 +25,6 @@ enum ServingPlacement: String, CaseIterable, Sendable, CustomTestStringConvertib
     }
 }
 
-/// Runs `body` with a fresh group of two pollers on `kind`; afterwards no waiter may be
-/// parked and no descriptor registered on any member, and (after shutdown) the process has
-/// the descriptors it had before. Skips where io_uring cannot run or one CPU is all there is.
-func withNetGroup(
-    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
-    _ body: (PollerGroup) async throws -> Void
-) async throws {
-    if kind == .ioUring, let reason = ioUringUnavailableReason {
-        try Test.cancel("io_uring unavailable: \(reason)")
-    }
-    if PollerGroup.availableCPUs < 2 {
-        try Test.cancel("one CPU in this process's affinity mask: a group has one poller here")
-    }
-    try? await Task.sleep(for: .milliseconds(1))
-    let before = openFDCount()
-    let group = try PollerGroup(threads: 2, backend: kind == .epoll ? .epoll : .ioUring)
-    do {
-        try await body(group)
-    } catch {
-        group.shutdown()
-        throw error
-    }
-    #expect(group.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
-    #expect(group.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
-    group.shutdown()
-    #expect(openFDCount() == before, "descriptor count changed", sourceLocation: sourceLocation)
-}
-
 extension PollerNetTests {
     @Suite("Connections across a poller group")
     struct Groups {

@@ -21,30 +21,86 @@ let ioUringUnavailableReason: String? = {
 /// The number of open descriptors in this process.
 func openFDCount() -> Int { Int(cpoller_count_open_fds()) }
 
+/// How many pollers ``withNetPoller(_:sourceLocation:_:)`` runs a test on: `POLLER_THREADS`
+/// when it names 2 or more (scripts/test.sh runs the suite once so), else 1. A value
+/// `PollerGroup` refuses counts as unset here; GroupTests pins the refusal.
+let netTestThreads: Int = { ((try? PollerGroup.threadsFromEnvironment()) ?? nil) ?? 1 }()
+
+/// The group the running test's poller belongs to, when ``withNetPoller(_:sourceLocation:_:)``
+/// runs it on one (`POLLER_THREADS` of 2 or more); nil on a single poller.
+enum NetTestGroup {
+    @TaskLocal static var current: PollerGroup?
+}
+
+/// The waiters parked on `poller`, or on every member of the test's group.
+func parkedWaiters(_ poller: Poller) -> Int {
+    NetTestGroup.current?.parkedWaiterCount ?? poller.parkedWaiterCount
+}
+
+/// The descriptors registered with `poller`, or with every member of the test's group.
+func registeredDescriptors(_ poller: Poller) -> Int {
+    NetTestGroup.current?.openDescriptorCount ?? poller.openDescriptorCount
+}
+
 /// Runs `body` with a fresh poller on `kind` and checks afterwards that no waiter is parked,
 /// no descriptor is registered, and (after shutdown) the process has exactly the descriptors
 /// it had before. Skips the io_uring case where io_uring cannot run.
+///
+/// With `POLLER_THREADS` of 2 or more (``netTestThreads``) the poller is the first member of a
+/// fresh group of that size, the others running beside it; the group is
+/// ``NetTestGroup/current`` while `body` runs, so that ``TCPPair/make(_:host:)`` accepts on
+/// another member than the one that dials, and the checks cover every member.
 func withNetPoller(
     _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (Poller) async throws -> Void
 ) async throws {
+    try await withFreshPollers(kind, threads: netTestThreads, sourceLocation: sourceLocation) { pollers, group in
+        try await NetTestGroup.$current.withValue(group) { try await body(pollers[0]) }
+    }
+}
+
+/// Runs `body` with a fresh group of two pollers on `kind`, checked as
+/// ``withNetPoller(_:sourceLocation:_:)`` checks its poller. Skips where one CPU is all there is.
+func withNetGroup(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (PollerGroup) async throws -> Void
+) async throws {
+    try await withFreshPollers(kind, threads: 2, sourceLocation: sourceLocation) { _, group in try await body(group!) }
+}
+
+/// Runs `body` with fresh pollers on `kind`: a group of `threads` (and the group) when that is
+/// 2 or more, else one poller (and nil). Afterwards no waiter may be parked and no descriptor
+/// registered on any of them, and (after shutdown) the process has the descriptors it had
+/// before. Skips where io_uring cannot run, or where a group is asked for and one CPU is all
+/// there is (a group would have one poller).
+private func withFreshPollers(
+    _ kind: BackendKind, threads: Int, sourceLocation: SourceLocation,
+    _ body: ([Poller], PollerGroup?) async throws -> Void
+) async throws {
     if kind == .ioUring, let reason = ioUringUnavailableReason {
         try Test.cancel("io_uring unavailable: \(reason)")
+    }
+    if threads > 1 && PollerGroup.availableCPUs < 2 {
+        try Test.cancel("one CPU in this process's affinity mask: a group has one poller here")
     }
     // Warm up what the runtime opens lazily on first use (Dispatch's timer descriptors for
     // Task.sleep), so it is not counted as a leak of the first test that sleeps.
     try? await Task.sleep(for: .milliseconds(1))
     let before = openFDCount()
-    let poller = try Poller(backend: kind == .epoll ? .epoll : .ioUring)
+    let backend: BackendChoice = kind == .epoll ? .epoll : .ioUring
+    let group = threads > 1 ? try PollerGroup(threads: threads, backend: backend) : nil
+    let pollers = try group?.pollers ?? [Poller(backend: backend)]
     do {
-        try await body(poller)
+        try await body(pollers, group)
     } catch {
-        poller.shutdown()
+        for poller in pollers { poller.shutdown() }
         throw error
     }
-    #expect(poller.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
-    #expect(poller.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
-    poller.shutdown()
+    let parked = pollers.reduce(0) { $0 + $1.parkedWaiterCount }
+    let registered = pollers.reduce(0) { $0 + $1.openDescriptorCount }
+    #expect(parked == 0, "a waiter was left parked", sourceLocation: sourceLocation)
+    #expect(registered == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    for poller in pollers { poller.shutdown() }
     #expect(openFDCount() == before, "descriptor count changed", sourceLocation: sourceLocation)
 }
 
@@ -54,8 +110,20 @@ struct TCPPair {
     let client: Connection
     let server: Connection
 
+    /// On a test's group (``NetTestGroup/current``) the listener hands its connections to the
+    /// group's members in turn, and the turn is moved past `poller` first: the accepted side
+    /// lands on another member than the dialled one, so every wake-up between them crosses
+    /// threads.
     static func make(_ poller: Poller, host: String = "127.0.0.1") async throws -> TCPPair {
-        try await connect(TCPListener.listen(host: host, port: 0, poller: poller), from: host, poller: poller)
+        let group = NetTestGroup.current
+        let listener = try TCPListener.listen(host: host, port: 0, poller: poller, group: group)
+        guard let group, group.count > 1, group.contains(poller) else {
+            return try await connect(listener, from: host, poller: poller)
+        }
+        while group.next() !== poller {}  // the next accept takes the member after it
+        let pair = try await connect(listener, from: host, poller: poller)
+        #expect(pair.server.poller !== poller, "the accepted side landed on the dialling poller")
+        return pair
     }
 
     /// A connection to `listener` dialled from `host`, and the accepted side.
@@ -193,11 +261,11 @@ func startBlockedRead(
     return reader
 }
 
-/// Waits (up to 5 s) until some task is parked in the poller: a read, write or accept has
-/// really blocked.
+/// Waits (up to 5 s) until some task is parked in the poller (in any member of the test's
+/// group, ``parkedWaiters(_:)``): a read, write or accept has really blocked.
 func waitUntilParked(_ poller: Poller, sourceLocation: SourceLocation = #_sourceLocation) async throws {
     let limit = ContinuousClock.now + .seconds(5)
-    while poller.parkedWaiterCount == 0 {
+    while parkedWaiters(poller) == 0 {
         if ContinuousClock.now > limit {
             Issue.record("nothing parked within 5 s", sourceLocation: sourceLocation)
             return

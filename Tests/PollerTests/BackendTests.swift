@@ -469,6 +469,8 @@ struct BackendTests {
                 #expect(error == probeError)
             }
             // Poller(backend:) resolves (probes) on the calling thread, so it sees the injection.
+            // (One Poller whatever POLLER_THREADS says: this pins backend resolution, which a
+            // group does once for all members.)
             do {
                 let poller = try Poller(backend: .ioUring)
                 poller.shutdown()

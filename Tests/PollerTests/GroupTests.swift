@@ -36,13 +36,6 @@ private func withGroup<R>(
     return result
 }
 
-/// Skips the case where this process may run on one CPU only (a group is then one poller).
-private func requireTwoCPUs() throws {
-    if PollerGroup.availableCPUs < 2 {
-        try Test.cancel("one CPU in this process's affinity mask: a group has one poller here")
-    }
-}
-
 // Serialized: the thread and descriptor counts are the process's.
 @Suite("Poller groups", .serialized)
 struct GroupTests {

@@ -56,9 +56,9 @@ extension PollerNetTests {
                     let a = await writerA.value
                     #expect(a.error == .closed && a.bytesWritten > 0)
                     #expect(await writerB.value == WriteResult(bytesWritten: 0, error: .closed))
-                    #expect(poller.parkedWaiterCount == 0)
+                    #expect(parkedWaiters(poller) == 0)
                     // The server end and the listener remain; the client's slot is free.
-                    #expect(poller.openDescriptorCount == 2)
+                    #expect(registeredDescriptors(poller) == 2)
                 }
             }
         }

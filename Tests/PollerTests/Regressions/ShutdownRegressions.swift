@@ -5,6 +5,11 @@ import Testing
 @testable import Poller
 
 // Regressions in stopping a poller (issue 11, item 6). Each test is named after the bug it pins.
+//
+// These tests make their pollers with `makePoller` or `Poller(backend:options:)`, not
+// `withPoller`, also when POLLER_THREADS asks for a group: each is about one poller's own
+// shutdown (its thread, its executor, its slots, its address space), which a group only
+// repeats per member.
 
 extension NetpollSuites {
     @Suite("Regressions: shutdown") struct ShutdownRegressions {

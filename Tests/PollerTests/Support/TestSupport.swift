@@ -24,26 +24,60 @@ extension BackendKind {
     var choice: BackendChoice { self == .epoll ? .epoll : .ioUring }
 }
 
-/// A poller on `kind`; skips the test case where that backend cannot run.
-func makePoller(_ kind: BackendKind, forcePipeWake: Bool = false) throws -> Poller {
-    try skipIfUnavailable(kind)
+/// Poller options for tests: `forcePipeWake` as asked, a thread name tests recognise.
+func testOptions(forcePipeWake: Bool = false) -> Poller.Options {
     var options = Poller.Options()
     options.forcePipeWake = forcePipeWake
     options.threadName = "poller-test"
-    return try Poller(backend: kind.choice, options: options)
+    return options
+}
+
+/// A single poller on `kind`; skips the test case where that backend cannot run. For tests
+/// about one poller's own life (start-up, shutdown); the others use ``withPoller``, which
+/// runs on a group when `POLLER_THREADS` asks for one.
+func makePoller(_ kind: BackendKind, forcePipeWake: Bool = false) throws -> Poller {
+    try skipIfUnavailable(kind)
+    return try Poller(backend: kind.choice, options: testOptions(forcePipeWake: forcePipeWake))
+}
+
+/// How many pollers ``withPoller`` runs a test on: `POLLER_THREADS` when it names 2 or more
+/// (scripts/test.sh runs the suite once so), else 1. A value `PollerGroup` refuses counts as
+/// unset here; GroupTests pins the refusal. (The `runtime_poll*` tests run on the shared
+/// group, which `POLLER_THREADS` sizes itself.)
+let testThreads: Int = { ((try? PollerGroup.threadsFromEnvironment()) ?? nil) ?? 1 }()
+
+/// Skips the case where this process may run on one CPU only (a group is then one poller).
+func requireTwoCPUs() throws {
+    if PollerGroup.availableCPUs < 2 {
+        try Test.cancel("one CPU in this process's affinity mask: a group has one poller here")
+    }
 }
 
 /// Runs `body` with a fresh poller and checks, afterwards, that no waiter is left parked and
 /// no descriptor left registered, then shuts the poller down.
+///
+/// With `POLLER_THREADS` of 2 or more (``testThreads``) the poller is the first member of a
+/// fresh group of that size (every member with these options), the others running beside it;
+/// the checks then cover every member.
 func withPoller<R>(
     _ kind: BackendKind, forcePipeWake: Bool = false, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (Poller) async throws -> R
 ) async throws -> R {
-    let poller = try makePoller(kind, forcePipeWake: forcePipeWake)
-    defer { poller.shutdown() }
-    let result = try await body(poller)
-    #expect(poller.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
-    #expect(poller.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    let pollers: [Poller]
+    if testThreads > 1 {
+        try skipIfUnavailable(kind)
+        try requireTwoCPUs()
+        pollers = try PollerGroup(threads: testThreads, backend: kind.choice,
+                                  options: testOptions(forcePipeWake: forcePipeWake)).pollers
+    } else {
+        pollers = [try makePoller(kind, forcePipeWake: forcePipeWake)]
+    }
+    defer { for poller in pollers { poller.shutdown() } }
+    let result = try await body(pollers[0])
+    let parked = pollers.reduce(0) { $0 + $1.parkedWaiterCount }
+    let registered = pollers.reduce(0) { $0 + $1.openDescriptorCount }
+    #expect(parked == 0, "a waiter was left parked", sourceLocation: sourceLocation)
+    #expect(registered == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
     return result
 }
 
