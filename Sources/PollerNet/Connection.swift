@@ -1,3 +1,6 @@
+#if !os(Linux)
+#error("Poller needs Linux: its backends are epoll and io_uring. There is no kqueue backend yet (macOS, the BSDs).")
+#endif
 import Glibc
 import Poller
 

@@ -11,7 +11,8 @@
 //    by registering 10,000 sockets with the poller, then by wrapping 10,000 more in NetFDs.
 // With --default-executor THREADS the process first installs a group of THREADS pollers as
 // Swift's default executor (PollerGroup.installAsDefaultExecutor) and measures only 2, on a
-// member's executor and from plain `Task {}` tasks, in the same process.
+// member's executor, from plain `Task {}` tasks, and (THREADS ≥ 2) on another member's
+// executor, where every wake-up hops threads, in the same process.
 // Each timing is the median of 5 repetitions.
 import CPoller
 import Dispatch
@@ -61,10 +62,15 @@ struct MicroBench {
         let group = PollerGroup.defaultExecutorGroup!
         let poller = try Poller.shared()  // the member this task runs on
         print("backend: \(group.backendKind), group of \(group.count) installed as the default executor")
-        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true) }
+        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: poller.executor) }
         print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
-        let plain = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: false) }
+        let plain = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: nil) }
         print("park-and-wake via pipe, plain Task {}:     \(fmt(plain / 2, 0)) ns  (\(fmt(1e9 / plain, 0)) round trips/s; \(fmt(plain / onPoller, 2))x the poller executor)")
+        if let other = group.pollers.first(where: { $0 !== poller }) {
+            // A connection served by a task on another member: every wake-up hops threads.
+            let hop = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: other.executor) }
+            print("park-and-wake via pipe, tasks on another poller (hop per wake-up): \(fmt(hop / 2, 0)) ns  (\(fmt(hop / onPoller, 2))x)")
+        }
     }
 
     static func run(backend: BackendChoice, descriptors: Int) async throws {
@@ -75,11 +81,11 @@ struct MicroBench {
         let ready = try await median(5) { try await waitAlreadyReady(poller, iterations: 200_000) }
         print("wait, readiness already latched:           \(fmt(ready, 1)) ns/op")
 
-        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true) }
+        let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: poller.executor) }
         print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
-        let goStyle = try await median(5) { try await pingPong(poller, iterations: 20_000, onPoller: true, goAPI: true) }
+        let goStyle = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: poller.executor, goAPI: true) }
         print("park-and-wake, poller executor, runtime_pollWait (no cancellation handler): \(fmt(goStyle / 2, 0)) ns")
-        let onGlobal = try await median(5) { try await pingPong(poller, iterations: 5_000, onPoller: false) }
+        let onGlobal = try await median(5) { try await pingPong(poller, iterations: 5_000, executor: nil) }
         print("park-and-wake via pipe, global executor:   \(fmt(onGlobal / 2, 0)) ns  (\(fmt(1e9 / onGlobal, 0)) round trips/s)")
 
         let deadline = try setDeadlineCost(poller, descriptors: descriptors)
@@ -180,7 +186,8 @@ struct MicroBench {
     }
 
     /// ns per round trip between two tasks through two pipes.
-    static func pingPong(_ poller: Poller, iterations: Int, onPoller: Bool, goAPI: Bool = false) async throws -> Double {
+    /// Both tasks prefer `executor` (nil: none, so the default executor).
+    static func pingPong(_ poller: Poller, iterations: Int, executor: (any TaskExecutor)?, goAPI: Bool = false) async throws -> Double {
         let (aR, aW) = makePipe()
         let (bR, bW) = makePipe()
         defer { for fd in [aR, aW, bR, bW] { close(fd) } }
@@ -189,7 +196,6 @@ struct MicroBench {
         defer {
             for pd in [pa, pb] { pd.unblock(); try? pd.close() }
         }
-        let executor: (any TaskExecutor)? = onPoller ? poller.executor : nil
         let clock = ContinuousClock()
         let start = clock.now
         async let echo: Void = Task(executorPreference: executor) {

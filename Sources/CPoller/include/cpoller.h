@@ -13,6 +13,10 @@
 #ifndef CPOLLER_H
 #define CPOLLER_H
 
+#if !defined(__linux__)
+#error "Poller needs Linux: its backends are epoll and io_uring. There is no kqueue backend yet (macOS, the BSDs)."
+#endif
+
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/epoll.h>  // EPOLL* bits, which the Swift backends choose and read
