@@ -19,17 +19,12 @@ extension PollerGroup {
     /// plain `Task {}`, `async let` and task groups, and `async` code with no executor
     /// preference, run on the poller threads. **Experimental.**
     ///
-    /// Call it first in `main`, before any task is created or awaited: Swift chooses its
-    /// default executor once, when the concurrency runtime first needs it, and a later call
-    /// cannot move tasks already running.
-    ///
-    /// ```swift
-    /// @main struct Server {
-    ///     static func main() async throws { ... }   // too late here: main is already a task
-    /// }
-    /// ```
-    /// Use top-level code or a synchronous `main` that installs and then starts the async
-    /// work (see the README's "Plain Task {} on the poller threads").
+    /// Call it first in `main`, from synchronous code, before starting the async work (see
+    /// the README's "Plain Task {} on the poller threads"). Installed later, it still takes
+    /// effect for every job enqueued afterwards (measured on Swift 6.3), but work already
+    /// running stays where it is until it next suspends, and an async `main` runs on the
+    /// main actor either way. Before returning it starts one task and checks that it lands
+    /// on a poller thread.
     ///
     /// Where jobs go:
     /// - a job enqueued from a poller thread (a task resumed by its poller, a child task
@@ -50,28 +45,57 @@ extension PollerGroup {
     ///   - backend: the backend if this call starts the shared group; nil for
     ///     `POLLER_BACKEND` (unset: `auto`).
     /// - Returns: the shared group, now the default executor. A second call returns it again.
-    /// - Throws: the shared group's start-up error (``PollerError``).
+    /// - Throws: the shared group's start-up error (``PollerError``), or
+    ///   ``PollerError/defaultExecutorAlreadyChosen`` when called from a poller thread, or when
+    ///   a task started right after the install does not land on the group (the runtime keeps
+    ///   its own executor without a word; this check makes it loud). The shared group stays
+    ///   started either way.
     @discardableResult
     public static func installAsDefaultExecutor(threads: Int? = nil, backend: BackendChoice? = nil) throws(PollerError) -> PollerGroup {
+        // On a poller thread the probe below would block the thread that may have to run it.
+        guard Poller.current == nil else { throw .defaultExecutorAlreadyChosen }
         let group = try startShared(threads: threads, backend: backend)
         let first = installedExecutor.withLockAnnotated { installed -> Bool in
-            guard installed == nil else { return false }
+            if installed != nil { return false }
             installed = PollerGroupExecutor(group: group)
             return true
         }
-        if first { _createExecutors(factory: PollerExecutorFactory.self) }
+        if first {
+            _createExecutors(factory: PollerExecutorFactory.self)
+            installTookEffect.store(probeRunsOnAPoller(group), ordering: .releasing)
+        }
+        guard installTookEffect.load(ordering: .acquiring) else { throw .defaultExecutorAlreadyChosen }
         return group
+    }
+
+    /// Whether a plain detached task now runs on one of `group`'s threads. A late
+    /// `_createExecutors` is ignored by the runtime without a word (measured on 6.3: tasks
+    /// stay on Dispatch, while `Task.defaultExecutor` already answers with the new one), so
+    /// the only sure test is to run a task and see where it lands. The calling thread is not
+    /// poller thread (checked above), so blocking it cannot hold up the probe.
+    private static func probeRunsOnAPoller(_ group: PollerGroup) -> Bool {
+        let landed = Mutex<Bool>(false)
+        let done = ParkerBox()
+        Task.detached {
+            landed.withLock { $0 = Poller.current.map(group.contains) ?? false }
+            done.unpark()
+        }
+        guard done.park(timeoutNanos: 10_000_000_000) else { return false }
+        return landed.withLock { $0 }
     }
 
     /// The group installed as Swift's default executor by ``installAsDefaultExecutor(threads:backend:)``,
     /// if any.
     public static var defaultExecutorGroup: PollerGroup? {
-        installedExecutor.withLockAnnotated { $0?.group }
+        guard installTookEffect.load(ordering: .acquiring) else { return nil }
+        return installedExecutor.withLockAnnotated { $0?.group }
     }
 }
 
 /// The executor installed by `installAsDefaultExecutor`; set once.
 private let installedExecutor = Mutex<PollerGroupExecutor?>(nil)
+/// Whether the runtime took it (the probe's answer); set once, by the first install.
+private let installTookEffect = Atomic<Bool>(false)
 
 /// What the concurrency runtime asks for its executors: the group for the default executor,
 /// the platform's for the main one.

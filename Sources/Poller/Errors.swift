@@ -19,6 +19,10 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A ``PollerGroup`` was asked for fewer than one thread (or `POLLER_THREADS` holds
     /// something that is not a positive number); the text is what was asked.
     case invalidThreadCount(String)
+    /// ``PollerGroup/installAsDefaultExecutor(threads:backend:)`` came too late: Swift had
+    /// already chosen its default executor (a task had been created or awaited), so tasks
+    /// would have stayed where they were. Install first thing in `main`, from synchronous code.
+    case defaultExecutorAlreadyChosen
 
     public var description: String {
         switch self {
@@ -30,6 +34,8 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(call) failed: \(ErrnoName.describe(errno))"
         case .invalidThreadCount(let asked):
             return "invalid poller thread count '\(asked)': expected a whole number of 1 or more"
+        case .defaultExecutorAlreadyChosen:
+            return "Swift's default executor was chosen before installAsDefaultExecutor: call it first in main, before any task"
         }
     }
 }

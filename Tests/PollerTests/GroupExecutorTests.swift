@@ -45,6 +45,26 @@ struct GroupExecutorTests {
     }
 }
 
+extension GroupExecutorTests {
+    @Test("Installing the default executor from a poller thread is refused with a clear error, and changes nothing",
+          arguments: BackendKind.allCases)
+    func installFromAPollerThreadIsRefused(kind: BackendKind) async throws {
+        try await withPoller(kind) { poller in
+            let refused = await Task(executorPreference: poller.executor) { () -> PollerError? in
+                do throws(PollerError) {
+                    try PollerGroup.installAsDefaultExecutor(threads: 1, backend: kind.choice)
+                    return nil
+                } catch {
+                    return error
+                }
+            }.value
+            #expect(refused == .defaultExecutorAlreadyChosen)
+            #expect(PollerGroup.defaultExecutorGroup == nil)
+            #expect(await Task { Poller.current == nil }.value, "plain tasks still run off the poller threads")
+        }
+    }
+}
+
 /// The jobs waiting in the members' timer heaps.
 private func delayedJobCount(_ group: PollerGroup) -> Int {
     group.pollers.reduce(0) { n, poller in n + poller.timers.withLock { $0.delayedJobs.count } }
