@@ -22,9 +22,9 @@
 #   --baseline BIN    also run BIN (another build's poller-echo, e.g. of the commit before a
 #                     change) on both backends, interleaved with the rest: before and after in
 #                     the same run (one-core points only)
-#   --wait-quiet      before measuring, wait (<= 30 min) until no swift-build, swift-frontend,
-#                     swift-test, xctest or *PackageTests* process runs (a shared machine), and
-#                     record the load average at the start and end of measuring in the report
+#   --wait-quiet      before every run (and retry), wait (<= 30 min) until no swift-build,
+#                     swift-frontend, swift-test, xctest or *PackageTests* process runs (a
+#                     shared machine); the waits are noted in the report
 #
 # Every echo server is started once, pinned to CPU 0 (taskset -c 0), and stays up; the load
 # generator (Sources/poller-loadgen, pinned to CPU 1) visits them in turn, grid point by grid
@@ -414,10 +414,28 @@ LGPID=''
 
 record() { printf '%s\n' "$*" | tr ' ' '\t' >>"$RESULTS"; }
 
-CONTENDED=0 RETRIED=0
+CONTENDED=0 RETRIED=0 QUIET_WAITS=0 QUIET_WAITED_S=0
+# --wait-quiet: on a shared machine, start a run only while nobody builds or tests (checked
+# before every run and every retry; each wait bounded to 30 min).
+wait_quiet() {
+  [ "$WAIT_QUIET" = 1 ] || return 0
+  local deadline t0 waited=0
+  now_us; t0=$NOW_US deadline=$((NOW_US + 1800000000))
+  while pgrep -f 'swift-build|swift-frontend|swift-test|xctest|PackageTests' >/dev/null; do
+    now_us; [ $NOW_US -gt $deadline ] && { note "--wait-quiet: builds or tests still running after 30 min; measured anyway."; break; }
+    [ $waited = 0 ] && log "waiting for other builds and tests to finish (--wait-quiet)"
+    waited=1
+    sleep 20
+  done
+  if [ $waited = 1 ]; then
+    now_us; QUIET_WAITS=$((QUIET_WAITS + 1)) QUIET_WAITED_S=$((QUIET_WAITED_S + (NOW_US - t0) / 1000000))
+    sleep 2  # let the last compiler's exit and page-cache writeback pass
+  fi
+}
 declare -A DOWN_NOTED=()
 run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   local pt=$1 key=$2 rep=$3 attempt=${4:-0} srv=$2
+  wait_quiet
   # The idle point runs against the instance that holds deadlines, where there is one.
   [ "$pt" = idle10k ] && [ -n "${SPID[$2-dl]:-}" ] && srv=$2-dl
   local pid=${SPID[$srv]:-} port=${SPORT[$srv]:-}
@@ -560,15 +578,7 @@ RUNNING_ECHO=("${ECHO_SERVERS[@]}" "${ALL_SERVERS[@]}")
 case " ${POINTS[*]} " in *" idle10k "*)
   for key in "${ECHO_SERVERS[@]}"; do [ -n "${CMD[$key-dl]:-}" ] && RUNNING_ECHO+=("$key-dl"); done ;;
 esac
-if [ $WAIT_QUIET = 1 ]; then
-  # A shared machine: measure only while nobody builds or tests (bounded: 30 min).
-  now_us; deadline=$((NOW_US + 1800000000))
-  while pgrep -f 'swift-build|swift-frontend|swift-test|xctest|PackageTests' >/dev/null; do
-    now_us; [ $NOW_US -gt $deadline ] && { note "--wait-quiet: builds or tests still running after 30 min; measured anyway."; break; }
-    log "waiting for other builds and tests to finish (--wait-quiet)"
-    sleep 20
-  done
-fi
+wait_quiet
 for key in "${RUNNING_ECHO[@]}"; do start_server "$key"; done
 # Prime every server once (1 s, 64 connections, not recorded): first-touch page faults, heap
 # growth and lazy set-up stay out of the first recorded run. (All-cores instances: from every
@@ -659,6 +669,7 @@ if [ $DO_HTTP = 1 ] && command -v wrk >/dev/null; then
 fi
 now_us; BENCH_SECS=$(( (NOW_US - BENCH_START) / 1000000 ))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+[ $QUIET_WAITS -gt 0 ] && note "--wait-quiet: waited $QUIET_WAITS time(s), ${QUIET_WAITED_S} s in all, for other builds and tests to finish before a run (included in the measuring time above)."
 [ $RETRIED -gt 0 ] && note "$RETRIED echo run(s) were re-run because other processes used more than ${OTHER_MAX}% of CPU 0 (all-cores points: of a CPU, over all CPUs) during them."
 [ $CONTENDED -gt 0 ] && note "$CONTENDED echo run(s) kept although other processes used more than ${OTHER_MAX}% of CPU 0 (all-cores points: of a CPU, over all CPUs; retries exhausted): see the \"CPU 0 other %\" and \"other %\" columns."
 cleanup
@@ -711,7 +722,7 @@ REPORT="$RUN_DIR/report.md"
   echo "- The 10,000 idle connections are opened by \`Benchmarks/peers/idle-holder\` (a third process, pinned to CPU 1) in batches of 256 and accepted by the server before the 64 active connections start, so the accept burst stays out of the measured window; they are reset (SO_LINGER 0) after the run. (\`poller-loadgen --idle\` dials all 10,000 at once and starts its warm-up clock only after, which made the window hard to align.)"
   echo "- Descriptor limit: soft $SOFT_NOFILE, hard $HARD_NOFILE (the hard limit cannot be raised here); the server and the load generator are separate processes, so each needs ~10,100 descriptors for the idle point (the server: 10,064 connections; idle-holder: 10,000)."
   echo "- Go's GOMAXPROCS is left at its default, which follows the affinity mask: 1 under \`taskset -c 0\`$([ ${#ALL_SERVERS[@]} -gt 0 ] && echo "; the all-cores instance gets GOMAXPROCS=$NPROC explicitly")."
-  echo "- Load average (1, 5, 15 min) when measuring started: $LOAD_START; when it ended: $LOAD_END$([ $WAIT_QUIET = 1 ] && echo " (started with --wait-quiet: no swift-build, swift-frontend, swift-test, xctest or *PackageTests* process running)")."
+  echo "- Load average (1, 5, 15 min) when measuring started: $LOAD_START; when it ended: $LOAD_END$([ $WAIT_QUIET = 1 ] && echo " (--wait-quiet: every run started while no swift-build, swift-frontend, swift-test, xctest or *PackageTests* process ran)")."
   echo "- Run-to-run noise on this VM is large: compare server CPU per round trip first, rt/s second."
   echo
   echo "## Echo"
