@@ -10,16 +10,21 @@
 #   --duration S      measured seconds per run (default 4; --quick: 1.2)
 #   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.4)
 #   --servers LIST    comma-separated subset of: c-epoll,poller-epoll,poller-uring,go,nio
-#   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k
+#   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k,allcores64,allcores512
 #   --no-http         skip the HTTP section (wrk against go-http, nio-http, poller-http)
-#   --retries N       re-run a run whose CPU 0 was more than 15% busy with other processes,
+#   --retries N       re-run a run whose CPU 0 was more than 15% busy with other processes
+#                     (all-cores points: more than 15% of a CPU, over all CPUs, neither the
+#                     server nor the load generator),
 #                     up to N times (default 2; --quick: 1); the last attempt is kept
 #   --no-build        use the binaries already built
 #   --no-install      install nothing (Go, wrk): use the peers this machine already has
 #   --out FILE        report file (default BENCHMARKS.md in the repository root)
 #   --baseline BIN    also run BIN (another build's poller-echo, e.g. of the commit before a
 #                     change) on both backends, interleaved with the rest: before and after in
-#                     the same run
+#                     the same run (one-core points only)
+#   --wait-quiet      before every run (and retry), wait (<= 30 min) until no swift-build,
+#                     swift-frontend, swift-test, xctest or *PackageTests* process runs (a
+#                     shared machine); the waits are noted in the report
 #
 # Every echo server is started once, pinned to CPU 0 (taskset -c 0), and stays up; the load
 # generator (Sources/poller-loadgen, pinned to CPU 1) visits them in turn, grid point by grid
@@ -27,6 +32,16 @@
 # window comes from /proc/PID/task/*/schedstat (ns on CPU, summed over threads), sampled when
 # the load generator's warm-up ends and again just before its measured window ends. Medians
 # across repetitions, and ratios to raw C epoll, go to BENCHMARKS.md and to stdout.
+#
+# The all-cores points (allcores64, allcores512) run a second instance of every server allowed
+# on every CPU (taskset -c 0-N-1) and using them all: raw C epoll with one thread and one
+# SO_REUSEPORT listener per CPU (the floor), Go with GOMAXPROCS = CPUs, SwiftNIO with one event
+# loop per CPU, and poller-echo with its PollerGroup (--threads 0) in both accept modes
+# (shared, reuseport) on both backends. The load generator is then allowed on every CPU too,
+# with one client thread per CPU: on a small machine it competes with the server for the same
+# CPUs. Their tables add the scaling ratio rt/s(all cores) / rt/s(one core), the one-core
+# figure taken from c64 / c512 of the same run, and "other %" counts CPU time on all CPUs that
+# was neither the server's nor the load generator's.
 #
 # Robustness: a server that does not start, or a run that fails, is reported as failed and the
 # rest goes on; every wait has a deadline; every process this script starts is ended by its
@@ -40,8 +55,8 @@ ORIG_CMD="scripts/bench.sh${*:+ $*}"
 
 MODE=full REPS=5 DURATION=4 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
 SERVERS_WANTED="c-epoll,poller-epoll,poller-uring,go,nio"
-POINTS_WANTED="c1,c64,c512,c64-4k,idle10k"
-DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md" BASELINE=''
+POINTS_WANTED="c1,c64,c512,c64-4k,idle10k,allcores64,allcores512"
+DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md" BASELINE='' WAIT_QUIET=0
 REPS_SET='' DUR_SET='' WARM_SET='' RETRIES_SET='' RETRIES=2 OTHER_MAX=15
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,6 +73,7 @@ while [ $# -gt 0 ]; do
     --no-install) DO_INSTALL=0 ;;
     --out) OUT=${2:?}; shift ;;
     --baseline) BASELINE=${2:?}; shift ;;
+    --wait-quiet) WAIT_QUIET=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -117,6 +133,10 @@ cpu_ns() {
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu0_busy_ns() {
   awk -v hz="$CLK_TCK" '$1 == "cpu0" { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz; exit }' /proc/stat
+}
+# All CPUs' busy time in ns (the aggregate "cpu" line), for the all-cores points.
+all_busy_ns() {
+  awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz; exit }' /proc/stat
 }
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' /proc/"$1"/status 2>/dev/null; }
 fd_count() { local a=(/proc/"$1"/fd/*); [ -e "${a[0]}" ] && echo ${#a[@]} || echo 0; }
@@ -190,7 +210,7 @@ if [ $DO_BUILD = 1 ]; then
   else
     note "SwiftNIO peers: release build of Benchmarks/ failed (log: ${RUN_DIR#$ROOT/}/build-nio.log); skipped."
   fi
-  if build_step c-epoll-echo "$RUN_DIR/build-c.log" cc -O2 -Wall -o "$BIN/c-epoll-echo" "$PEERS/c-epoll-echo.c"; then
+  if build_step c-epoll-echo "$RUN_DIR/build-c.log" cc -O2 -Wall -pthread -o "$BIN/c-epoll-echo" "$PEERS/c-epoll-echo.c"; then
     HAVE[c-epoll]=1
   else
     note "c-epoll-echo: cc failed (log: ${RUN_DIR#$ROOT/}/build-c.log)."
@@ -230,7 +250,8 @@ taskset -cp 1 $$ >/dev/null 2>&1 || note "could not pin the script to CPU 1"
 
 # ---------------------------------------------------------------------------------------------
 # Servers.
-declare -A LABEL CMD SPID SPORT SSTART_RSS SEXIT
+declare -A LABEL CMD SPID SPORT SSTART_RSS SEXIT SCPUS
+ALL_CPUS="0-$((NPROC - 1))"
 LABEL[c-epoll]="raw C epoll (ET, 1 thread)";   CMD[c-epoll]="$BIN/c-epoll-echo --host 127.0.0.1 --port 0"
 LABEL[poller-epoll]="poller-echo epoll";       CMD[poller-epoll]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend epoll"
 LABEL[poller-uring]="poller-echo io_uring";    CMD[poller-uring]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
@@ -251,6 +272,22 @@ if [ -n "$BASELINE" ]; then
   SERVERS_WANTED="$SERVERS_WANTED,base-epoll,base-uring"
   note "baseline: $BASELINE (rows \"baseline poller-echo …\"), interleaved with the others."
 fi
+# All-cores instances: KEY-all (or poller-BACKEND-MODE) of one-core server ALL_BASE[KEY].
+declare -A ALL_BASE
+LABEL[c-epoll-all]="raw C epoll (ET, $NPROC threads, SO_REUSEPORT)"
+CMD[c-epoll-all]="$BIN/c-epoll-echo --host 127.0.0.1 --port 0 --threads $NPROC"; ALL_BASE[c-epoll-all]=c-epoll
+for b in epoll uring; do
+  bname=$b; [ $b = uring ] && bname=io_uring
+  for mode in shared reuseport; do
+    LABEL[poller-$b-$mode]="poller-echo $bname, group of $NPROC, accept $mode"
+    CMD[poller-$b-$mode]="${CMD[poller-$b]} --threads 0 --accept $mode"; ALL_BASE[poller-$b-$mode]=poller-$b
+  done
+done
+LABEL[go-all]="Go net (goroutine/conn, GOMAXPROCS=$NPROC)"
+CMD[go-all]="env GOMAXPROCS=$NPROC ${CMD[go]}"; ALL_BASE[go-all]=go
+LABEL[nio-all]="SwiftNIO ($NPROC event loops)"
+CMD[nio-all]="${CMD[nio]} --threads $NPROC"; ALL_BASE[nio-all]=nio
+for key in "${!ALL_BASE[@]}"; do SCPUS[$key]=$ALL_CPUS; done
 IDLE_TIMEOUT=60
 for key in poller-epoll poller-uring base-epoll base-uring go nio; do
   [ -n "${CMD[$key]:-}" ] || continue
@@ -258,10 +295,10 @@ for key in poller-epoll poller-uring base-epoll base-uring go nio; do
   CMD[$key-dl]="${CMD[$key]} --idle-timeout $IDLE_TIMEOUT"
 done
 
-start_server() {  # start_server KEY: pinned to CPU 0; waits (<= 15 s) for "listening on 127.0.0.1:PORT"
+start_server() {  # start_server KEY: pinned to CPU 0 (all-cores instances: every CPU); waits (<= 15 s) for "listening on 127.0.0.1:PORT"
   local key=$1 logf="$RUN_DIR/server-$1.log" pid port deadline
   # shellcheck disable=SC2086
-  taskset -c 0 ${CMD[$key]} >"$logf" 2>&1 &
+  taskset -c "${SCPUS[$key]:-0}" ${CMD[$key]} >"$logf" 2>&1 &
   pid=$!
   track "$pid"
   now_us; deadline=$((NOW_US + 15000000))
@@ -317,10 +354,10 @@ settle() {
 # ---------------------------------------------------------------------------------------------
 # The echo grid.
 POINTS=()
-for pt in c1 c64 c512 c64-4k idle10k; do
+for pt in c1 c64 c512 c64-4k idle10k allcores64 allcores512; do
   case ",$POINTS_WANTED," in *",$pt,"*) POINTS+=("$pt") ;; esac
 done
-declare -A P_CONN P_SIZE P_IDLE P_BUSY P_TITLE
+declare -A P_CONN P_SIZE P_IDLE P_BUSY P_TITLE P_ALL P_ONECORE
 P_CONN[c1]=1;      P_SIZE[c1]=64;       P_IDLE[c1]=0;       P_BUSY[c1]=1
 P_CONN[c64]=64;    P_SIZE[c64]=64;      P_IDLE[c64]=0;      P_BUSY[c64]=0
 P_CONN[c512]=512;  P_SIZE[c512]=64;     P_IDLE[c512]=0;     P_BUSY[c512]=0
@@ -331,6 +368,12 @@ P_TITLE[c64]="64 connections, 64 B ping-pong"
 P_TITLE[c512]="512 connections, 64 B ping-pong"
 P_TITLE[c64-4k]="64 connections, 4 KiB ping-pong"
 P_TITLE[idle10k]="64 active connections, 64 B ping-pong, with 10,000 idle connections held (every server but raw C sets a 60 s read deadline before each read)"
+# All cores: server and load generator (one client thread per CPU) both allowed on every CPU.
+for n in 64 512; do
+  P_CONN[allcores$n]=$n; P_SIZE[allcores$n]=64; P_IDLE[allcores$n]=0; P_BUSY[allcores$n]=0
+  P_ALL[allcores$n]=1; P_ONECORE[allcores$n]=c$n
+  P_TITLE[allcores$n]="All cores: $n connections, 64 B ping-pong (servers and the load generator, $NPROC client threads, all allowed on CPUs $ALL_CPUS: this machine has $NPROC)"
+done
 
 NEED_FDS=$((P_IDLE[idle10k] + P_CONN[idle10k] + 64))
 if [ "$SOFT_NOFILE" != unlimited ] && [ "$SOFT_NOFILE" -lt "$NEED_FDS" ]; then
@@ -352,18 +395,47 @@ for key in c-epoll poller-epoll poller-uring base-epoll base-uring go nio; do
   fi
   ECHO_SERVERS+=("$key")
 done
+# The all-cores instances of the chosen one-core servers (not of a --baseline build).
+ALL_SERVERS=()
+for key in c-epoll-all poller-epoll-shared poller-epoll-reuseport poller-uring-shared poller-uring-reuseport go-all nio-all; do
+  case " ${ECHO_SERVERS[*]} " in *" ${ALL_BASE[$key]} "*) ALL_SERVERS+=("$key") ;; esac
+done
+HAVE_ALL=0
+for pt in "${POINTS[@]}"; do [ "${P_ALL[$pt]:-0}" = 1 ] && HAVE_ALL=1; done
+[ $HAVE_ALL = 1 ] || ALL_SERVERS=()
+servers_of() {  # servers_of POINT: the server keys that run at POINT
+  if [ "${P_ALL[$1]:-0}" = 1 ]; then PT_SERVERS=("${ALL_SERVERS[@]}"); else PT_SERVERS=("${ECHO_SERVERS[@]}"); fi
+}
 
-RESULTS="$RUN_DIR/echo.tsv"   # point server rep status rt p50 p90 p99 p999 cpu_ns_rt cpu_pct rss_kib other_pct idle_cpu_pct
+RESULTS="$RUN_DIR/echo.tsv"   # point server rep status rt p50 p90 p99 p999 cpu_ns_rt cpu_pct rss_kib other_pct idle_cpu_pct lg_cpu_pct
 : >"$RESULTS"
 W_US=$(to_us "$WARMUP"); D_US=$(to_us "$DURATION")
 LGPID=''
 
 record() { printf '%s\n' "$*" | tr ' ' '\t' >>"$RESULTS"; }
 
-CONTENDED=0 RETRIED=0
+CONTENDED=0 RETRIED=0 QUIET_WAITS=0 QUIET_WAITED_S=0
+# --wait-quiet: on a shared machine, start a run only while nobody builds or tests (checked
+# before every run and every retry; each wait bounded to 30 min).
+wait_quiet() {
+  [ "$WAIT_QUIET" = 1 ] || return 0
+  local deadline t0 waited=0
+  now_us; t0=$NOW_US deadline=$((NOW_US + 1800000000))
+  while pgrep -f 'swift-build|swift-frontend|swift-test|xctest|PackageTests' >/dev/null; do
+    now_us; [ $NOW_US -gt $deadline ] && { note "--wait-quiet: builds or tests still running after 30 min; measured anyway."; break; }
+    [ $waited = 0 ] && log "waiting for other builds and tests to finish (--wait-quiet)"
+    waited=1
+    sleep 20
+  done
+  if [ $waited = 1 ]; then
+    now_us; QUIET_WAITS=$((QUIET_WAITS + 1)) QUIET_WAITED_S=$((QUIET_WAITED_S + (NOW_US - t0) / 1000000))
+    sleep 2  # let the last compiler's exit and page-cache writeback pass
+  fi
+}
 declare -A DOWN_NOTED=()
 run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   local pt=$1 key=$2 rep=$3 attempt=${4:-0} srv=$2
+  wait_quiet
   # The idle point runs against the instance that holds deadlines, where there is one.
   [ "$pt" = idle10k ] && [ -n "${SPID[$2-dl]:-}" ] && srv=$2-dl
   local pid=${SPID[$srv]:-} port=${SPORT[$srv]:-}
@@ -377,8 +449,11 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
     fi
     return
   fi
-  local idle_pct=- extra=() deadline ok=1 t_ready c1 c2 t1 t2 b1 b2 rss sfds base_fds hpid='' hout="$RUN_DIR/holder-$tag.out" herr="$RUN_DIR/holder-$tag.err"
+  local idle_pct=- extra=() deadline ok=1 t_ready c1 c2 t1 t2 b1 b2 l1 l2 rss sfds base_fds hpid='' hout="$RUN_DIR/holder-$tag.out" herr="$RUN_DIR/holder-$tag.err"
+  local all=${P_ALL[$pt]:-0} lg_cpus=1 lg_fds=$((n + 3))
   [ "${P_BUSY[$pt]}" = 1 ] && extra+=(--busy-poll)
+  # All cores: the load generator may run on every CPU, one client thread (and epoll) each.
+  [ "$all" = 1 ] && lg_cpus=$ALL_CPUS lg_fds=$((n + 2 + NPROC)) extra+=(--threads "$NPROC")
   if [ "$idle" -gt 0 ]; then
     # The idle connections come from idle-holder, dialled in batches before the load generator
     # starts: neither the accept burst nor the dialling falls into the measured window.
@@ -418,7 +493,7 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
       return
     fi
   fi
-  taskset -c 1 "$LOADGEN" --host 127.0.0.1 --port "$port" --connections "$n" --size "$size" \
+  taskset -c "$lg_cpus" "$LOADGEN" --host 127.0.0.1 --port "$port" --connections "$n" --size "$size" \
     --duration "$DURATION" --warmup "$WARMUP" "${extra[@]}" >"$out" 2>"$err" &
   LGPID=$!
   track "$LGPID"
@@ -426,7 +501,7 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   # its descriptors (<= 60 s) and align the measured window with its own (sampling ends
   # 100 ms before its window does, to stay inside it).
   now_us; deadline=$((NOW_US + 60000000))
-  while [ "$(fd_count "$LGPID")" -lt $((n + 3)) ]; do
+  while [ "$(fd_count "$LGPID")" -lt "$lg_fds" ]; do
     kill -0 "$LGPID" 2>/dev/null || { ok=0; break; }
     now_us; [ $NOW_US -gt $deadline ] && { ok=0; break; }
     sleep 0.005
@@ -434,9 +509,14 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   now_us; t_ready=$NOW_US
   if [ $ok = 1 ]; then
     sleep_until_us $((t_ready + W_US))
-    b1=$(cpu0_busy_ns); c1=$(cpu_ns "$pid"); now_us; t1=$NOW_US
+    # One-core points: what else ran on CPU 0 (the server's). All cores: what ran on any CPU
+    # that was neither the server nor the load generator.
+    if [ "$all" = 1 ]; then b1=$(all_busy_ns); else b1=$(cpu0_busy_ns); fi
+    l1=$(cpu_ns "$LGPID"); c1=$(cpu_ns "$pid"); now_us; t1=$NOW_US
     sleep_until_us $((t_ready + W_US + D_US - 100000))
-    c2=$(cpu_ns "$pid"); b2=$(cpu0_busy_ns); now_us; t2=$NOW_US
+    c2=$(cpu_ns "$pid"); l2=$(cpu_ns "$LGPID")
+    if [ "$all" = 1 ]; then b2=$(all_busy_ns); else b2=$(cpu0_busy_ns); fi
+    now_us; t2=$NOW_US
     rss=$(status_kib "$pid" VmRSS)
     [ -n "$hpid" ] && sfds=$(fd_count "$pid")
   fi
@@ -468,11 +548,13 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   local rt p50 p90 p99 p999 bad
   rt=$(get rt_per_s) p50=$(get p50_us) p90=$(get p90_us) p99=$(get p99_us) p999=$(get p999_us) bad=$(get bad_bytes)
   if [ $ok = 1 ] && [ $rc = 0 ] && [ -n "$rt" ] && [ "$bad" = 0 ] && [ "${rt%%.*}" -gt 0 ] && kill -0 "$pid" 2>/dev/null; then
-    local cpu_rt cpu_pct other_pct
-    other_pct=$(awk -v b=$((b2 - b1)) -v c=$((c2 - c1)) -v t=$((t2 - t1)) 'BEGIN { o = (b - c) / t / 10; if (o < 0) o = 0; printf "%.1f", o }')
+    local cpu_rt cpu_pct other_pct lg_pct lg_other=0
+    [ "$all" = 1 ] && lg_other=$((l2 - l1))
+    other_pct=$(awk -v b=$((b2 - b1)) -v c=$((c2 - c1 + lg_other)) -v t=$((t2 - t1)) 'BEGIN { o = (b - c) / t / 10; if (o < 0) o = 0; printf "%.1f", o }')
+    lg_pct=$(awk -v c=$((l2 - l1)) -v t=$((t2 - t1)) 'BEGIN { printf "%.1f", c / t / 10 }')
     if awk -v o="$other_pct" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }'; then
       if [ "$attempt" -lt "$RETRIES" ]; then
-        log "$tag: CPU 0 was ${other_pct}% busy with other processes; retrying ($((attempt + 1))/$RETRIES)"
+        log "$tag: other processes used ${other_pct}% of $([ "$all" = 1 ] && echo "a CPU (all CPUs)" || echo "CPU 0"); retrying ($((attempt + 1))/$RETRIES)"
         RETRIED=$((RETRIED + 1))
         settle "$pid"; sleep 1
         run_echo "$pt" "$key" "$rep" $((attempt + 1))
@@ -482,8 +564,8 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
     fi
     cpu_rt=$(awk -v c=$((c2 - c1)) -v t=$((t2 - t1)) -v r="$rt" 'BEGIN { printf "%.0f", c * 1e6 / t / r }')
     cpu_pct=$(awk -v c=$((c2 - c1)) -v t=$((t2 - t1)) 'BEGIN { printf "%.1f", c / t / 10 }')
-    record "$pt $key $rep ok $rt $p50 $p90 $p99 $p999 $cpu_rt $cpu_pct ${rss:--} $other_pct $idle_pct"
-    log "$tag: rt/s=$rt p50=${p50}us p99=${p99}us server_cpu=${cpu_rt}ns/rt (${cpu_pct}%) rss=${rss}KiB cpu0_other=${other_pct}%$([ "$idle_pct" != - ] && echo " idle_only_cpu=${idle_pct}%")"
+    record "$pt $key $rep ok $rt $p50 $p90 $p99 $p999 $cpu_rt $cpu_pct ${rss:--} $other_pct $idle_pct $lg_pct"
+    log "$tag: rt/s=$rt p50=${p50}us p99=${p99}us server_cpu=${cpu_rt}ns/rt (${cpu_pct}%) loadgen_cpu=${lg_pct}% rss=${rss}KiB $([ "$all" = 1 ] && echo other || echo cpu0_other)=${other_pct}%$([ "$idle_pct" != - ] && echo " idle_only_cpu=${idle_pct}%")"
   else
     record "$pt $key $rep failed - - - - - - - - -"
     kill -0 "$pid" 2>/dev/null || note "${LABEL[$srv]}: server exited during $pt rep $rep: $(tail -n 2 "$RUN_DIR/server-$srv.log" | tr '\n' ' ')"
@@ -492,26 +574,32 @@ run_echo() {  # run_echo POINT SERVER REP [ATTEMPT]
   settle "$pid"
 }
 
-RUNNING_ECHO=("${ECHO_SERVERS[@]}")
+RUNNING_ECHO=("${ECHO_SERVERS[@]}" "${ALL_SERVERS[@]}")
 case " ${POINTS[*]} " in *" idle10k "*)
   for key in "${ECHO_SERVERS[@]}"; do [ -n "${CMD[$key-dl]:-}" ] && RUNNING_ECHO+=("$key-dl"); done ;;
 esac
+wait_quiet
 for key in "${RUNNING_ECHO[@]}"; do start_server "$key"; done
 # Prime every server once (1 s, 64 connections, not recorded): first-touch page faults, heap
-# growth and lazy set-up stay out of the first recorded run.
+# growth and lazy set-up stay out of the first recorded run. (All-cores instances: from every
+# CPU, one client thread each, so that every one of their threads is primed.)
 for key in "${RUNNING_ECHO[@]}"; do
   [ -n "${SPID[$key]:-}" ] || continue
-  timeout 20 taskset -c 1 "$LOADGEN" --host 127.0.0.1 --port "${SPORT[$key]}" --connections 64 --size 64 \
+  prime=(taskset -c 1 "$LOADGEN"); [ -n "${ALL_BASE[$key]:-}" ] && prime=(taskset -c "$ALL_CPUS" "$LOADGEN" --threads "$NPROC")
+  timeout 20 "${prime[@]}" --host 127.0.0.1 --port "${SPORT[$key]}" --connections 64 --size 64 \
     --duration 1 --warmup 0 >"$RUN_DIR/prime-$key.out" 2>&1 ||
     log "priming ${LABEL[$key]} failed: $(tail -n 1 "$RUN_DIR/prime-$key.out")"
   settle "${SPID[$key]}"
 done
 now_us; BENCH_START=$NOW_US
-TOTAL=$(( ${#POINTS[@]} * REPS * ${#ECHO_SERVERS[@]} ))
-[ ${#ECHO_SERVERS[@]} -gt 0 ] && log "echo grid: ${#POINTS[@]} points x $REPS reps x ${#ECHO_SERVERS[@]} servers = $TOTAL runs of ${WARMUP}+${DURATION} s"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+TOTAL=0
+for pt in "${POINTS[@]}"; do servers_of "$pt"; TOTAL=$((TOTAL + REPS * ${#PT_SERVERS[@]})); done
+[ $TOTAL -gt 0 ] && log "echo grid: ${#POINTS[@]} points x $REPS reps = $TOTAL runs of ${WARMUP}+${DURATION} s"
 for pt in "${POINTS[@]}"; do
+  servers_of "$pt"
   for rep in $(seq 1 "$REPS"); do
-    for key in "${ECHO_SERVERS[@]}"; do run_echo "$pt" "$key" "$rep"; done
+    for key in "${PT_SERVERS[@]}"; do run_echo "$pt" "$key" "$rep"; done
   done
 done
 declare -A SPEAK
@@ -580,8 +668,10 @@ if [ $DO_HTTP = 1 ] && command -v wrk >/dev/null; then
   [ "${HAVE[poller-http]:-0}" = 1 ] || note "poller-http: not built (no such product yet); its HTTP row is a placeholder."
 fi
 now_us; BENCH_SECS=$(( (NOW_US - BENCH_START) / 1000000 ))
-[ $RETRIED -gt 0 ] && note "$RETRIED echo run(s) were re-run because other processes used more than ${OTHER_MAX}% of CPU 0 during them."
-[ $CONTENDED -gt 0 ] && note "$CONTENDED echo run(s) kept although other processes used more than ${OTHER_MAX}% of CPU 0 (retries exhausted): see the \"CPU 0 other %\" column."
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+[ $QUIET_WAITS -gt 0 ] && note "--wait-quiet: waited $QUIET_WAITS time(s), ${QUIET_WAITED_S} s in all, for other builds and tests to finish before a run (included in the measuring time above)."
+[ $RETRIED -gt 0 ] && note "$RETRIED echo run(s) were re-run because other processes used more than ${OTHER_MAX}% of CPU 0 (all-cores points: of a CPU, over all CPUs) during them."
+[ $CONTENDED -gt 0 ] && note "$CONTENDED echo run(s) kept although other processes used more than ${OTHER_MAX}% of CPU 0 (all-cores points: of a CPU, over all CPUs; retries exhausted): see the \"CPU 0 other %\" and \"other %\" columns."
 cleanup
 
 # ---------------------------------------------------------------------------------------------
@@ -624,18 +714,20 @@ REPORT="$RUN_DIR/report.md"
   echo
   echo "- Machine: $NPROC CPUs ($CPU_MODEL), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $KERNEL, loopback only"
   echo "- Toolchains: $SWIFT_V; Go $GO_V (Debian golang-go); SwiftNIO $NIO_V; $WRK_V; cc $(cc -dumpfullversion 2>/dev/null || cc -dumpversion)"
-  echo "- Method: each server started once, pinned to CPU 0 (\`taskset -c 0\`); the load generator (\`poller-loadgen\`, single-threaded epoll, verifies every echoed byte) pinned to CPU 1."
+  echo "- Method: each server started once, pinned to CPU 0 (\`taskset -c 0\`); the load generator (\`poller-loadgen\`, single-threaded epoll, verifies every echoed byte) pinned to CPU 1$([ ${#ALL_SERVERS[@]} -gt 0 ] && echo " (all-cores points: see \"All cores\")")."
   echo "  Repetitions interleaved across servers (A B C … A B C …); $REPS repetition(s) per point; each run ${WARMUP} s warm-up + ${DURATION} s measured."
   echo "  Numbers are medians across repetitions. Server CPU = ns on CPU summed over the server's threads (/proc/PID/task/*/schedstat) over the measured window, divided by round trips in it."
   echo "  \"x C\" = value / raw C epoll's value (rt/s: higher is better; latency and CPU: lower is better). RSS = VmRSS at the end of the measured window."
   echo "  \"CPU 0 other %\" = CPU 0's busy time (/proc/stat, incl. steal) minus the server's own, as % of the window: anything well above 0 means something else ran on the server's CPU and that run is suspect."
   echo "- The 10,000 idle connections are opened by \`Benchmarks/peers/idle-holder\` (a third process, pinned to CPU 1) in batches of 256 and accepted by the server before the 64 active connections start, so the accept burst stays out of the measured window; they are reset (SO_LINGER 0) after the run. (\`poller-loadgen --idle\` dials all 10,000 at once and starts its warm-up clock only after, which made the window hard to align.)"
   echo "- Descriptor limit: soft $SOFT_NOFILE, hard $HARD_NOFILE (the hard limit cannot be raised here); the server and the load generator are separate processes, so each needs ~10,100 descriptors for the idle point (the server: 10,064 connections; idle-holder: 10,000)."
-  echo "- Go's GOMAXPROCS is left at its default, which follows the affinity mask: 1 under \`taskset -c 0\`."
+  echo "- Go's GOMAXPROCS is left at its default, which follows the affinity mask: 1 under \`taskset -c 0\`$([ ${#ALL_SERVERS[@]} -gt 0 ] && echo "; the all-cores instance gets GOMAXPROCS=$NPROC explicitly")."
+  echo "- Load average (1, 5, 15 min) when measuring started: $LOAD_START; when it ended: $LOAD_END$([ $WAIT_QUIET = 1 ] && echo " (--wait-quiet: every run started while no swift-build, swift-frontend, swift-test, xctest or *PackageTests* process ran)")."
   echo "- Run-to-run noise on this VM is large: compare server CPU per round trip first, rt/s second."
   echo
   echo "## Echo"
   for pt in "${POINTS[@]}"; do
+    [ "${P_ALL[$pt]:-0}" = 1 ] && continue  # in "All cores" below
     echo
     echo "### ${P_TITLE[$pt]}"
     echo
@@ -674,6 +766,63 @@ REPORT="$RUN_DIR/report.md"
     idle_cpu=$(median_of "$RESULTS" 14 idle10k "$key" 4)
     echo "| ${LABEL[$key]} | $(mib "${SSTART_RSS[$key]:-}") | $(mib "$idle_rss") | $per_idle | ${idle_cpu:--} | $(mib "${SPEAK[$local_dl]:-}") | $exits |"
   done
+  if [ ${#ALL_SERVERS[@]} -gt 0 ]; then
+    ALL_POINTS=()
+    for pt in "${POINTS[@]}"; do [ "${P_ALL[$pt]:-0}" = 1 ] && ALL_POINTS+=("$pt"); done
+    # scaling KEY POINT: rt/s at the all-cores POINT / the one-core instance's rt/s at its point.
+    scaling() {
+      local one=${P_ONECORE[$2]} a b
+      a=$(median_of "$RESULTS" 5 "$2" "$1" 4)
+      b=$(median_of "$RESULTS" 5 "$one" "${ALL_BASE[$1]}" 4)
+      ratio "$a" "$b"
+    }
+    echo
+    echo "## All cores"
+    echo
+    echo "Every server allowed on all $NPROC CPUs (\`taskset -c $ALL_CPUS\`) and using them: raw C epoll with one thread and one SO_REUSEPORT listener per CPU (the floor, \"x C\"), Go with GOMAXPROCS=$NPROC, SwiftNIO with $NPROC event loops (one acceptor handing connections to the loops in turn), poller-echo with a PollerGroup of $NPROC pollers (\`--threads 0\`) in both accept modes: \`shared\` (one listener, connections handed to the pollers in turn) and \`reuseport\` (one SO_REUSEPORT listener per poller, the kernel spreads). The load generator runs $NPROC client threads, also allowed on all $NPROC CPUs: **this machine has $NPROC CPUs, so the load generator competes with the server for them** and rt/s is what the two share, not what the server alone could do. Server CPU per round trip is the headline; \"scaling\" = rt/s here / the same server's one-core rt/s (pinned to CPU 0, load generator on CPU 1) at the same connection count in this run. \"other %\" = CPU time on all CPUs that was neither the server's nor the load generator's, in % of one CPU."
+    echo
+    echo "### Headline"
+    echo
+    hdr="| server |"; sep="|---|"
+    for pt in "${ALL_POINTS[@]}"; do hdr="$hdr server CPU ns/rt, ${P_CONN[$pt]} conns | x C |"; sep="$sep---:|---:|"; done
+    for pt in "${ALL_POINTS[@]}"; do hdr="$hdr rt/s, ${P_CONN[$pt]} conns | x C |"; sep="$sep---:|---:|"; done
+    for pt in "${ALL_POINTS[@]}"; do hdr="$hdr scaling, ${P_CONN[$pt]} conns |"; sep="$sep---:|"; done
+    echo "$hdr"; echo "$sep"
+    for key in "${ALL_SERVERS[@]}"; do
+      row="| ${LABEL[$key]} |"
+      for pt in "${ALL_POINTS[@]}"; do
+        cpu=$(median_of "$RESULTS" 10 "$pt" "$key" 4); c_cpu=$(median_of "$RESULTS" 10 "$pt" c-epoll-all 4)
+        row="$row $(fmt_int "$cpu") | $(ratio "$cpu" "$c_cpu") |"
+      done
+      for pt in "${ALL_POINTS[@]}"; do
+        rt=$(median_of "$RESULTS" 5 "$pt" "$key" 4); c_rt=$(median_of "$RESULTS" 5 "$pt" c-epoll-all 4)
+        row="$row $(fmt_int "$rt") | $(ratio "$rt" "$c_rt") |"
+      done
+      for pt in "${ALL_POINTS[@]}"; do row="$row $(scaling "$key" "$pt") |"; done
+      echo "$row"
+    done
+    for pt in "${ALL_POINTS[@]}"; do
+      echo
+      echo "### ${P_TITLE[$pt]}"
+      echo
+      echo "| server | rt/s | x C | p50 µs | p99 µs | x C | p99.9 µs | server CPU ns/rt | x C | server CPU % (of 1 CPU) | load gen CPU % | other % | scaling | runs ok |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      c_rt=$(median_of "$RESULTS" 5 "$pt" c-epoll-all 4); c_p99=$(median_of "$RESULTS" 8 "$pt" c-epoll-all 4)
+      c_cpu=$(median_of "$RESULTS" 10 "$pt" c-epoll-all 4)
+      for key in "${ALL_SERVERS[@]}"; do
+        rt=$(median_of "$RESULTS" 5 "$pt" "$key" 4); p50=$(median_of "$RESULTS" 6 "$pt" "$key" 4)
+        p99=$(median_of "$RESULTS" 8 "$pt" "$key" 4); p999=$(median_of "$RESULTS" 9 "$pt" "$key" 4)
+        cpu=$(median_of "$RESULTS" 10 "$pt" "$key" 4); pct=$(median_of "$RESULTS" 11 "$pt" "$key" 4)
+        oth=$(median_of "$RESULTS" 13 "$pt" "$key" 4); lgp=$(median_of "$RESULTS" 15 "$pt" "$key" 4)
+        okc=$(count_ok "$RESULTS" "$pt" "$key" 4)
+        if [ -z "$rt" ]; then
+          echo "| ${LABEL[$key]} | **failed** | | | | | | | | | | | | $okc |"
+        else
+          echo "| ${LABEL[$key]} | $(fmt_int "$rt") | $(ratio "$rt" "$c_rt") | $(fmt_1 "$p50") | $(fmt_1 "$p99") | $(ratio "$p99" "$c_p99") | $(fmt_1 "$p999") | $(fmt_int "$cpu") | $(ratio "$cpu" "$c_cpu") | $(fmt_1 "$pct") | $(fmt_1 "$lgp") | $(fmt_1 "$oth") | $(scaling "$key" "$pt") | $okc |"
+        fi
+      done
+    done
+  fi
   if [ $DO_HTTP = 1 ]; then
     echo
     echo "## HTTP/1.1 keep-alive \"hello\""

@@ -7,8 +7,9 @@
 #   3. the short echo benchmark grid (scripts/bench.sh --quick --no-install --no-http, under a
 #      minute once built): poller-echo on both backends beside raw C epoll (compiled here),
 #      SwiftNIO (built here from the Benchmarks/ package, ~1.5 min the first time) and Go's net
-#      if `go` is installed; nothing is installed for it. --no-grid skips it. The full grid,
-#      with installs, HTTP and 3 interleaved repetitions, is scripts/bench.sh.
+#      if `go` is installed; nothing is installed for it; the one-core points only (the
+#      all-cores points would double it). --no-grid skips it. The full grid, with installs,
+#      HTTP, the all-cores points and 5 interleaved repetitions, is scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
@@ -57,7 +58,7 @@ done
 if [ "$grid" = 1 ]; then
   echo "== 3. the short echo grid (server CPU per round trip is the headline; figures of one run only)"
   report=$(mktemp --suffix=.md)
-  bash scripts/bench.sh --quick --no-install --no-http --out "$report" 2>&1 |
+  bash scripts/bench.sh --quick --no-install --no-http --points c1,c64,c512,c64-4k,idle10k --out "$report" 2>&1 |
     grep -vE '^bench: (building|started|c1-|c64-|c512-|idle10k-)' || true
   echo "(report: $report; full grid: scripts/bench.sh)"
 fi

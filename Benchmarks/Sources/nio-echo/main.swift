@@ -1,6 +1,9 @@
-// nio-echo: SwiftNIO echo server on ONE event loop, the NIO peer of poller-echo.
+// nio-echo: SwiftNIO echo server, the NIO peer of poller-echo: ONE event loop by default.
 //
-//   nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS]
+//   nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS] [--threads N]
+//
+// --threads N: N event loops (0: System.coreCount, one per CPU); the server channel accepts on
+// one of them and hands the connections to the group's loops in turn (NIO's usual set-up).
 //
 // Prints "nio-echo: listening on HOST:PORT", echoes every byte on every connection (write on
 // channelRead, flush on channelReadComplete) and exits 0 on SIGINT/SIGTERM. With
@@ -47,29 +50,36 @@ func say(_ fd: Int32, _ line: String) {
     line.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
 }
 
-func parseArguments() -> (host: String, port: Int, idleTimeout: Double) {
+func usage() -> Never {
+    say(2, "usage: nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS] [--threads N (0: one per CPU)]")
+    exit(2)
+}
+
+func parseArguments() -> (host: String, port: Int, idleTimeout: Double, threads: Int) {
     var host = "127.0.0.1"
     var port = 0
     var idleTimeout = 0.0
+    var threads = 1
     var args = CommandLine.arguments.dropFirst()
     while let a = args.popFirst() {
         switch a {
         case "--host": host = args.popFirst() ?? host
         case "--port": port = Int(args.popFirst() ?? "") ?? port
         case "--idle-timeout": idleTimeout = Double(args.popFirst() ?? "") ?? idleTimeout
-        default:
-            say(2, "usage: nio-echo [--host 127.0.0.1] [--port 0] [--idle-timeout SECONDS]")
-            exit(2)
+        case "--threads":
+            guard let n = Int(args.popFirst() ?? ""), n >= 0 else { usage() }
+            threads = n == 0 ? System.coreCount : n
+        default: usage()
         }
     }
-    return (host, port, idleTimeout)
+    return (host, port, idleTimeout, threads)
 }
 
 /// Everything runs here, not in top-level code: top-level code in main.swift is MainActor
 /// code under Swift 6, and a signal handler set up there crashed when SIGTERM arrived.
 nonisolated func runServer() throws {
-    let (host, port, idleTimeout) = parseArguments()
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let (host, port, idleTimeout, threads) = parseArguments()
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
 
     var sources: [DispatchSourceSignal] = []
     for sig in [SIGINT, SIGTERM] {
@@ -97,7 +107,7 @@ nonisolated func runServer() throws {
         }
     let channel = try bootstrap.bind(host: host, port: port).wait()
     let bound = channel.localAddress?.port ?? port
-    say(1, "nio-echo: listening on \(host):\(bound) (SwiftNIO, 1 event loop)")
+    say(1, "nio-echo: listening on \(host):\(bound) (SwiftNIO, \(threads) event loop\(threads == 1 ? "" : "s"))")
     try channel.closeFuture.wait()
     withExtendedLifetime(sources) {}
     try group.syncShutdownGracefully()

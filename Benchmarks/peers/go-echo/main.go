@@ -7,7 +7,8 @@
 //
 // Prints "go-echo: listening on HOST:PORT", echoes every byte on every connection
 // (conn.Read / conn.Write with a 64 KiB buffer) and exits 0 on SIGINT/SIGTERM. GOMAXPROCS is
-// left at its default (the number of CPUs in the affinity mask: 1 under `taskset -c 0`).
+// left at its default (the number of CPUs in the affinity mask: 1 under `taskset -c 0`);
+// scripts/bench.sh's all-cores instance sets GOMAXPROCS to the CPU count in the environment.
 package main
 
 import (
