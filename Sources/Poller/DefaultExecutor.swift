@@ -11,8 +11,8 @@ import Synchronization
 // installs): the factory is the runtime's designed entry point for this, it covers delayed
 // jobs (`Task.sleep` stays on the poller threads; on 6.3 the hook sees no delayed job, so
 // every sleep would come back on a Dispatch worker) and the main executor, and it needs no
-// `dlsym` of a private symbol. Its one constraint: the default executor is chosen once, before
-// the first task is created, so installing is the first thing `main` does.
+// `dlsym` of a private symbol. Its constraint: it is installed from synchronous code (an async
+// `main` already runs as a task on the main actor), best first thing in `main`.
 
 extension PollerGroup {
     /// Makes the shared group (``shared()``) Swift's default executor: tasks created with
@@ -55,24 +55,24 @@ extension PollerGroup {
         // On a poller thread the probe below would block the thread that may have to run it.
         guard Poller.current == nil else { throw .defaultExecutorAlreadyChosen }
         let group = try startShared(threads: threads, backend: backend)
-        let first = installedExecutor.withLockAnnotated { installed -> Bool in
-            if installed != nil { return false }
-            installed = PollerGroupExecutor(group: group)
-            return true
-        }
-        if first {
+        // Serialized, so a second caller sees the first one's verdict, not a probe under way.
+        // (The runtime reads `installedExecutor`, a different lock, while the probe runs.)
+        let tookEffect = installation.withLockAnnotated { tookEffect -> Bool in
+            if let tookEffect { return tookEffect }
+            installedExecutor.withLockAnnotated { $0 = PollerGroupExecutor(group: group) }
             _createExecutors(factory: PollerExecutorFactory.self)
-            installTookEffect.store(probeRunsOnAPoller(group), ordering: .releasing)
+            let verdict = probeRunsOnAPoller(group)
+            tookEffect = verdict
+            return verdict
         }
-        guard installTookEffect.load(ordering: .acquiring) else { throw .defaultExecutorAlreadyChosen }
+        guard tookEffect else { throw .defaultExecutorAlreadyChosen }
         return group
     }
 
-    /// Whether a plain detached task now runs on one of `group`'s threads. A late
-    /// `_createExecutors` is ignored by the runtime without a word (measured on 6.3: tasks
-    /// stay on Dispatch, while `Task.defaultExecutor` already answers with the new one), so
-    /// the only sure test is to run a task and see where it lands. The calling thread is not
-    /// poller thread (checked above), so blocking it cannot hold up the probe.
+    /// Whether a plain detached task now runs on one of `group`'s threads. The runtime says
+    /// nothing of its own about where enqueues go after `_createExecutors`, so the sure test
+    /// is to run a task and see where it lands. The calling thread is not a poller thread
+    /// (checked above), so blocking it cannot hold up the probe.
     private static func probeRunsOnAPoller(_ group: PollerGroup) -> Bool {
         let landed = Mutex<Bool>(false)
         let done = ParkerBox()
@@ -87,15 +87,15 @@ extension PollerGroup {
     /// The group installed as Swift's default executor by ``installAsDefaultExecutor(threads:backend:)``,
     /// if any.
     public static var defaultExecutorGroup: PollerGroup? {
-        guard installTookEffect.load(ordering: .acquiring) else { return nil }
+        guard installation.withLockAnnotated({ $0 }) == true else { return nil }
         return installedExecutor.withLockAnnotated { $0?.group }
     }
 }
 
 /// The executor installed by `installAsDefaultExecutor`; set once.
 private let installedExecutor = Mutex<PollerGroupExecutor?>(nil)
-/// Whether the runtime took it (the probe's answer); set once, by the first install.
-private let installTookEffect = Atomic<Bool>(false)
+/// Whether the runtime took it (the probe's answer): nil until the first install has run.
+private let installation = Mutex<Bool?>(nil)
 
 /// What the concurrency runtime asks for its executors: the group for the default executor,
 /// the platform's for the main one.
