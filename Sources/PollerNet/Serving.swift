@@ -183,13 +183,13 @@ extension Listener {
     ///   shutdown, the listener's close or deadline, cancellation.
     public func serve(
         gracePeriod: Duration = .seconds(30),
-        shutdown handle: ServingHandle? = nil,
+        shutdown: ServingHandle? = nil,
         onAcceptError: (@Sendable (NetError, Duration) -> Void)? = nil,
         handler: @escaping @Sendable (Connection) async -> Void
     ) async throws(NetError) {
         let run = ServeRun(listener: self, timer: try PollerTimer(poller: netFD.poller))
-        handle?.register(run)
-        defer { handle?.unregister(run) }
+        shutdown?.register(run)
+        defer { shutdown?.unregister(run) }
         await withTaskExecutorPreference(netFD.poller.executor) {
             await withDiscardingTaskGroup { handlers in
                 var backoff = AcceptBackoff()
