@@ -162,6 +162,35 @@ extension PollerNetTests {
             }
         }
 
+        @Test("a persistent accept error backs off, doubling, is reported, and a shutdown ends the back-off at once",
+              arguments: BackendKind.allCases)
+        func acceptErrorsBackOff(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                // A listening socket shut down for reading is readable (hung up) and accept4
+                // fails on it with EINVAL for good: neither EMFILE nor transient.
+                #expect(Glibc.shutdown(listener.netFD.fd, Int32(SHUT_RD)) == 0)
+                let delays = Mutex<[Duration]>([])
+                let shutdown = ServingHandle()
+                let serving = Task {
+                    await netError { () async throws(NetError) in
+                        try await listener.serve(shutdown: shutdown, onAcceptError: { error, delay in
+                            if error != .system(call: "accept4", errno: EINVAL) { Issue.record("accept error \(error)") }
+                            delays.withLock { $0.append(delay) }
+                        }) { _ in Issue.record("a connection was served") }
+                    }
+                }
+                // 5 + 10 + ... + 320 ms, then a back-off of 640 ms that the shutdown cuts short.
+                let limit = ContinuousClock.now + .seconds(5)
+                while delays.withLock({ $0.count }) < 8 && ContinuousClock.now < limit { await sleep(ms: 5) }
+                let start = ContinuousClock.now
+                shutdown.shutdown()
+                #expect(await serving.value == nil)
+                #expect(ContinuousClock.now - start < .milliseconds(400), "the shutdown waited for the back-off")
+                #expect(Array(delays.withLock { $0 }.prefix(8)) == [5, 10, 20, 40, 80, 160, 320, 640].map { .milliseconds($0) })
+            }
+        }
+
         @Test("a handle shut down before serve starts makes serve close its listener and return at once",
               arguments: BackendKind.allCases)
         func shutDownBeforeServing(kind: BackendKind) async throws {
