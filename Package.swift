@@ -29,7 +29,7 @@ let package = Package(
         // Go's internal/poll.FD and net.Conn over the poller: listeners, connections, dial.
         .target(name: "PollerNet", dependencies: ["Poller", "CPoller"]),
         .executableTarget(name: "poller-demo", dependencies: ["Poller"]),
-        // What the two servers share (flag checks, logging, the accept-error policy); internal.
+        // What the two servers share (flag checks, logging, the accept-error log, serving until SIGTERM); internal.
         .target(name: "ServerSupport", dependencies: ["Poller", "PollerNet"]),
         .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet", "ServerSupport"]),
         .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet", "ServerSupport"]),

@@ -4,18 +4,10 @@
 import PollerNet
 
 let listener = try TCPListener.listen(host: "127.0.0.1", port: 7007)
-while true {
-    let connection: Connection
+// A task per connection, on its poller's thread; accept errors (out of descriptors) back off.
+try await listener.serve { connection in
     do {
-        connection = try await listener.accept()
-    } catch {
-        guard case .tooManyOpenFiles = error else { throw error }
-        try await Task.sleep(for: .milliseconds(10))  // out of descriptors: back off, go on
-        continue
-    }
-    Task {
-        while let bytes = try? await connection.read(maxBytes: 4096) { try await connection.write(bytes) }
-        try? await connection.close()
-    }
+        while true { try await connection.write(try await connection.read(maxBytes: 4096)) }
+    } catch {}  // end of file, a reset, a timeout: serve closes the connection
 }
 // README end

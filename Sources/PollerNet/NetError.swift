@@ -31,6 +31,10 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     case system(call: String, errno: Int32)
     /// A host, port or path could not be turned into a socket address; the text says which.
     case invalidAddress(String)
+    /// ``BufferedReader/readSlice(through:maxLength:)`` found no delimiter in the first
+    /// `limit` bytes (Go's `bufio.ErrBufferFull`). Nothing was consumed; the connection is
+    /// usable, but a line that long usually means the peer should be told so and closed.
+    case delimiterNotFound(limit: Int)
 
     /// True only for ``timeout``: the one error that means "the deadline passed", as Go's
     /// `Timeout()` on `os.ErrDeadlineExceeded`.
@@ -46,6 +50,7 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .tooManyOpenFiles(let errno): "accept4: \(ErrnoName.describe(errno))"
         case .system(let call, let errno): "\(call): \(ErrnoName.describe(errno))"
         case .invalidAddress(let text): "invalid address: \(text)"
+        case .delimiterNotFound(let limit): "bufio: buffer full (no delimiter in \(limit) bytes)"
         }
     }
 

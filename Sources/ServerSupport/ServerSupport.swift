@@ -1,9 +1,10 @@
-// What poller-echo and poller-http share: flag checks, logging, and the accept-error policy
-// (back off on the poller's own timers, log at most once a second, never stop accepting).
+// What poller-echo and poller-http share: flag checks, logging, and the accept-error log
+// (at most once a second; the back-off itself is PollerNet's, in `listener.serve`).
 // An internal target of the package, not a product.
 import Glibc
 import Poller
 import PollerNet
+import Synchronization
 
 /// The program's name as invoked (its last path component), the prefix of every log line.
 public let programName: String = {
@@ -71,101 +72,22 @@ public struct RateLimitedLog {
     }
 }
 
-/// Backoff sleeps on the poller's own timers: a pipe that is never written, registered with the
-/// poller and waited on with a read deadline. Not Task.sleep: Dispatch opens its timer
-/// descriptors lazily (one per timer class) and traps when it cannot, which is exactly the
-/// state (out of descriptors) in which accept needs to back off. One sleeper at a time.
-public final class BackoffTimer: Sendable {
-    private let readFD: Int32, writeFD: Int32
-    private let descriptor: PollDescriptor
-
-    public init(poller: Poller) throws(PollError) {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw .registrationFailed(errno: errno) }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        (readFD, writeFD) = (fds[0], fds[1])
-        do {
-            descriptor = try poller.register(fds[0])
-        } catch {
-            Glibc.close(fds[0])
-            Glibc.close(fds[1])
-            throw error
-        }
-    }
-
-    /// Returns after `duration`, or at once after `unblock()`.
-    public func sleep(for duration: Duration) async {
-        descriptor.setDeadline(in: duration, for: .read)
-        try? await descriptor.wait(for: .read)  // .timeout (nothing ever makes it readable) or .closing
-    }
-
-    /// Wakes a sleeper and makes later sleeps return at once (shutdown).
-    public func unblock() { descriptor.unblock() }
-
-    /// Deregisters and closes the pipe; after `unblock()`, once no sleeper is left.
-    public func close() {
-        try? descriptor.close()
-        Glibc.close(readFD)
-        Glibc.close(writeFD)
-    }
-}
-
-/// What an accept loop does with an error other than `.closed`. Invariant: nothing here ends
-/// the loop, and nothing lets it spin: a failure of accept4 itself (out of descriptors or
-/// memory, a firewall's EPERM, an EPROTO, anything new) may persist, so the loop backs off,
-/// 5 ms doubling to 1 s (Go's servers do the same), and tries again; a public server must not
-/// stop accepting while the process stays up.
-public struct AcceptErrorPolicy {
-    private var backoff: Duration = .zero
-    private var errorLog = RateLimitedLog()
+/// The accept-error report both servers give `listener.serve` (PollerNet backs off and keeps
+/// accepting on its own: `AcceptBackoff`): one line at most once a second, from any thread.
+public final class AcceptErrorLog: Sendable {
+    private let lines = Mutex(RateLimitedLog())
 
     public init() {}
 
-    /// The next connection from `listener`, or nil once it is closed or `running` turns
-    /// false. Every other error goes through ``failed(_:timer:)`` and accepting goes on.
-    public mutating func accept(
-        from listener: TCPListener, backingOffOn timer: BackoffTimer, while running: () -> Bool = { true }
-    ) async -> Connection? {
-        while running() {
-            do {
-                let connection = try await listener.accept()
-                backoff = .zero
-                return connection
-            } catch .closed {
-                return nil
-            } catch {
-                if !running() { return nil }
-                await failed(error, timer: timer)
+    /// Logs `error`; `delay` is how long serve waits before accepting again (zero: only that
+    /// connection's set-up failed, and it is closed).
+    @Sendable public func report(_ error: NetError, retryingIn delay: Duration) {
+        lines.withLock { log in
+            if delay == .zero {
+                log("accept: setting up a connection: \(error)")
+            } else {
+                log("accept: \(error); retrying in \(delay)")
             }
-        }
-        return nil
-    }
-
-    /// Logs `error` (at most once a second) and, when accept4 itself failed, sleeps the
-    /// current backoff on `timer`.
-    mutating func failed(_ error: NetError, timer: BackoffTimer) async {
-        guard Self.isAcceptFailure(error) else {
-            // accept4 succeeded but setting up that one connection failed (it is closed): no
-            // reason to slow down the next one.
-            errorLog("accept: setting up a connection: \(error)")
-            return
-        }
-        backoff = backoff == .zero ? .milliseconds(5) : min(backoff * 2, .seconds(1))
-        errorLog("accept: \(error); retrying in \(backoff)")
-        await timer.sleep(for: backoff)
-    }
-
-    /// Whether `error` came from accept4 itself (the listener's condition) rather than from
-    /// setting up an accepted connection.
-    static func isAcceptFailure(_ error: NetError) -> Bool {
-        switch error {
-        case .tooManyOpenFiles: true
-        case .system(let call, _): call.hasPrefix("accept")
-        case .connectionReset, .endOfFile: false  // the new peer went away during setup
-        default: true  // timeout, cancelled, or anything new: treat it as the listener's
         }
     }
 }
@@ -310,3 +232,38 @@ public struct ServingGroup: Sendable {
     }
 }
 
+extension ServingGroup {
+    /// Serves every listener with `handler` (PollerNet's `listener.serve`: each accept loop on
+    /// its listener's poller, each handler on its connection's poller) until SIGINT or SIGTERM
+    /// (`TerminationSignal.install()` first), then shuts down gracefully: stop accepting, let
+    /// connections run on for `gracePeriod`, close the rest, return once every handler has.
+    /// Exits with a message if a serve cannot start.
+    public func serveUntilTerminated(
+        gracePeriod: Duration, handler: @escaping @Sendable (Connection) async -> Void
+    ) async {
+        let shutdown = ServingHandle()
+        let acceptErrors = AcceptErrorLog()
+        await withDiscardingTaskGroup { tasks in
+            for listener in listeners {
+                tasks.addTask(executorPreference: listener.netFD.poller.executor) {
+                    do {
+                        try await listener.serve(
+                            gracePeriod: gracePeriod, shutdown: shutdown, onAcceptError: acceptErrors.report,
+                            handler: handler)
+                    } catch {
+                        fail("serve: \(error)")
+                    }
+                }
+            }
+            tasks.addTask {
+                do {
+                    try await TerminationSignal.wait(poller: group.pollers[0])
+                } catch {
+                    log("signal wait: \(error)")
+                }
+                log("stopping")
+                shutdown.shutdown()
+            }
+        }
+    }
+}

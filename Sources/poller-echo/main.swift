@@ -3,15 +3,17 @@
 //   poller-echo [--host 127.0.0.1] [--port 0] [--backend epoll|io_uring|auto]
 //               [--threads N] [--accept shared|reuseport]
 //               [--idle-timeout SECONDS] [--write-timeout SECONDS]
-//               [--max-connections N] [--global-executor]
+//               [--max-connections N] [--shutdown-grace SECONDS] [--global-executor]
 //
-// One task per connection, echoing everything. --threads N pollers (default: one per CPU the
+// One task per connection, echoing everything, run by PollerNet's `listener.serve` (a task
+// group; each handler on its connection's poller). --threads N pollers (default: one per CPU the
 // process may run on), each connection on one of them; its task runs on that poller's own
 // thread (its TaskExecutor) unless --global-executor is given. --accept shared (default): one
 // listener hands connections to the pollers in turn; reuseport: one SO_REUSEPORT listener per
 // poller (BENCHMARKS.md compares them). SIGINT/SIGTERM stop it
-// cleanly: stop accepting, unblock and close every connection, print totals, exit 0. Port 0
-// picks a free port; the first line printed says which.
+// cleanly through serve's graceful shutdown: stop accepting, let connections run on for
+// --shutdown-grace seconds (default 0), unblock and close every one left, print totals, exit 0.
+// Port 0 picks a free port; the first line printed says which.
 //
 // Defaults a public server needs (each can be changed; 0 turns a timeout or the cap off):
 //   --idle-timeout 60     every read carries a read deadline this far ahead: a connection
@@ -34,7 +36,7 @@ import Synchronization
 let usageText = """
     usage: poller-echo [--host H] [--port P] [--backend epoll|io_uring|auto] [--threads N]
                        [--accept shared|reuseport] [--idle-timeout S] [--write-timeout S]
-                       [--max-connections N] [--global-executor]
+                       [--max-connections N] [--shutdown-grace S] [--global-executor]
       --threads N           pollers, one thread each (default and 0: one per CPU this process
                             may run on; more is clamped to that)
       --accept MODE         shared: one listener hands connections to the pollers in turn
@@ -44,6 +46,8 @@ let usageText = """
                             (a peer that does not read; default 30; 0 = off)
       --max-connections N   shed (accept and close) connections beyond N open ones
                             (default min(16384, RLIMIT_NOFILE - 64); 0 = no cap)
+      --shutdown-grace S    on SIGINT/SIGTERM, let connections run on for S seconds before
+                            closing them (default 0)
     """
 
 /// The shared server flags (`options.host`, `options.idleTimeout`, ...) and echo's own.
@@ -51,6 +55,8 @@ let usageText = """
 struct Options: Sendable {
     var server = ServerOptions(idleTimeout: .seconds(60), writeTimeout: .seconds(30))
     var onPollerExecutor = true
+    /// How long connections may run on after SIGINT/SIGTERM before they are closed.
+    var shutdownGrace: Duration = .zero
 
     subscript<T>(dynamicMember path: WritableKeyPath<ServerOptions, T>) -> T {
         get { server[keyPath: path] }
@@ -64,6 +70,7 @@ struct Options: Sendable {
             if options.server.read(flag, from: &flags) { continue }
             switch flag {
             case "--global-executor": options.onPollerExecutor = false
+            case "--shutdown-grace": options.shutdownGrace = parseTimeout(flag, flags.value(of: flag)) ?? .zero
             default: flags.unknown(flag, usage: usageText)
             }
         }
@@ -71,69 +78,47 @@ struct Options: Sendable {
     }
 }
 
-/// The server's live connections and totals.
+/// The server's totals and its per-connection work, run by `listener.serve`.
 final class Server: Sendable {
-    let serving: ServingGroup
     let options: Options
-    private let connections = Mutex<[Int: Connection]>([:])
-    private let nextID = Atomic<Int>(0)
+    /// Connections being served (shed ones excluded), against `--max-connections`.
+    private let open = Atomic<Int>(0)
     let accepted = Atomic<Int>(0)
     let shed = Atomic<Int>(0)
     let bytesEchoed = Atomic<Int>(0)
     let idleClosed = Atomic<Int>(0)
     let writeTimedOut = Atomic<Int>(0)
-    let stopping = Atomic<Bool>(false)
+    private let shedLog = Mutex(RateLimitedLog())
 
-    init(serving: ServingGroup, options: Options) {
-        self.serving = serving
+    init(options: Options) {
         self.options = options
     }
 
-    /// Where a connection's task runs: its own poller's thread, or the global executor.
-    func executor(for connection: Connection) -> (any TaskExecutor)? {
-        options.onPollerExecutor ? connection.executor : nil
-    }
-
-    /// Accepts from `listener` until it is closed (shutdown). Invariant: no error other than
-    /// `.closed` ends this loop, and no error makes it spin: accept errors back off on
-    /// `backoffTimer` (one per loop: a timer has one sleeper).
-    func acceptLoop(_ listener: TCPListener, _ backoffTimer: BackoffTimer) async {
-        var acceptErrors = AcceptErrorPolicy()
-        var shedLog = RateLimitedLog()
-        while let connection = await acceptErrors.accept(
-            from: listener, backingOffOn: backoffTimer, while: { !stopping.load(ordering: .relaxed) })
-        {
-            accepted.add(1, ordering: .relaxed)
-            let id = nextID.add(1, ordering: .relaxed).newValue
-            let admitted = connections.withLockAnnotated { c -> Bool? in
-                guard !stopping.load(ordering: .relaxed) else { return nil }
-                guard c.count < options.maxConnections else { return false }
-                c[id] = connection
-                return true
-            }
-            switch admitted {
-            case nil:
-                try? await connection.close()
-                return
-            case false?:
-                // Over the cap: shed. Accepting and closing keeps the listen queue moving
-                // (clients get an immediate end of file rather than a hung handshake) and
-                // costs no memory beyond the moment.
-                shed.add(1, ordering: .relaxed)
-                shedLog("at the connection cap (\(options.maxConnections)): shedding new connections")
-                try? await connection.close()
-            case true?:
-                Task(executorPreference: executor(for: connection)) {
-                    await self.serve(connection)
-                    _ = self.connections.withLockAnnotated { $0.removeValue(forKey: id) }
-                    try? await connection.close()
-                }
-            }
+    /// The handler `serve` runs for each connection (on the connection's poller's thread):
+    /// sheds it over the cap, else echoes on that thread, or on the global executor with
+    /// --global-executor. `serve` closes the connection when this returns.
+    @Sendable func handle(_ connection: Connection) async {
+        accepted.add(1, ordering: .relaxed)
+        // Reserve a place first, so that loops on several pollers cannot overshoot the cap.
+        if open.add(1, ordering: .relaxed).newValue > options.maxConnections {
+            open.subtract(1, ordering: .relaxed)
+            // Over the cap: shed. Accepting and closing keeps the listen queue moving (clients
+            // get an immediate end of file rather than a hung handshake) and costs no memory
+            // beyond the moment.
+            shed.add(1, ordering: .relaxed)
+            shedLog.withLock { $0("at the connection cap (\(options.maxConnections)): shedding new connections") }
+            return
         }
+        if options.onPollerExecutor {
+            await echo(connection)
+        } else {
+            await withTaskExecutorPreference(globalConcurrentExecutor) { await echo(connection) }
+        }
+        open.subtract(1, ordering: .relaxed)
     }
 
     /// Echoes until end of file, an error, the idle or write timeout, or shutdown.
-    func serve(_ connection: Connection) async {
+    func echo(_ connection: Connection) async {
         // Go's model: shutdown closes the connection (which wakes a blocked read or write with
         // .closed); nothing cancels this task, so its waits need no cancellation handler.
         connection.observesTaskCancellation = false
@@ -175,20 +160,6 @@ final class Server: Sendable {
             }
         }
     }
-
-    /// Stops accepting, unblocks and closes every connection, and waits (bounded) for their
-    /// tasks to finish.
-    func stop(_ backoffTimers: [BackoffTimer]) async {
-        stopping.store(true, ordering: .relaxed)
-        for listener in serving.listeners { try? await listener.close() }
-        for timer in backoffTimers { timer.unblock() }  // an accept loop backing off returns at once
-        let open = connections.withLockAnnotated { Array($0.values) }
-        for connection in open { try? await connection.close() }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while connections.withLockAnnotated({ !$0.isEmpty }) && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-    }
 }
 
 nonisolated func run(_ options: Options) async -> Int32 {
@@ -201,29 +172,12 @@ nonisolated func run(_ options: Options) async -> Int32 {
     let group = serving.group
     print("poller-echo: listening on \(serving.listeners[0].localAddress) (\(serving.summary))")
     fflush(nil)
-    // Each accept loop runs on its listener's poller, with its own back-off timer there.
-    let backoffTimers: [BackoffTimer]
-    do {
-        backoffTimers = try serving.listeners.map { listener throws(PollError) in try BackoffTimer(poller: listener.netFD.poller) }
-    } catch {
-        fail("backoff timer: \(error)")
-    }
-    let server = Server(serving: serving, options: options)
-    let acceptTasks = zip(serving.listeners, backoffTimers).map { listener, timer in
-        Task(executorPreference: options.onPollerExecutor ? listener.netFD.poller.executor : nil) {
-            await server.acceptLoop(listener, timer)
-        }
-    }
-
-    do {
-        try await TerminationSignal.wait(poller: group.pollers[0])
-    } catch {
-        log("signal wait: \(error)")
-    }
-    log("stopping")
-    await server.stop(backoffTimers)
-    for task in acceptTasks { await task.value }
-    for timer in backoffTimers { timer.close() }
+    let server = Server(options: options)
+    // SIGINT/SIGTERM: the graceful shutdown. Every serve stops accepting, gives its
+    // connections the grace period (echo connections do not end on their own, so the default
+    // is none), closes them (a blocked read or write wakes with .closed) and returns once
+    // every handler has. Accept errors never end a serve: it backs off on the poller's timers.
+    await serving.serveUntilTerminated(gracePeriod: options.shutdownGrace, handler: server.handle)
     // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
     print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
         + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "

@@ -387,63 +387,47 @@ func lingeringClose(_ connection: Connection, _ buffer: UnsafeMutableRawBufferPo
 
 // MARK: Accepting
 
-/// The number of connections being served (shared by the accept loop and connection tasks).
-final class OpenCount: Sendable {
-    let value = Atomic<Int>(0)
+/// The connections being served (shed ones excluded), shared by every listener's handlers,
+/// and the rate-limited log of shedding.
+final class Admission: Sendable {
+    let open = Atomic<Int>(0)
+    let shedLog = Mutex(RateLimitedLog())
 }
 
-/// Accepts until the listener is closed. Invariant: only `.closed` ends the loop, and accept
-/// errors back off (5 ms doubling to 1 s) instead of spinning. `open` counts the connections
-/// of every accept loop.
-func acceptLoop(_ listener: TCPListener, _ backoffTimer: BackoffTimer, _ open: OpenCount, _ options: Options) async {
-    var acceptErrors = AcceptErrorPolicy()
-    var shedLog = RateLimitedLog()
-    while let connection = await acceptErrors.accept(from: listener, backingOffOn: backoffTimer) {
-        // Reserve a place first, so loops on several pollers cannot overshoot the cap together.
-        if open.value.add(1, ordering: .relaxed).newValue > options.maxConnections {
-            open.value.subtract(1, ordering: .relaxed)
-            // Shed: a 503 (into an empty send buffer, so it does not block; the deadline makes
-            // sure) and close, keeping the listen queue moving and the descriptors for the
-            // connections already served.
-            shedLog("at the connection cap (\(options.maxConnections)): answering 503 to new connections")
-            try? connection.setWriteDeadline(in: .milliseconds(100))
-            try? await connection.write(serviceUnavailable)
-            try? await connection.close()
-            continue
-        }
-        Task(executorPreference: connection.executor) {
-            await serve(connection, options)
-            try? await connection.close()
-            open.value.subtract(1, ordering: .relaxed)
-        }
+/// The handler `serve` runs for each connection, on its poller's thread: a 503 over the cap,
+/// else the connection's requests. `serve` closes the connection when this returns.
+func handle(_ connection: Connection, _ admission: Admission, _ options: Options) async {
+    // Reserve a place first, so that listeners on several pollers cannot overshoot the cap.
+    if admission.open.add(1, ordering: .relaxed).newValue > options.maxConnections {
+        admission.open.subtract(1, ordering: .relaxed)
+        // Shed: a 503 (into an empty send buffer, so it does not block; the deadline makes
+        // sure) and close, keeping the listen queue moving and the descriptors for the
+        // connections already served.
+        admission.shedLog.withLock { $0("at the connection cap (\(options.maxConnections)): answering 503 to new connections") }
+        try? connection.setWriteDeadline(in: .milliseconds(100))
+        try? await connection.write(serviceUnavailable)
+        return
     }
+    await serve(connection, options)
+    admission.open.subtract(1, ordering: .relaxed)
 }
 
 nonisolated func run() async {
     let options = parse()
     do {
         try TerminationSignal.install()
-        let serving = await ServingGroup(options.server)
-        print("poller-http: listening on \(serving.listeners[0].localAddress) (\(serving.summary))")
-        fflush(nil)
-        let open = OpenCount()
-        // Each accept loop on its listener's poller, with its own back-off timer there.
-        let backoffTimers = try serving.listeners.map { listener throws(PollError) in try BackoffTimer(poller: listener.netFD.poller) }
-        let loops = zip(serving.listeners, backoffTimers).map { listener, timer in
-            Task(executorPreference: listener.netFD.poller.executor) { await acceptLoop(listener, timer, open, options) }
-        }
-        // SIGINT/SIGTERM: stop accepting and exit 0 (open connections end with the process).
-        try? await TerminationSignal.wait(poller: serving.group.pollers[0])
-        for listener in serving.listeners { try? await listener.close() }
-        for timer in backoffTimers { timer.unblock() }
-        for loop in loops { await loop.value }
-        for timer in backoffTimers { timer.close() }
-        serving.group.shutdown()
-        exit(0)
     } catch {
-        log("\(error)")
-        exit(1)
+        fail("signal handlers: \(error)")
     }
+    let serving = await ServingGroup(options.server)
+    print("poller-http: listening on \(serving.listeners[0].localAddress) (\(serving.summary))")
+    fflush(nil)
+    let admission = Admission()
+    // Accept errors back off (5 ms doubling to 1 s) and never end a serve. SIGINT/SIGTERM:
+    // stop accepting, close the open connections, exit 0.
+    await serving.serveUntilTerminated(gracePeriod: .zero) { connection in await handle(connection, admission, options) }
+    serving.group.shutdown()
+    exit(0)
 }
 
 await run()
