@@ -31,6 +31,11 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     case system(call: String, errno: Int32)
     /// A host, port or path could not be turned into a socket address; the text says which.
     case invalidAddress(String)
+    /// The descriptor cannot take a deadline because the poller does not watch it (Go's
+    /// `os.ErrNoDeadline`, "file type does not support deadline"): a regular file, a
+    /// directory or another file epoll refuses (EPERM), or a ``RawConnection`` adopted with
+    /// `usePoller: false`. Its reads and writes still work, as blocking system calls.
+    case noDeadline
 
     /// True only for ``timeout``: the one error that means "the deadline passed", as Go's
     /// `Timeout()` on `os.ErrDeadlineExceeded`.
@@ -46,6 +51,7 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .tooManyOpenFiles(let errno): "accept4: \(ErrnoName.describe(errno))"
         case .system(let call, let errno): "\(call): \(ErrnoName.describe(errno))"
         case .invalidAddress(let text): "invalid address: \(text)"
+        case .noDeadline: "file type does not support deadline"
         }
     }
 
