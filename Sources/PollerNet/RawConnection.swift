@@ -33,8 +33,10 @@ import Synchronization
 ///
 /// Descriptors the poller cannot watch (regular files, directories, other files epoll refuses
 /// with EPERM), and any descriptor adopted with `usePoller: false`, are *unwatched*: their
-/// operations are plain system calls on the calling thread, blocking if the descriptor blocks,
-/// and setting a deadline on them throws ``NetError/noDeadline`` (Go's `os.ErrNoDeadline`). A
+/// operations are plain system calls on the calling thread, blocking if the descriptor blocks
+/// (so never run one that may block for long, such as a read of a blocking pipe or terminal,
+/// from a task on a poller's executor: it would stall every descriptor of that poller), and
+/// setting a deadline on them throws ``NetError/noDeadline`` (Go's `os.ErrNoDeadline`). A
 /// closure that returns false on such a descriptor ends the operation with
 /// `.system(call: "read" or "write", errno: EAGAIN)`: there is nothing to wait on (Go's
 /// answer for a non-blocking descriptor outside the poller, issue 20915). Closing one does not

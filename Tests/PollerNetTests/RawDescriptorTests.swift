@@ -155,10 +155,9 @@ extension PollerNetTests {
         @Test("adopting a descriptor that is not open throws fcntl EBADF and registers nothing", arguments: BackendKind.allCases)
         func adoptingClosedDescriptor(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
-                let (r, w) = rawPipe()
-                Glibc.close(r)
-                Glibc.close(w)
-                for fd in [Int32(-1), r] {
+                // Numbers that cannot be open (a number just closed could be reused by another
+                // thread meanwhile, and would then be adopted and closed).
+                for fd in [Int32(-1), Int32.max] {
                     await expectNetError(.system(call: "fcntl", errno: EBADF)) { () throws(NetError) in
                         try RawConnection(adopting: fd, poller: poller)
                     }
@@ -464,6 +463,32 @@ extension PollerNetTests {
                 await expectNetError(.timeout) { () async throws(NetError) in try await pipe.readEnd.read { _ in ran = true; return true } }
                 await expectNetError(.timeout) { () async throws(NetError) in try await pipe.writeEnd.write { _ in ran = true; return true } }
                 #expect(!ran)
+            }
+        }
+
+        @Test("cancelling the task of a raw read waiting on a pipe ends it with cancelled, and the pipe stays usable", arguments: BackendKind.allCases)
+        func cancelRawRead(kind: BackendKind) async throws {
+            try await withPipe(kind) { poller, pipe in
+                let reader = pipe.readEnd
+                var ran = 0
+                let waiting = Task {
+                    await netError { () async throws(NetError) in
+                        try await reader.read { fd in
+                            var byte: UInt8 = 0
+                            return Glibc.read(fd, &byte, 1) == 1
+                        }
+                    }
+                }
+                try await waitUntilParked(poller)
+                waiting.cancel()
+                #expect(await waiting.value == .cancelled)
+                try await pipe.writeEnd.write([5])
+                try await reader.read { fd in
+                    var byte: UInt8 = 0
+                    ran = Glibc.read(fd, &byte, 1) == 1 ? Int(byte) : -1
+                    return true
+                }
+                #expect(ran == 5)
             }
         }
 
