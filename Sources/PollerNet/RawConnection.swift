@@ -60,8 +60,10 @@ public final class RawConnection: Sendable {
     /// shared with other processes, which share its O_NONBLOCK flag too.
     ///
     /// - Parameters:
-    ///   - fd: an open descriptor; from here on the connection owns it (on failure it has
-    ///     been closed, unless it was not open at all).
+    ///   - fd: an open descriptor; from here on the connection owns it. On failure it has
+    ///     been closed, except when it was not open at all, or belongs to someone else (the
+    ///     poller's own descriptors, one already registered with the poller): those are left
+    ///     alone.
     ///   - poller: the poller to register with; nil for `Poller.shared()`.
     ///   - usePoller: false to leave the descriptor unwatched (blocking I/O, no deadlines).
     /// - Throws: `.system(call: "fcntl", errno: EBADF)` for a descriptor that is not open;
@@ -82,7 +84,10 @@ public final class RawConnection: Sendable {
             core = .unwatched(UnwatchedDescriptor(fd))
             return
         } catch let error as PollError {
-            Glibc.close(fd)
+            // Not ours to close: the poller's own descriptor, or one another owner registered.
+            if error != .registrationFailed(errno: EINVAL) && error != .registrationFailed(errno: EEXIST) {
+                Glibc.close(fd)
+            }
             throw NetError(error)
         } catch {
             // PollerError from Poller.shared().

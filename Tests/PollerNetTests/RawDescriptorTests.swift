@@ -166,6 +166,18 @@ extension PollerNetTests {
             }
         }
 
+        @Test("adopting a descriptor another owner registered with the poller throws EEXIST and leaves it open and working", arguments: BackendKind.allCases)
+        func adoptingRegisteredDescriptor(kind: BackendKind) async throws {
+            try await withPipe(kind) { poller, pipe in
+                let fd = try pipe.readEnd.control { $0 }
+                await expectNetError(.system(call: "poll register", errno: EEXIST)) { () throws(NetError) in
+                    try RawConnection(adopting: fd, poller: poller)
+                }
+                try await pipe.writeEnd.write([3])
+                #expect(try await pipe.readEnd.read(maxBytes: 1) == [3])
+            }
+        }
+
         // Digest #64. Go spawns a child whose stdin is non-blocking but outside the poller;
         // adopting with `usePoller: false` is that situation without the child process.
         @Test("TestReadNonblockingFd: a non-blocking descriptor outside the poller reads EAGAIN as an error instead of waiting", arguments: BackendKind.allCases)
