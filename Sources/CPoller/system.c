@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,6 +72,19 @@ int cpoller_set_nonblocking(int fd) {
 int cpoller_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
 int cpoller_pipe_cloexec_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0 ? -errno : 0; }
+
+int cpoller_timerfd_create(void) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int cpoller_timerfd_arm(int fd, int64_t ns) {
+    struct itimerspec spec = {
+        .it_interval = {0, 0},
+        .it_value = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)},
+    };
+    return timerfd_settime(fd, 0, &spec, NULL) < 0 ? -errno : 0;
+}
 
 int cpoller_count_open_fds(void) {
     DIR *d = opendir("/proc/self/fd");

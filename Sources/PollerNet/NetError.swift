@@ -35,6 +35,11 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `limit` bytes (Go's `bufio.ErrBufferFull`). Nothing was consumed; the connection is
     /// usable, but a line that long usually means the peer should be told so and closed.
     case delimiterNotFound(limit: Int)
+    /// The descriptor cannot take a deadline because the poller does not watch it (Go's
+    /// `os.ErrNoDeadline`, "file type does not support deadline"): a regular file, a
+    /// directory or another file epoll refuses (EPERM), or a ``RawConnection`` adopted with
+    /// `usePoller: false`. Its reads and writes still work, as blocking system calls.
+    case noDeadline
 
     /// True only for ``timeout``: the one error that means "the deadline passed", as Go's
     /// `Timeout()` on `os.ErrDeadlineExceeded`.
@@ -51,6 +56,7 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .system(let call, let errno): "\(call): \(ErrnoName.describe(errno))"
         case .invalidAddress(let text): "invalid address: \(text)"
         case .delimiterNotFound(let limit): "bufio: buffer full (no delimiter in \(limit) bytes)"
+        case .noDeadline: "file type does not support deadline"
         }
     }
 

@@ -62,7 +62,7 @@ public final class NetFD: Sendable {
         try self.init(adopting: fd, poller: poller, isStream: isStream, isSocket: isSocket, afterClose: nil)
     }
 
-    init(
+    convenience init(
         adopting fd: Int32, poller: Poller?, isStream: Bool, isSocket: Bool,
         afterClose: (@Sendable () -> Void)?
     ) throws(NetError) {
@@ -88,7 +88,15 @@ public final class NetFD: Sendable {
             afterClose?()
             throw .system(call: "poller start (\(error))", errno: ENOSYS)
         }
-        self.fd = fd
+        self.init(registered: pd, isStream: isStream, isSocket: isSocket, afterClose: afterClose)
+    }
+
+    /// Takes ownership of a descriptor already made non-blocking and registered as `pd`.
+    init(
+        registered pd: PollDescriptor, isStream: Bool, isSocket: Bool,
+        afterClose: (@Sendable () -> Void)? = nil
+    ) {
+        self.fd = pd.fd
         self.pollDescriptor = pd
         self.isStream = isStream
         self.isSocket = isSocket

@@ -208,6 +208,11 @@ int cpoller_set_nonblocking(int fd);
 int cpoller_accept_nonblocking(int fd);
 // pipe2(fds, O_CLOEXEC | O_NONBLOCK): 0, or -errno (Swift's Glibc module hides pipe2).
 int cpoller_pipe_cloexec_nonblocking(int fds[2]);
+// timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC): the descriptor, or -errno
+// (Swift's Glibc module hides timerfd). For the tests of PollerNet's RawConnection.
+int cpoller_timerfd_create(void);
+// timerfd_settime(fd, 0, one expiry `ns` nanoseconds from now, no interval): 0, or -errno.
+int cpoller_timerfd_arm(int fd, int64_t ns);
 // The number of open descriptors of this process (entries in /proc/self/fd), or -errno.
 int cpoller_count_open_fds(void);
 // Starts a detached-free (joinable) pthread running fn(arg). Returns 0 or errno.

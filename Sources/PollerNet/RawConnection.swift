@@ -1,0 +1,393 @@
+import CPoller
+import Glibc
+import Poller
+import Synchronization
+
+/// Any descriptor a service owns (a pipe end, a timerfd, a signalfd, an inotify or eventfd
+/// descriptor, a terminal), waited on through the poller: Go's `syscall.RawConn` (what
+/// `SyscallConn()` returns) together with the `os.File` that owns the descriptor.
+///
+/// ``read(_:)`` and ``write(_:)-((Int32)->Bool)`` hand the descriptor to a closure in Go's
+/// style: the closure makes its system call and returns true when it is done, or false when
+/// the call said EAGAIN; the connection then waits for readiness through the poller and calls
+/// it again. ``read(into:)`` and ``write(_:)-(UnsafeRawBufferPointer)`` do the usual loops
+/// for you.
+///
+/// ```swift
+/// // timerFD: timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC), armed with
+/// // timerfd_settime (from a C target: Swift's Glibc module does not show them).
+/// let timer = try RawConnection(adopting: timerFD, poller: poller)
+/// var expirations: UInt64 = 0
+/// try await timer.read { fd in
+///     read(fd, &expirations, 8) == 8 || errno != EAGAIN   // false: wait, then call again
+/// }
+/// try await timer.close()
+/// ```
+///
+/// Operations follow Go's fdMutex discipline, like ``NetFD``'s: reads (``read(_:)``,
+/// ``read(into:)``) serialise with reads and writes with writes, in arrival order;
+/// ``control(_:)`` runs beside them. ``close()`` fails later operations with
+/// ``NetError/closed``, wakes operations waiting in the poller with ``NetError/closed``,
+/// waits until every operation has returned and only then closes the descriptor, exactly
+/// once. A `RawConnection` dropped without `close()` closes its descriptor in deinit.
+///
+/// Descriptors the poller cannot watch (regular files, directories, other files epoll refuses
+/// with EPERM), and any descriptor adopted with `usePoller: false`, are *unwatched*: their
+/// operations are plain system calls on the calling thread, blocking if the descriptor blocks
+/// (so never run one that may block for long, such as a read of a blocking pipe or terminal,
+/// from a task on a poller's executor: it would stall every descriptor of that poller), and
+/// setting a deadline on them throws ``NetError/noDeadline`` (Go's `os.ErrNoDeadline`). A
+/// closure that returns false on such a descriptor ends the operation with
+/// `.system(call: "read" or "write", errno: EAGAIN)`: there is nothing to wait on (Go's
+/// answer for a non-blocking descriptor outside the poller, issue 20915). Closing one does not
+/// wait for an operation blocked in its system call (nothing can interrupt it, and Go's
+/// `FD.Close` does not wait either): the descriptor is closed when that operation returns.
+public final class RawConnection: Sendable {
+    /// A watched descriptor (a ``NetFD``), or one the poller does not watch.
+    private enum Core: Sendable {
+        case polled(NetFD)
+        case unwatched(UnwatchedDescriptor)
+    }
+
+    private let core: Core
+
+    /// Takes ownership of `fd` and registers it with the poller, or leaves it unwatched.
+    ///
+    /// With `usePoller` (the default) the descriptor is registered and made non-blocking; if
+    /// the poller refuses it as a file that cannot be polled (EPERM: a regular file, a
+    /// directory, `/dev/null`), it is adopted unwatched, its mode unchanged. With `usePoller:
+    /// false` it is never registered and its mode is left as it is: for a terminal or a pipe
+    /// shared with other processes, which share its O_NONBLOCK flag too.
+    ///
+    /// - Parameters:
+    ///   - fd: an open descriptor; from here on the connection owns it. On failure it has
+    ///     been closed, except when it was not open at all, or belongs to someone else (the
+    ///     poller's own descriptors, one already registered with the poller): those are left
+    ///     alone.
+    ///   - poller: the poller to register with; nil for `Poller.shared()`.
+    ///   - usePoller: false to leave the descriptor unwatched (blocking I/O, no deadlines).
+    /// - Throws: `.system(call: "fcntl", errno: EBADF)` for a descriptor that is not open;
+    ///   `.system(call: "poll register", errno:)` when the poller refuses it otherwise (EINVAL
+    ///   for the poller's own descriptors, EEXIST for one already registered there, EBADF after
+    ///   the poller's shutdown).
+    public init(adopting fd: Int32, poller: Poller? = nil, usePoller: Bool = true) throws(NetError) {
+        if fcntl(fd, F_GETFL) < 0 { throw .system(call: "fcntl", errno: errno) }
+        guard usePoller else {
+            core = .unwatched(UnwatchedDescriptor(fd))
+            return
+        }
+        let pd: PollDescriptor
+        do {
+            pd = try (poller ?? Poller.shared()).register(fd)
+        } catch PollError.registrationFailed(let e) where e == EPERM {
+            // Not pollable: Go's os.newFile keeps such files in blocking mode, outside the poller.
+            core = .unwatched(UnwatchedDescriptor(fd))
+            return
+        } catch let error as PollError {
+            // Not ours to close: the poller's own descriptor, or one another owner registered.
+            if error != .registrationFailed(errno: EINVAL) && error != .registrationFailed(errno: EEXIST) {
+                Glibc.close(fd)
+            }
+            throw NetError(error)
+        } catch {
+            // PollerError from Poller.shared().
+            Glibc.close(fd)
+            throw .system(call: "poller start (\(error))", errno: ENOSYS)
+        }
+        let set = cpoller_set_nonblocking(fd)
+        if set != 0 {
+            pd.unblock()
+            try? pd.close()
+            Glibc.close(fd)
+            throw .system(call: "fcntl", errno: -set)
+        }
+        core = .polled(NetFD(registered: pd, isStream: true, isSocket: false))
+    }
+
+    /// Whether the poller watches the descriptor: false for files it cannot poll and for
+    /// descriptors adopted with `usePoller: false` (blocking I/O, no deadlines).
+    public var isPollable: Bool {
+        if case .polled = core { return true }
+        return false
+    }
+
+    /// The descriptor and its reference count.
+    private var parts: (fd: Int32, fdMutex: FDMutex) {
+        switch core {
+        case .polled(let netFD): (netFD.fd, netFD.fdMutex)
+        case .unwatched(let descriptor): (descriptor.fd, descriptor.fdMutex)
+        }
+    }
+
+    /// Whether ``close()`` has started.
+    public var isClosed: Bool { parts.fdMutex.isClosing }
+
+    // MARK: Go's RawConn
+
+    /// Runs `body` with the descriptor, holding a reference so that the descriptor cannot be
+    /// closed meanwhile: Go's `RawConn.Control`. Takes no direction lock: it runs beside
+    /// blocked reads and writes. For options (`ioctl`, `fcntl`, `timerfd_settime`), not for
+    /// I/O that may block.
+    ///
+    /// - Returns: what `body` returns.
+    /// - Throws: ``NetError/closed`` after ``close()`` (`body` is not called).
+    public func control<R>(_ body: (Int32) -> R) throws(NetError) -> R {
+        let (fd, fdMutex) = parts
+        return try fdMutex.withReference { () throws(NetError) in body(fd) }
+    }
+
+    /// Reads through `body`: Go's `RawConn.Read`.
+    ///
+    /// Takes the read lock, then calls `body` with the descriptor until it returns true.
+    /// `body` makes its system calls and returns true when done (its own errors are its
+    /// business: keep them in a variable outside), or false when the descriptor said EAGAIN:
+    /// the call then waits until the poller reports the descriptor readable and calls `body`
+    /// again. Return false only after EAGAIN: readiness is edge-triggered, so a descriptor
+    /// that still has data does not wake the wait again.
+    ///
+    /// - Throws: ``NetError/timeout`` when the read deadline passes (at once if it already
+    ///   has, before `body` runs); ``NetError/closed``; ``NetError/cancelled`` if the task is
+    ///   cancelled while waiting; `.system(call: "read", errno: EAGAIN)` when `body` returns
+    ///   false on an unwatched descriptor (see ``isPollable``).
+    nonisolated(nonsending) public func read(_ body: (Int32) -> Bool) async throws(NetError) {
+        try await raw(.read, body)
+    }
+
+    /// Writes through `body`: Go's `RawConn.Write`. Like ``read(_:)``, with the write lock,
+    /// the write deadline and writability; EAGAIN on an unwatched descriptor is reported with
+    /// call "write".
+    nonisolated(nonsending) public func write(_ body: (Int32) -> Bool) async throws(NetError) {
+        try await raw(.write, body)
+    }
+
+    nonisolated(nonsending) private func raw(_ direction: FDMutex.Direction, _ body: (Int32) -> Bool) async throws(NetError) {
+        switch core {
+        case .polled(let netFD): try await netFD.rawIO(direction, body)
+        case .unwatched(let descriptor): try await descriptor.rawIO(direction, body)
+        }
+    }
+
+    // MARK: Typed reads and writes
+
+    /// Reads at most `buffer.count` bytes into `buffer` (one `read(2)` that returns data).
+    ///
+    /// On a watched descriptor it waits through the poller until something arrives; on an
+    /// unwatched one it is one blocking `read(2)`. An empty buffer returns 0 without a system
+    /// call. For a timerfd or an eventfd pass exactly 8 bytes.
+    ///
+    /// - Returns: the number of bytes read, at least 1 for a non-empty buffer.
+    /// - Throws: ``NetError/endOfFile`` when `read(2)` returns 0 (every writer of a pipe has
+    ///   closed; the end of a regular file); ``NetError/timeout``; ``NetError/closed``;
+    ///   ``NetError/cancelled``; ``NetError/system(call:errno:)`` with call "read" (EAGAIN
+    ///   from a non-blocking unwatched descriptor with nothing to read, EINVAL for a buffer
+    ///   the file type refuses).
+    nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+        switch core {
+        case .polled(let netFD): try await netFD.read(into: buffer)
+        case .unwatched(let descriptor): try await descriptor.read(into: buffer)
+        }
+    }
+
+    /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array; same
+    /// errors as ``read(into:)``. `maxBytes` ≤ 0 returns an empty array (after ``close()`` it
+    /// throws ``NetError/closed``).
+    nonisolated(nonsending) public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(maxBytes, 0), alignment: 1)
+        defer { buffer.deallocate() }
+        let count = try await read(into: maxBytes > 0 ? buffer : UnsafeMutableRawBufferPointer(start: nil, count: 0))
+        return [UInt8](buffer.prefix(count))
+    }
+
+    /// Writes every byte of `buffer`, waiting for space as needed, and says how far it got:
+    /// Go's `(n, err)`. A pipe whose every reader has closed gives
+    /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)``).
+    nonisolated(nonsending) public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        switch core {
+        case .polled(let netFD): await netFD.write(buffer)
+        case .unwatched(let descriptor): await descriptor.write(buffer)
+        }
+    }
+
+    /// Writes every byte of `buffer`, waiting for space as needed.
+    ///
+    /// - Throws: ``NetError/timeout`` once the write deadline has passed; ``NetError/closed``;
+    ///   ``NetError/cancelled``; `.system(call: "write", errno: EPIPE)` when the pipe's
+    ///   readers have gone (never SIGPIPE); EAGAIN from a non-blocking unwatched descriptor
+    ///   that is full. Part of the buffer may have been written:
+    ///   ``writeReportingProgress(_:)`` says how much.
+    nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
+        if let error = await writeReportingProgress(buffer).error { throw error }
+    }
+
+    /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
+    nonisolated(nonsending) public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
+        // One copy into a buffer that stays put across suspensions (one memcpy for arrays).
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        try await write(UnsafeRawBufferPointer(buffer))
+    }
+
+    // MARK: Deadlines
+
+    /// Sets (nil clears) the read and write deadlines together: Go's `SetDeadline`. Applies
+    /// to operations already waiting as well as later ones; an instant in the past makes
+    /// them fail with ``NetError/timeout`` at once.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``; ``NetError/noDeadline`` on an
+    ///   unwatched descriptor (``isPollable`` is false).
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try watched().setDeadline(deadline, for: .readWrite)
+    }
+
+    /// Sets (nil clears) the read deadline: Go's `SetReadDeadline`; errors as
+    /// ``setDeadline(_:)``.
+    public func setReadDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try watched().setDeadline(deadline, for: .read)
+    }
+
+    /// Sets (nil clears) the write deadline: Go's `SetWriteDeadline`; errors as
+    /// ``setDeadline(_:)``.
+    public func setWriteDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try watched().setDeadline(deadline, for: .write)
+    }
+
+    /// Sets both deadlines to `duration` from now (zero or negative: already expired).
+    public func setDeadline(in duration: Duration) throws(NetError) {
+        try watched().setDeadline(in: duration, for: .readWrite)
+    }
+
+    /// Sets the read deadline to `duration` from now.
+    public func setReadDeadline(in duration: Duration) throws(NetError) {
+        try watched().setDeadline(in: duration, for: .read)
+    }
+
+    /// Sets the write deadline to `duration` from now.
+    public func setWriteDeadline(in duration: Duration) throws(NetError) {
+        try watched().setDeadline(in: duration, for: .write)
+    }
+
+    /// The watched descriptor, or the error a deadline gets: ``NetError/closed`` once closed
+    /// (checked first, as Go's incref is), else ``NetError/noDeadline``.
+    private func watched() throws(NetError) -> NetFD {
+        switch core {
+        case .polled(let netFD):
+            return netFD
+        case .unwatched(let descriptor):
+            try descriptor.fdMutex.incref()
+            descriptor.fdMutex.decref()
+            throw .noDeadline
+        }
+    }
+
+    // MARK: Close
+
+    /// Closes the descriptor: Go's `FD.Close`. Later operations fail with
+    /// ``NetError/closed``; operations waiting in the poller or for a direction lock return
+    /// ``NetError/closed``; once every operation in flight has returned, the registration and
+    /// the descriptor are closed, exactly once, and this returns.
+    ///
+    /// On an unwatched descriptor an operation blocked in its system call cannot be woken:
+    /// this then returns at once and the descriptor is closed when that operation returns.
+    ///
+    /// - Throws: ``NetError/closed`` if close was already called.
+    public func close() async throws(NetError) {
+        switch core {
+        case .polled(let netFD): try await netFD.close()
+        case .unwatched(let descriptor): try await descriptor.close()
+        }
+    }
+}
+
+extension NetFD {
+    /// Go's `FD.RawRead` / `FD.RawWrite`: calls `body` under the direction lock until it
+    /// returns true, waiting for readiness each time it returns false.
+    nonisolated(nonsending) func rawIO(_ direction: FDMutex.Direction, _ body: (Int32) -> Bool) async throws(NetError) {
+        _ = try await fdMutex.lock(direction)
+        defer { fdMutex.unlock(direction) }
+        let mode: PollMode = direction == .read ? .read : .write
+        try prepare(mode)
+        while !body(fd) {
+            try await waitReady(mode, call: direction == .read ? "read" : "write")
+        }
+    }
+}
+
+/// A descriptor outside the poller: Go's `FD` with `isBlocking` set. Every operation is its
+/// system call on the calling thread, under the same fdMutex discipline as ``NetFD``.
+final class UnwatchedDescriptor: Sendable {
+    let fd: Int32
+    let fdMutex = FDMutex()
+    /// Set by the first ``destroy()``: the descriptor is closed exactly once.
+    private let destroyed = Atomic<Bool>(false)
+
+    init(_ fd: Int32) { self.fd = fd }
+
+    deinit { destroy() }
+
+    /// Calls `body` once under the direction lock; false (EAGAIN) has nothing to wait on.
+    nonisolated(nonsending) func rawIO(_ direction: FDMutex.Direction, _ body: (Int32) -> Bool) async throws(NetError) {
+        _ = try await fdMutex.lock(direction)
+        defer { fdMutex.unlock(direction) }
+        if !body(fd) { throw .system(call: direction == .read ? "read" : "write", errno: EAGAIN) }
+    }
+
+    nonisolated(nonsending) func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+        _ = try await fdMutex.lock(.read)
+        defer { fdMutex.unlock(.read) }
+        guard buffer.count > 0, let base = buffer.baseAddress else { return 0 }
+        while true {
+            let n = Glibc.read(fd, base, buffer.count)
+            if n > 0 { return n }
+            if n == 0 { throw .endOfFile }
+            let e = errno
+            if e != EINTR { throw NetError.fromErrno(e, call: "read") }
+        }
+    }
+
+    nonisolated(nonsending) func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        var written = 0
+        do throws(NetError) {
+            _ = try await fdMutex.lock(.write)
+            defer { fdMutex.unlock(.write) }
+            while written < buffer.count, let base = buffer.baseAddress {
+                let left = buffer.count - written
+                let n = writeWithoutSIGPIPE(fd, base + written, left)
+                let e = errno
+                if n > 0 && n <= left {
+                    written += n
+                } else if n < 0 && e != EINTR {
+                    throw NetError.fromErrno(e, call: "write")
+                } else if n >= 0 {
+                    // A file that takes nothing, or a count past the buffer: not to be trusted.
+                    throw NetError.system(call: "write", errno: EIO)
+                }
+            }
+        } catch {
+            return WriteResult(bytesWritten: written, error: error)
+        }
+        return WriteResult(bytesWritten: written, error: nil)
+    }
+
+    /// Go's `FD.Close` for a blocking descriptor: with nothing in flight, closes now;
+    /// otherwise an operation may be blocked in a system call that nothing can interrupt, so
+    /// the last operation to return closes the descriptor (through a task that waits for it).
+    func close() async throws(NetError) {
+        guard fdMutex.beginClose() else { throw .closed }
+        // Once closing, no reference is added: one reference (close's own) means none in flight.
+        if fdMutex.snapshot.references == 1 {
+            await fdMutex.awaitLastReference()
+            destroy()
+        } else {
+            Task { [self] in
+                await fdMutex.awaitLastReference()
+                destroy()
+            }
+        }
+    }
+
+    private func destroy() {
+        if destroyed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        Glibc.close(fd)
+    }
+}
