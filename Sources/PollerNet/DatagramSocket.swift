@@ -108,6 +108,10 @@ public final class DatagramSocket: DeadlineSetting {
     /// Two Unix datagram sockets connected to each other (`socketpair(AF_UNIX, SOCK_DGRAM)`),
     /// both unnamed: what one writes the other reads. Handy for passing descriptors between
     /// parts of a process, or to a child process that inherits one end.
+    ///
+    /// When one end closes, Linux does not wake the other's blocked read (datagram sockets get
+    /// no hang-up; only a deadline, task cancellation or its own close ends it), and the other
+    /// end's writes fail with `.system(call: "sendmsg", errno: ECONNREFUSED)`.
     public static func pair(poller: Poller? = nil) throws(NetError) -> (DatagramSocket, DatagramSocket) {
         var fds: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {

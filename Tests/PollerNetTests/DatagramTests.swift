@@ -68,6 +68,13 @@ private func startBlockedReceive(
     return reader
 }
 
+/// A UDP port on 127.0.0.1 that nothing is bound to: one the kernel just chose, released.
+private func unboundUDPPort(_ poller: Poller) async throws -> UInt16 {
+    let probe = try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: poller)
+    try await probe.close()
+    return probe.localAddress.port!
+}
+
 extension PollerNetTests {
     /// UDP and Unix datagram sockets; Go's tests from net/timeout_test.go, net/net_test.go
     /// and net/udpsock_test.go, numbered as in the digest (go-netpoll.md).
@@ -334,6 +341,45 @@ extension PollerNetTests {
                 let datagram = try await receive(b, capacity: 0).datagram
                 #expect(datagram.count == 0 && datagram.length == 3 && datagram.isTruncated)
                 #expect(try await receive(b, capacity: 8).bytes == [4])
+            }
+        }
+
+        @Test("a connected UDP socket whose datagram met a closed port reads ECONNREFUSED, then works once the port is bound", arguments: BackendKind.allCases)
+        func connectionRefused(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let port = try await unboundUDPPort(poller)
+                let client = try DatagramSocket.dial(host: "127.0.0.1", port: port, poller: poller)
+                try client.setReadDeadline(in: .seconds(5))
+                try await client.write([1])
+                // The ICMP port-unreachable wakes the blocked read with the socket's error.
+                await expectNetError(.system(call: "recvmsg", errno: ECONNREFUSED)) { () async throws(NetError) in
+                    try await receive(client, capacity: 8)
+                }
+                let server = try DatagramSocket.bind(host: "127.0.0.1", port: port, poller: poller)
+                try await client.write([2])
+                let (bytes, datagram) = try await receive(server, capacity: 8)
+                #expect(bytes == [2])
+                try await server.write([3], to: datagram.sender)
+                #expect(try await receive(client, capacity: 8).bytes == [3])
+                try await server.close()
+                try await client.close()
+            }
+        }
+
+        @Test("after one end of a Unix datagram pair closes, the other's blocked read is not woken (Linux) but its writes fail with ECONNREFUSED", arguments: BackendKind.allCases)
+        func pairPeerClosed(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let (a, b) = try DatagramSocket.pair(poller: poller)
+                try b.setReadDeadline(in: .milliseconds(300))
+                let reader = try await startBlockedReceive(b, capacity: 8, poller)
+                try await a.close()
+                // Unlike a stream, a datagram socket gets no hang-up when its peer goes: only
+                // the deadline ends the read.
+                #expect(await reader.value == .timeout)
+                await expectNetError(.system(call: "sendmsg", errno: ECONNREFUSED)) { () async throws(NetError) in
+                    try await b.write([1])
+                }
+                try await b.close()
             }
         }
 
