@@ -15,10 +15,13 @@ import Poller
 /// connection stays open and usable. A cancelled write may have sent part of its bytes; use
 /// ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)`` when the count matters.
 ///
+/// Deadlines: ``DeadlineSetting`` (``setReadDeadline(_:)``, ``setWriteDeadline(_:)``,
+/// ``setDeadline(_:)`` and their `in:` forms).
+///
 /// Closing: ``close()`` wakes blocked operations with ``NetError/closed`` and returns once the
 /// descriptor is really closed. A connection dropped without `close()` is closed when its
 /// last reference goes away, so descriptors never leak, but the close then is not awaited.
-public final class Connection: Sendable {
+public final class Connection: DeadlineSetting {
     /// The descriptor and its poller registration.
     public let netFD: NetFD
     /// This end's address (for TCP, with the port the kernel chose).
@@ -152,41 +155,8 @@ public final class Connection: Sendable {
 
     // MARK: Deadlines
 
-    /// Sets (nil clears) the read and write deadlines together: Go's `SetDeadline`.
-    ///
-    /// It applies to operations already blocked as well as later ones. An instant in the
-    /// past (or now) makes reads and writes fail with ``NetError/timeout`` at once, even when
-    /// they could proceed; clearing or extending it makes them work again.
-    ///
-    /// - Throws: ``NetError/closed`` after ``close()``.
-    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try netFD.setDeadline(deadline, for: .readWrite)
-    }
-
-    /// Sets (nil clears) the read deadline: Go's `SetReadDeadline`.
-    public func setReadDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try netFD.setDeadline(deadline, for: .read)
-    }
-
-    /// Sets (nil clears) the write deadline: Go's `SetWriteDeadline`.
-    public func setWriteDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try netFD.setDeadline(deadline, for: .write)
-    }
-
-    /// Sets both deadlines to `duration` from now (zero or negative: already expired).
-    public func setDeadline(in duration: Duration) throws(NetError) {
-        try netFD.setDeadline(in: duration, for: .readWrite)
-    }
-
-    /// Sets the read deadline to `duration` from now.
-    public func setReadDeadline(in duration: Duration) throws(NetError) {
-        try netFD.setDeadline(in: duration, for: .read)
-    }
-
-    /// Sets the write deadline to `duration` from now.
-    public func setWriteDeadline(in duration: Duration) throws(NetError) {
-        try netFD.setDeadline(in: duration, for: .write)
-    }
+    // setDeadline(_:), setReadDeadline(_:), setWriteDeadline(_:) and their `in:` forms come
+    // from DeadlineSetting (Deadlines.swift), shared with DatagramSocket.
 
     // MARK: Half-close and close
 

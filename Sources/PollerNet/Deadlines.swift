@@ -1,0 +1,50 @@
+/// Go's three deadline setters (`SetDeadline`, `SetReadDeadline`, `SetWriteDeadline`), shared
+/// by every PollerNet socket that reads and writes: ``Connection`` and ``DatagramSocket``.
+///
+/// A deadline applies to operations already blocked as well as later ones. An instant in the
+/// past (or now) makes operations of its direction fail with ``NetError/timeout`` at once, even
+/// when they could proceed; clearing it (nil) or moving it later makes them work again.
+/// Every setter throws ``NetError/closed`` after the socket is closed.
+///
+/// ```swift
+/// try socket.setReadDeadline(in: .seconds(5))   // the next reads give up after 5 s
+/// try socket.setReadDeadline(nil)               // and now never
+/// ```
+public protocol DeadlineSetting: Sendable {
+    /// The descriptor whose poller registration holds the deadlines.
+    var netFD: NetFD { get }
+}
+
+extension DeadlineSetting {
+    /// Sets (nil clears) the read and write deadlines together: Go's `SetDeadline`.
+    ///
+    /// - Throws: ``NetError/closed`` after the socket is closed.
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .readWrite)
+    }
+
+    /// Sets (nil clears) the read deadline: Go's `SetReadDeadline`.
+    public func setReadDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .read)
+    }
+
+    /// Sets (nil clears) the write deadline: Go's `SetWriteDeadline`.
+    public func setWriteDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try netFD.setDeadline(deadline, for: .write)
+    }
+
+    /// Sets both deadlines to `duration` from now (zero or negative: already expired).
+    public func setDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .readWrite)
+    }
+
+    /// Sets the read deadline to `duration` from now.
+    public func setReadDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .read)
+    }
+
+    /// Sets the write deadline to `duration` from now.
+    public func setWriteDeadline(in duration: Duration) throws(NetError) {
+        try netFD.setDeadline(in: duration, for: .write)
+    }
+}
