@@ -9,6 +9,9 @@ import Testing
 /// the frames in order, so it is again a stream; ``readMessage()`` returns one whole frame.
 /// Deadlines, half-close, close and the addresses pass through to the base.
 ///
+/// Its witnesses of `read(into:)` and `write(_:)` are plain `async` functions, as in the
+/// DocC article's copy: they need not repeat the requirements' `nonisolated(nonsending)`.
+///
 /// (An example, not a protocol to ship: a read that times out in the middle of a header
 /// loses the header bytes read so far.)
 final class LengthPrefixedConnection<Base: NetConnection>: NetConnection {
@@ -24,7 +27,7 @@ final class LengthPrefixedConnection<Base: NetConnection>: NetConnection {
         return header.reduce(0) { $0 << 8 | Int($1) }
     }
 
-    nonisolated(nonsending) func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+    func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         guard buffer.count > 0 else { return try await base.read(into: buffer) }
         var left = remaining.withLock { $0 }
         while left == 0 { left = try await readHeader() }
@@ -33,7 +36,7 @@ final class LengthPrefixedConnection<Base: NetConnection>: NetConnection {
         return n
     }
 
-    nonisolated(nonsending) func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
+    func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         guard buffer.count > 0 else { return }
         var frame = withUnsafeBytes(of: UInt32(buffer.count).bigEndian) { [UInt8]($0) }
         frame += buffer
