@@ -1,8 +1,9 @@
 import Glibc
 import Poller
 
-/// A read buffer over a ``Connection``: Go's `bufio.Reader`, for protocols that read up to a
-/// delimiter (lines, headers) or in fixed-size frames.
+/// A read buffer over a ``Connection``, or any ``NetConnection`` (a pipe end, a framing
+/// wrapper): Go's `bufio.Reader`, for protocols that read up to a delimiter (lines, headers)
+/// or in fixed-size frames.
 ///
 /// ```swift
 /// let reader = BufferedReader(connection, capacity: 8192)
@@ -36,7 +37,7 @@ import Poller
 /// connection from elsewhere is fine.
 public final class BufferedReader {
     /// The connection read from.
-    public let connection: Connection
+    public let connection: any NetConnection
     /// The buffer's size: the longest line, peek or frame this reader can hold.
     public let capacity: Int
     private let storage: UnsafeMutableRawBufferPointer
@@ -46,7 +47,7 @@ public final class BufferedReader {
 
     /// A reader over `connection` with a buffer of `capacity` bytes (at least 16; smaller
     /// values count as 16).
-    public init(_ connection: Connection, capacity: Int = 4096) {
+    public init(_ connection: any NetConnection, capacity: Int = 4096) {
         self.connection = connection
         self.capacity = max(16, capacity)
         storage = .allocate(byteCount: self.capacity, alignment: 16)
@@ -69,7 +70,7 @@ public final class BufferedReader {
     /// - Throws: ``NetError/delimiterNotFound(limit:)`` when the first `maxLength` bytes hold
     ///   no delimiter (nothing is consumed: the bytes stay in ``buffered``; a protocol would
     ///   answer "too long" and close); ``NetError/endOfFile`` when the stream ends first (the
-    ///   partial line stays in ``buffered``); any error of ``Connection/read(into:)``, with
+    ///   partial line stays in ``buffered``); any error of ``NetConnection/read(into:)``, with
     ///   nothing consumed; `.system(call: "BufferedReader.readSlice", errno: EINVAL)` when
     ///   `maxLength` is not in 1...``capacity``.
     nonisolated(nonsending) public func readSlice(
@@ -97,7 +98,7 @@ public final class BufferedReader {
     /// buffered. Valid until the next call on the reader.
     ///
     /// - Throws: ``NetError/endOfFile`` when the stream ends first (what arrived stays in
-    ///   ``buffered``); any error of ``Connection/read(into:)``, with nothing consumed;
+    ///   ``buffered``); any error of ``NetConnection/read(into:)``, with nothing consumed;
     ///   `.system(call: "BufferedReader.peek", errno: EINVAL)` when `count` is not in
     ///   0...``capacity``.
     nonisolated(nonsending) public func peek(_ count: Int) async throws(NetError) -> UnsafeRawBufferPointer {
@@ -123,9 +124,9 @@ public final class BufferedReader {
     /// without a system call; else one read (straight into `buffer` when it is at least as
     /// large as the reader's, saving a copy). Returns how many bytes were copied, at least
     /// one for a non-empty buffer; an empty one returns 0 (and, like
-    /// ``Connection/read(into:)``, throws ``NetError/closed`` after close).
+    /// ``NetConnection/read(into:)``, throws ``NetError/closed`` after close).
     ///
-    /// - Throws: any error of ``Connection/read(into:)``.
+    /// - Throws: any error of ``NetConnection/read(into:)``.
     nonisolated(nonsending) public func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         if start == end {
             if buffer.count == 0 || buffer.count >= capacity { return try await connection.read(into: buffer) }
@@ -140,7 +141,7 @@ public final class BufferedReader {
     /// Fills the caller's `buffer` completely (any size; Go's `io.ReadFull` over the reader).
     ///
     /// - Throws: ``NetError/endOfFile`` if the stream ends first (the bytes read so far are
-    ///   in `buffer` and consumed), or any error of ``Connection/read(into:)``.
+    ///   in `buffer` and consumed), or any error of ``NetConnection/read(into:)``.
     nonisolated(nonsending) public func read(exactly buffer: UnsafeMutableRawBufferPointer) async throws(NetError) {
         var filled = 0
         while filled < buffer.count {

@@ -21,7 +21,7 @@ import Poller
 /// Closing: ``close()`` wakes blocked operations with ``NetError/closed`` and returns once the
 /// descriptor is really closed. A connection dropped without `close()` is closed when its
 /// last reference goes away, so descriptors never leak, but the close then is not awaited.
-public final class Connection: DeadlineSetting {
+public final class Connection: NetConnection, DeadlineSetting {
     /// The descriptor and its poller registration.
     public let netFD: NetFD
     /// This end's address (for TCP, with the port the kernel chose).
@@ -86,34 +86,6 @@ public final class Connection: DeadlineSetting {
         try await netFD.read(into: buffer)
     }
 
-    /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array.
-    ///
-    /// Same errors as ``read(into:)``. `maxBytes` ≤ 0 reads nothing and returns an empty
-    /// array, but like a read into an empty buffer (and Go's `Read` with an empty slice) it
-    /// still takes its turn for the read lock and throws ``NetError/closed`` after
-    /// ``close()``.
-    nonisolated(nonsending) public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
-        guard maxBytes > 0 else {
-            _ = try await netFD.read(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))
-            return []
-        }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxBytes, alignment: 1)
-        defer { buffer.deallocate() }
-        let n = try await netFD.read(into: buffer)
-        return Array(buffer[0..<n])
-    }
-
-    /// Reads exactly `buffer.count` bytes (Go's `io.ReadFull`).
-    ///
-    /// - Throws: ``NetError/endOfFile`` if the stream ends first (the bytes read so far are in
-    ///   `buffer`), or any error of ``read(into:)``.
-    nonisolated(nonsending) public func read(exactly buffer: UnsafeMutableRawBufferPointer) async throws(NetError) {
-        var filled = 0
-        while filled < buffer.count {
-            filled += try await netFD.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
-        }
-    }
-
     // MARK: Writing
 
     /// Writes every byte of `buffer`, waiting for buffer space as needed.
@@ -125,11 +97,6 @@ public final class Connection: DeadlineSetting {
     @inlinable  // one async frame fewer per write in the caller's task
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         if let error = await netFD.write(buffer).error { throw error }
-    }
-
-    /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
-    nonisolated(nonsending) public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
-        if let error = await writeReportingProgress(bytes).error { throw error }
     }
 
     /// Writes every byte of `buffer`, Go-style: returns how many bytes were written and, if
@@ -170,6 +137,8 @@ public final class Connection: DeadlineSetting {
 
     /// Shuts down the writing side (`shutdown(SHUT_WR)`): the peer reads end of file, and
     /// can still write to us. Later writes here fail with EPIPE.
+    ///
+    /// - Throws: ``NetError/closed`` after ``close()``; `.system(call: "shutdown", …)`.
     public func closeWrite() throws(NetError) {
         try shutdown(Int32(SHUT_WR))
     }
@@ -187,4 +156,46 @@ public final class Connection: DeadlineSetting {
     public func close() async throws(NetError) {
         try await netFD.close()
     }
+
+    // MARK: Handing the descriptor over
+
+    /// Takes the descriptor out of the poller and hands it to the caller, open: for another
+    /// library that adopts a connected socket (SwiftNIO's `withConnectedSocket`, a TLS
+    /// library, a child process).
+    ///
+    /// Like ``close()`` up to the last step: later operations fail with ``NetError/closed``,
+    /// blocked reads and writes are woken with ``NetError/closed`` (nothing they read is lost
+    /// from the socket: a woken read consumed nothing), and once every operation in flight
+    /// has returned the descriptor is deregistered from its poller. Then, instead of
+    /// `close(2)`, the number is returned: from here on the caller owns it and must close it.
+    /// The connection stays closed: every operation, ``close()`` and a second `detach()`
+    /// included, throws ``NetError/closed``, and dropping it closes nothing.
+    ///
+    /// The descriptor is still non-blocking (`O_NONBLOCK`), as event-loop libraries expect;
+    /// clear the flag with `fcntl` for blocking use. Its socket options (`TCP_NODELAY`) are
+    /// as they were.
+    ///
+    /// The descriptor is a plain `Int32`, not swift-system's `FileDescriptor`: PollerNet's
+    /// library products take no package dependencies. Wrap it with `FileDescriptor(rawValue:)`
+    /// where swift-system is at hand.
+    ///
+    /// ```swift
+    /// let fd = try await connection.detach()
+    /// // e.g. SwiftNIO: try await ClientBootstrap(group: group).withConnectedSocket(fd) { … }
+    /// ```
+    ///
+    /// - Returns: the descriptor, open and no longer registered.
+    /// - Throws: ``NetError/closed`` after ``close()`` or a previous `detach()` (the
+    ///   descriptor is then not the caller's).
+    public func detach() async throws(NetError) -> Int32 {
+        try await netFD.detach()
+    }
+
+    // MARK: NetConnection
+
+    /// ``localAddress``, for ``NetConnection`` (never nil).
+    public var localEndpoint: SocketAddress? { localAddress }
+
+    /// ``remoteAddress``, for ``NetConnection`` (never nil).
+    public var remoteEndpoint: SocketAddress? { remoteAddress }
 }

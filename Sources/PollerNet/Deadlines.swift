@@ -48,3 +48,13 @@ extension DeadlineSetting {
         try netFD.setDeadline(in: duration, for: .write)
     }
 }
+
+/// For a type that is both (``Connection``): ``DeadlineSetting``'s setters, which set both
+/// directions in one call on the descriptor (one combined timer when the deadlines are equal,
+/// as Go's `SetDeadline`), win over ``NetConnection``'s defaults, which wrappers use.
+extension NetConnection where Self: DeadlineSetting {
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) { try netFD.setDeadline(deadline, for: .readWrite) }
+    public func setDeadline(in duration: Duration) throws(NetError) { try netFD.setDeadline(in: duration, for: .readWrite) }
+    public func setReadDeadline(in duration: Duration) throws(NetError) { try netFD.setDeadline(in: duration, for: .read) }
+    public func setWriteDeadline(in duration: Duration) throws(NetError) { try netFD.setDeadline(in: duration, for: .write) }
+}

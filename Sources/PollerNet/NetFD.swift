@@ -160,20 +160,41 @@ public final class NetFD: Sendable {
         destroy()
     }
 
+    /// Takes the descriptor out of the poller without closing it: ``close()`` up to the
+    /// deregistration, then the number is returned to the caller, who owns it from then on.
+    /// Later operations (and ``close()``) throw ``NetError/closed``; deinit closes nothing.
+    ///
+    /// - Throws: ``NetError/closed`` if close or detach was already called.
+    func detach() async throws(NetError) -> Int32 {
+        guard fdMutex.beginClose() else { throw .closed }
+        pollDescriptor.unblock()
+        await fdMutex.awaitLastReference()
+        // beginClose lets one caller through, and deinit cannot run while we hold self.
+        guard deregister() else { throw .closed }
+        return fd
+    }
+
     /// Deregisters and closes the descriptor (Go's `FD.destroy`). Runs once, with no
     /// operation in flight.
     private func destroy() {
-        if destroyed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        guard deregister() else { return }
+        // No EINTR retry: on Linux the descriptor is released even when close(2) says EINTR.
+        Glibc.close(fd)
+        afterClose?()
+    }
+
+    /// Deregisters from the poller, the first time only (false after): the common part of
+    /// ``destroy()`` and ``detach()``.
+    private func deregister() -> Bool {
+        if destroyed.exchange(true, ordering: .acquiringAndReleasing) { return false }
         pollDescriptor.unblock()
         do {
             try pollDescriptor.close()
         } catch {
             // `.closing` means the poller already dropped the slot (it was shut down first);
-            // anything else would be a reference-count bug. Either way the fd must close.
+            // anything else would be a reference-count bug. Either way the fd is released.
             assert(error == .closing, "NetFD: poll descriptor close failed: \(error)")
         }
-        // No EINTR retry: on Linux the descriptor is released even when close(2) says EINTR.
-        Glibc.close(fd)
-        afterClose?()
+        return true
     }
 }

@@ -42,7 +42,7 @@ import Synchronization
 /// answer for a non-blocking descriptor outside the poller, issue 20915). Closing one does not
 /// wait for an operation blocked in its system call (nothing can interrupt it, and Go's
 /// `FD.Close` does not wait either): the descriptor is closed when that operation returns.
-public final class RawConnection: Sendable {
+public final class RawConnection: NetConnection {
     /// A watched descriptor (a ``NetFD``), or one the poller does not watch.
     private enum Core: Sendable {
         case polled(NetFD)
@@ -188,16 +188,6 @@ public final class RawConnection: Sendable {
         }
     }
 
-    /// Reads what is available, up to `maxBytes` bytes (at least one), into a new array; same
-    /// errors as ``read(into:)``. `maxBytes` ≤ 0 returns an empty array (after ``close()`` it
-    /// throws ``NetError/closed``).
-    nonisolated(nonsending) public func read(maxBytes: Int) async throws(NetError) -> [UInt8] {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(maxBytes, 0), alignment: 1)
-        defer { buffer.deallocate() }
-        let count = try await read(into: maxBytes > 0 ? buffer : UnsafeMutableRawBufferPointer(start: nil, count: 0))
-        return [UInt8](buffer.prefix(count))
-    }
-
     /// Writes every byte of `buffer`, waiting for space as needed, and says how far it got:
     /// Go's `(n, err)`. A pipe whose every reader has closed gives
     /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)``).
@@ -217,15 +207,6 @@ public final class RawConnection: Sendable {
     ///   ``writeReportingProgress(_:)`` says how much.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         if let error = await writeReportingProgress(buffer).error { throw error }
-    }
-
-    /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
-    nonisolated(nonsending) public func write(_ bytes: some Collection<UInt8>) async throws(NetError) {
-        // One copy into a buffer that stays put across suspensions (one memcpy for arrays).
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
-        defer { buffer.deallocate() }
-        buffer.copyBytes(from: bytes)
-        try await write(UnsafeRawBufferPointer(buffer))
     }
 
     // MARK: Deadlines
@@ -280,7 +261,24 @@ public final class RawConnection: Sendable {
         }
     }
 
-    // MARK: Close
+    // MARK: Half-close and close
+
+    /// Shuts down the writing side of a socket (`shutdown(SHUT_WR)`), for ``NetConnection``:
+    /// the peer reads end of file.
+    ///
+    /// - Throws: `.system(call: "shutdown", errno: ENOTSOCK)` for a descriptor that is not a
+    ///   socket (a pipe end: close the write end instead); ``NetError/closed`` after
+    ///   ``close()``.
+    public func closeWrite() throws(NetError) {
+        let result = try control { fd in Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 ? 0 : errno }
+        if result != 0 { throw NetError.fromErrno(result, call: "shutdown") }
+    }
+
+    /// Nil: a descriptor adopted raw has no address here (for ``NetConnection``).
+    public var localEndpoint: SocketAddress? { nil }
+
+    /// Nil: a descriptor adopted raw has no address here (for ``NetConnection``).
+    public var remoteEndpoint: SocketAddress? { nil }
 
     /// Closes the descriptor: Go's `FD.Close`. Later operations fail with
     /// ``NetError/closed``; operations waiting in the poller or for a direction lock return

@@ -4,32 +4,6 @@ import Poller
 import PollerNet
 import Testing
 
-/// ``withNetPoller(_:sourceLocation:_:)`` with a fresh ``Pipe`` on that poller, both ends
-/// closed after `body` whether it returns or throws.
-private func withPipe(
-    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
-    _ body: (Poller, Pipe) async throws -> Void
-) async throws {
-    try await withNetPoller(kind, sourceLocation: sourceLocation) { poller in
-        let pipe = try Pipe.make(poller: poller)
-        do {
-            try await body(poller, pipe)
-        } catch {
-            await pipe.closeBoth()
-            throw error
-        }
-        await pipe.closeBoth()
-    }
-}
-
-extension Pipe {
-    /// Closes both ends, ignoring `.closed` from an end the test already closed.
-    func closeBoth() async {
-        try? await readEnd.close()
-        try? await writeEnd.close()
-    }
-}
-
 /// A raw pipe, `(read end, write end)`, blocking unless `nonBlocking`.
 private func rawPipe(nonBlocking: Bool = false) -> (Int32, Int32) {
     var fds: [Int32] = [-1, -1]

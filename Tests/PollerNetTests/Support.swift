@@ -176,15 +176,19 @@ func withTCPPair(
     _ body: (Poller, TCPPair) async throws -> Void
 ) async throws {
     try await withNetPoller(kind, sourceLocation: sourceLocation) { poller in
-        let pair = try await TCPPair.make(poller)
-        do {
-            try await body(poller, pair)
-        } catch {
-            await pair.close()
-            throw error
-        }
-        await pair.close()
+        try await using(try await TCPPair.make(poller), closedBy: { await $0.close() }) { try await body(poller, $0) }
     }
+}
+
+/// Runs `body` with `resource`, then `close`s it whether `body` returns or throws.
+func using<R>(_ resource: R, closedBy close: (R) async -> Void, _ body: (R) async throws -> Void) async throws {
+    do {
+        try await body(resource)
+    } catch {
+        await close(resource)
+        throw error
+    }
+    await close(resource)
 }
 
 /// Runs `body` with the error it throws, failing the test if it does not throw.
@@ -291,5 +295,24 @@ func waitUntilParked(_ poller: Poller, sourceLocation: SourceLocation = #_source
             return
         }
         await sleep(ms: 5)
+    }
+}
+
+/// ``withNetPoller(_:sourceLocation:_:)`` with a fresh ``Pipe`` on that poller, both ends
+/// closed after `body` whether it returns or throws.
+func withPipe(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, Pipe) async throws -> Void
+) async throws {
+    try await withNetPoller(kind, sourceLocation: sourceLocation) { poller in
+        try await using(try Pipe.make(poller: poller), closedBy: { await $0.closeBoth() }) { try await body(poller, $0) }
+    }
+}
+
+extension Pipe {
+    /// Closes both ends, ignoring `.closed` from an end the test already closed.
+    func closeBoth() async {
+        try? await readEnd.close()
+        try? await writeEnd.close()
     }
 }
