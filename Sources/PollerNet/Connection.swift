@@ -55,6 +55,9 @@ public final class Connection: NetConnection, DeadlineSetting {
         if local.family != AF_UNIX {
             // Go's default: no Nagle delay on TCP.
             try SocketOptions.set(fd, level: Int32(IPPROTO_TCP), option: TCP_NODELAY, value: 1)
+            // Go's default keep-alive (15 s idle, 15 s interval, 9 probes); like Go, a failure
+            // here does not fail the dial or accept.
+            try? SocketOptions.setKeepAlive(fd, .default)
             netFD.declareShortReadsDrain()
         }
         self.netFD = netFD

@@ -25,6 +25,19 @@ extension Connection {
         return try await dial(address, timeout: timeout, poller: poller)
     }
 
+    /// Connects to `address`, a `"host:port"` string as Go's `net.Dial("tcp", address)` takes
+    /// it: `"127.0.0.1:8080"`, `"[::1]:8080"`, `"[fe80::1%eth0]:80"`, `"localhost:8080"`, or
+    /// `":8080"` for this machine. The rules and their errors are
+    /// ``SocketAddress/init(hostPort:)``'s.
+    ///
+    /// - Throws: as ``dial(host:port:timeout:poller:)``; ``NetError/invalidAddress(_:)``
+    ///   saying what is wrong with `address`, before any socket is made.
+    public static func dial(
+        address: String, timeout: Duration? = nil, poller: Poller? = nil
+    ) async throws(NetError) -> Connection {
+        try await dial(SocketAddress(hostPort: address), timeout: timeout, poller: poller)
+    }
+
     /// Connects to the Unix domain stream socket at `path` (Go's `net.Dial("unix", path)`).
     ///
     /// - Throws: as ``dial(host:port:timeout:poller:)``; ENOENT or ECONNREFUSED as

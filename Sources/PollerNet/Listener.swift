@@ -71,9 +71,9 @@ extension Listener {
     /// ``defaultDescriptorHeadroom``, for conformers that keep no value of their own.
     public var descriptorHeadroom: Int { Self.defaultDescriptorHeadroom }
 
-    /// Waits for and returns the next connection (TCP_NODELAY on for TCP, registered with
-    /// the next poller of ``group`` in turn, else with this listener's ``poller``), keeping
-    /// ``descriptorHeadroom`` descriptors free. Serve it from a task on its poller's executor
+    /// Waits for and returns the next connection (TCP_NODELAY and Go's keep-alive on for TCP,
+    /// registered with the next poller of ``group`` in turn, else with this listener's
+    /// ``poller``), keeping ``descriptorHeadroom`` descriptors free. Serve it from a task on its poller's executor
     /// (`Task(executorPreference: connection.executor)`) so its reads, their wake-ups and the
     /// task stay on one thread.
     ///

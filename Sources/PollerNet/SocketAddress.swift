@@ -7,16 +7,21 @@ import Glibc
 public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// An IPv4 address in dotted form and a port.
     case ipv4(host: String, port: UInt16)
-    /// An IPv6 address in its canonical textual form and a port.
+    /// An IPv6 address in its canonical textual form, with `%zone` (an interface name or
+    /// index) for a scoped address such as `fe80::1%eth0`, and a port.
     case ipv6(host: String, port: UInt16)
     /// A Unix domain socket path; empty for an unnamed socket (a dialling client's end).
     case unix(path: String)
 
-    /// Parses a numeric host (IPv4 or IPv6, optionally in brackets) and a port.
-    /// `"localhost"` means `127.0.0.1`; other names are rejected (no DNS).
+    /// Parses a numeric host (IPv4 or IPv6, optionally in brackets, IPv6 with an optional
+    /// `%zone`: `"fe80::1%lo"`) and a port. `"localhost"` means `127.0.0.1`; other names are
+    /// rejected (no DNS). For a `"host:port"` string see ``init(hostPort:)``.
     ///
-    /// - Throws: ``NetError/invalidAddress(_:)`` if `host` is not a numeric address.
+    /// - Throws: ``NetError/invalidAddress(_:)`` if `host` is not a numeric address, names
+    ///   an unknown zone, contains a NUL or control character, or is longer than
+    ///   ``maximumHostLength`` bytes.
     public init(host: String, port: UInt16) throws(NetError) {
+        try Self.checkHost(host)
         var text = host
         if text.hasPrefix("["), text.hasSuffix("]") { text = String(text.dropFirst().dropLast()) }
         if text == "localhost" { text = "127.0.0.1" }
@@ -25,12 +30,11 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
             self = .ipv4(host: Self.format(v4), port: port)
             return
         }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 {
-            self = .ipv6(host: Self.format(v6), port: port)
+        if let v6 = try Self.parseIPv6(text) {
+            self = .ipv6(host: Self.format(v6.address) + (v6.zone.map { "%" + $0 } ?? ""), port: port)
             return
         }
-        throw .invalidAddress("'\(host)' is not a numeric IPv4 or IPv6 address")
+        throw .invalidAddress("host \(Self.quoted(host)) is not a numeric IPv4 or IPv6 address")
     }
 
     /// The port, for IP addresses.
@@ -63,7 +67,8 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// Calls `body` with this address as a `sockaddr` and its length.
     ///
     /// - Throws: ``NetError/invalidAddress(_:)`` for a Unix path that does not fit in
-    ///   `sun_path` (108 bytes with its terminator) or a host that no longer parses.
+    ///   `sun_path` (108 bytes with its terminator) or a host that does not parse (a case
+    ///   made directly, not through an initializer).
     func withSockaddr<R>(
         _ body: (UnsafePointer<sockaddr>, socklen_t) -> R
     ) throws(NetError) -> R {
@@ -72,13 +77,17 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
             sin.sin_port = port.bigEndian
+            try Self.checkHost(host)  // a NUL would end the C string early
             guard inet_pton(AF_INET, host, &sin.sin_addr) == 1 else { throw .invalidAddress(host) }
             return Self.withSockaddr(of: sin, body)
         case .ipv6(let host, let port):
             var sin6 = sockaddr_in6()
             sin6.sin6_family = sa_family_t(AF_INET6)
             sin6.sin6_port = port.bigEndian
-            guard inet_pton(AF_INET6, host, &sin6.sin6_addr) == 1 else { throw .invalidAddress(host) }
+            try Self.checkHost(host)
+            guard let parsed = try Self.parseIPv6(host) else { throw .invalidAddress(host) }
+            sin6.sin6_addr = parsed.address
+            sin6.sin6_scope_id = parsed.scopeID
             return Self.withSockaddr(of: sin6, body)
         case .unix(let path):
             var sun = sockaddr_un()
@@ -120,7 +129,8 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
             self = .ipv4(host: Self.format(sin.sin_addr), port: UInt16(bigEndian: sin.sin_port))
         case AF_INET6:
             let sin6 = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
-            self = .ipv6(host: Self.format(sin6.sin6_addr), port: UInt16(bigEndian: sin6.sin6_port))
+            self = .ipv6(host: Self.format(sin6.sin6_addr) + Self.zoneSuffix(sin6.sin6_scope_id),
+                         port: UInt16(bigEndian: sin6.sin6_port))
         case AF_UNIX:
             let pathOffset = MemoryLayout<sa_family_t>.size
             let pathLength = max(0, Int(length) - pathOffset)
@@ -133,6 +143,14 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         default:
             return nil
         }
+    }
+
+    /// `"%name"` (or `"%index"` for an interface without a name) for a scope id; empty for 0.
+    private static func zoneSuffix(_ scopeID: UInt32) -> String {
+        guard scopeID != 0 else { return "" }
+        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard if_indextoname(scopeID, &buffer) != nil else { return "%\(scopeID)" }
+        return "%" + String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
     }
 
     private static func format(_ address: in_addr) -> String {
