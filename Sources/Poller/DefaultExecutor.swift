@@ -77,11 +77,11 @@ extension PollerGroup {
         let landed = Mutex<Bool>(false)
         let done = ParkerBox()
         Task.detached {
-            landed.withLock { $0 = Poller.current.map(group.contains) ?? false }
+            landed.withLockAnnotated { $0 = Poller.current.map(group.contains) ?? false }
             done.unpark()
         }
         guard done.park(timeoutNanos: 10_000_000_000) else { return false }
-        return landed.withLock { $0 }
+        return landed.withLockAnnotated { $0 }
     }
 
     /// The group installed as Swift's default executor by ``installAsDefaultExecutor(threads:backend:)``,

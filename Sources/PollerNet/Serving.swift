@@ -25,13 +25,13 @@ public final class ServingHandle: Sendable {
     public init() {}
 
     /// Whether ``shutdown()`` has been called.
-    public var isShutDown: Bool { state.withLock { $0.isShutDown } }
+    public var isShutDown: Bool { state.withLockAnnotated { $0.isShutDown } }
 
     /// Begins the graceful shutdown of every serve call using this handle: each stops
     /// accepting (its listener is closed), lets its handlers run for its grace period, then
     /// closes the connections still open and returns once every handler has returned.
     public func shutdown() {
-        let runs = state.withLock { state -> [ServeRun] in
+        let runs = state.withLockAnnotated { state -> [ServeRun] in
             state.isShutDown = true
             return Array(state.runs.values)
         }
@@ -40,7 +40,7 @@ public final class ServingHandle: Sendable {
 
     /// Adds `run`, or stops it at once when shut down already.
     func register(_ run: ServeRun) {
-        let shutDown = state.withLock { state -> Bool in
+        let shutDown = state.withLockAnnotated { state -> Bool in
             if !state.isShutDown { state.runs[ObjectIdentifier(run)] = run }
             return state.isShutDown
         }
@@ -48,7 +48,7 @@ public final class ServingHandle: Sendable {
     }
 
     func unregister(_ run: ServeRun) {
-        _ = state.withLock { $0.runs.removeValue(forKey: ObjectIdentifier(run)) }
+        _ = state.withLockAnnotated { $0.runs.removeValue(forKey: ObjectIdentifier(run)) }
     }
 }
 
@@ -75,10 +75,10 @@ final class ServeRun: Sendable {
         self.timer = timer
     }
 
-    var isStopping: Bool { state.withLock { $0.stopping } }
+    var isStopping: Bool { state.withLockAnnotated { $0.stopping } }
 
     func stop() {
-        state.withLock { state in
+        state.withLockAnnotated { state in
             state.stopping = true
             // Under the lock, so that a back-off armed by `backOff(for:)` cannot overwrite it.
             timer.expire()
@@ -88,7 +88,7 @@ final class ServeRun: Sendable {
 
     /// Arms the timer for a back-off unless stopping; false when stopping.
     func backOff(for delay: Duration) -> Bool {
-        state.withLock { state in
+        state.withLockAnnotated { state in
             if state.stopping { return false }
             timer.arm(in: delay)
             return true
@@ -97,7 +97,7 @@ final class ServeRun: Sendable {
 
     /// Records `connection` as served; false (do not serve it) once stopping.
     func admit(_ connection: Connection) -> Bool {
-        state.withLock { state in
+        state.withLockAnnotated { state in
             if state.stopping { return false }
             state.open[ObjectIdentifier(connection)] = connection
             return true
@@ -106,7 +106,7 @@ final class ServeRun: Sendable {
 
     /// A handler has returned and its connection is closed.
     func finished(_ connection: Connection) {
-        state.withLock { state in
+        state.withLockAnnotated { state in
             state.open.removeValue(forKey: ObjectIdentifier(connection))
             if state.draining && state.open.isEmpty { timer.expire() }
         }
@@ -114,7 +114,7 @@ final class ServeRun: Sendable {
 
     /// Stops accepting and starts the grace period; false if no handler is left.
     func startDraining(gracePeriod: Duration) -> Bool {
-        state.withLock { state in
+        state.withLockAnnotated { state in
             state.stopping = true
             state.draining = true
             if state.open.isEmpty { return false }
@@ -125,7 +125,7 @@ final class ServeRun: Sendable {
 
     /// The connections whose handlers have not returned.
     func stillOpen() -> [Connection] {
-        state.withLock { Array($0.open.values) }
+        state.withLockAnnotated { Array($0.open.values) }
     }
 }
 

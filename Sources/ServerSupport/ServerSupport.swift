@@ -82,7 +82,7 @@ public final class AcceptErrorLog: Sendable {
     /// Logs `error`; `delay` is how long serve waits before accepting again (zero: only that
     /// connection's set-up failed, and it is closed).
     @Sendable public func report(_ error: NetError, retryingIn delay: Duration) {
-        lines.withLock { log in
+        lines.withLockAnnotated { log in
             if delay == .zero {
                 log("accept: setting up a connection: \(error)")
             } else {

@@ -106,7 +106,7 @@ final class Server: Sendable {
             // get an immediate end of file rather than a hung handshake) and costs no memory
             // beyond the moment.
             shed.add(1, ordering: .relaxed)
-            shedLog.withLock { $0("at the connection cap (\(options.maxConnections)): shedding new connections") }
+            shedLog.withLockAnnotated { $0("at the connection cap (\(options.maxConnections)): shedding new connections") }
             return
         }
         if options.onPollerExecutor {

@@ -403,7 +403,7 @@ func handle(_ connection: Connection, _ admission: Admission, _ options: Options
         // Shed: a 503 (into an empty send buffer, so it does not block; the deadline makes
         // sure) and close, keeping the listen queue moving and the descriptors for the
         // connections already served.
-        admission.shedLog.withLock { $0("at the connection cap (\(options.maxConnections)): answering 503 to new connections") }
+        admission.shedLog.withLockAnnotated { $0("at the connection cap (\(options.maxConnections)): answering 503 to new connections") }
         try? connection.setWriteDeadline(in: .milliseconds(100))
         try? await connection.write(serviceUnavailable)
         return
