@@ -4,7 +4,8 @@
 # `producer | head` fail at random: the reader exits early, the producer dies of SIGPIPE,
 # and the pipeline reports that death. So:
 #   1. no script may pipe into `grep -q`, `grep -m`, `head` or `sed ...q` (comments aside);
-#   2. (and the README's examples match Examples/*, which the build compiles);
+#   2. (and the README's examples match Examples/*, which the build compiles;
+#      and no plain Mutex.withLock in Sources, see below);
 #   3. scripts/ensure-deps.sh must succeed 50 times in a row on a machine where it succeeds once.
 # Run by scripts/test.sh.
 set -euo pipefail
@@ -33,6 +34,16 @@ for f in Examples/*/main.swift; do
     exit 1
   fi
 done
+
+# Every Mutex critical section in Sources goes through withLockAnnotated (AnnotatedLock.swift):
+# Synchronization's Mutex locks inside the uninstrumented runtime, so under ThreadSanitizer a
+# plain withLock shows as a data race (found in CI: ServeRun.admit, Serving.swift).
+plain=$(grep -rnE '\.withLock[[:space:]]*[({]' Sources --include='*.swift' | grep -v '^Sources/Poller/AnnotatedLock.swift:' || true)
+if [ -n "$plain" ]; then
+  echo "check-scripts: use withLockAnnotated, not withLock, in Sources (TSan cannot see Mutex):" >&2
+  echo "$plain" >&2
+  exit 1
+fi
 
 for i in $(seq 1 50); do
   if ! bash scripts/ensure-deps.sh >/dev/null 2>"${TMPDIR:-/tmp}/ensure-deps.err"; then
