@@ -442,7 +442,7 @@ extension PollerNetTests {
         @Test("bad addresses and arguments fail with clear errors and leak nothing", arguments: BackendKind.allCases)
         func badInput(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { poller, a, _ in
-                await expectNetError(.invalidAddress("'example.com' is not a numeric IPv4 or IPv6 address")) { () async throws(NetError) in
+                await expectNetError(.invalidAddress("host \"example.com\" is not a numeric IPv4 or IPv6 address")) { () async throws(NetError) in
                     try DatagramSocket.bind(host: "example.com", port: 0, poller: poller)
                 }
                 let longPath = "/tmp/" + String(repeating: "x", count: 200)
