@@ -1,0 +1,306 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import Poller
+@testable import PollerNet
+
+extension PollerNetTests {
+    /// Go's own tests of internal/poll's fdMutex and of net, ported (issue 14, part 6). The
+    /// number in each comment is the test's number in the catalogue of
+    /// /work/shared/reference/go-netpoll.md (§5).
+    ///
+    /// The fdMutex tests run on both backends like every behavioural test: their contending
+    /// tasks run on the poller's executor.
+    @Suite("GoPorted")
+    struct GoPorted {
+        // MARK: internal/poll: fdMutex (fd_mutex_test.go)
+
+        // #1. Go's decref/rwunlock return "last reference of a closing mutex"; ours resume the
+        // close suspended in awaitLastReference instead, so "false" reads: back to no
+        // reference, not closing, no close waiting.
+        @Test("TestMutexLock: a reference and each direction lock are taken and released on a fresh mutex",
+              arguments: BackendKind.allCases)
+        func mutexLock(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                // (A typed-throws task body crashes Swift 6.3.1's LifetimeDependenceDiagnostics
+                // pass in its reabstraction thunk; the error is returned instead.)
+                let error = await Task(executorPreference: poller.executor) { await netError { () async throws(NetError) in
+                    let mutex = FDMutex()
+                    try mutex.incref()
+                    #expect(mutex.snapshot == (references: 1, closing: false, closeWaiting: false))
+                    mutex.decref()
+                    #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
+                    for direction in [FDMutex.Direction.read, .write] {
+                        _ = try await mutex.lock(direction)
+                        #expect(mutex.snapshot.references == 1)
+                        mutex.unlock(direction)
+                        #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
+                    }
+                } }.value
+                #expect(error == nil)
+            }
+        }
+
+        // #2.
+        @Test("TestMutexClose: once closing, a reference, either direction lock and a second close are all refused",
+              arguments: BackendKind.allCases)
+        func mutexClose(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                await Task(executorPreference: poller.executor) {
+                    let mutex = FDMutex()
+                    #expect(mutex.beginClose())
+                    #expect(throws: NetError.closed) { try mutex.incref() }
+                    await expectNetError(.closed) { () async throws(NetError) in try await mutex.lock(.read) }
+                    await expectNetError(.closed) { () async throws(NetError) in try await mutex.lock(.write) }
+                    #expect(!mutex.beginClose())
+                    // Close's own reference is the last one: the wait ends at once.
+                    await mutex.awaitLastReference()
+                    #expect(mutex.snapshot == (references: 0, closing: true, closeWaiting: false))
+                }.value
+            }
+        }
+
+        // #3.
+        @Test("TestMutexCloseUnblock: close fails every queued read-lock waiter, and the held lock's release is the last reference",
+              arguments: BackendKind.allCases)
+        func mutexCloseUnblock(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let mutex = FDMutex()
+                _ = try await mutex.lock(.read)
+                let returned = Counter()
+                let waiters = (0..<4).map { _ in
+                    Task(executorPreference: poller.executor) { () async -> NetError? in
+                        defer { _ = returned.increment() }
+                        return await netError { () async throws(NetError) in try await mutex.lock(.read) }
+                    }
+                }
+                // All four hold a reference (queued, or about to queue) beside the owner's.
+                #expect(await waitUntil { mutex.snapshot.references == 5 })
+                await sleep(ms: 1)
+                #expect(returned.value == 0, "a read-lock waiter returned while the lock was held")
+                #expect(mutex.beginClose())
+                for waiter in waiters {
+                    #expect(await waiter.value == .closed)
+                }
+                // Go's decref of close's reference returns false here: the owner still holds one.
+                let closer = Task(executorPreference: poller.executor) { await mutex.awaitLastReference() }
+                #expect(await waitUntil { mutex.snapshot.closeWaiting })
+                #expect(mutex.snapshot == (references: 1, closing: true, closeWaiting: true))
+                // Go's rwunlock returns true here: the last reference of a closing mutex.
+                mutex.unlock(.read)
+                await closer.value
+                #expect(mutex.snapshot == (references: 0, closing: true, closeWaiting: false))
+            }
+        }
+
+        // #6. Go runs 4 workers × 10_000 iterations in short mode; so do we (well under 2 s
+        // under ThreadSanitizer). Mutual exclusion is checked with an occupancy count per
+        // direction (atomics, so that the check itself is race-free).
+        @Test("TestMutexStress: references and both direction locks under contention stay exclusive and balanced",
+              arguments: BackendKind.allCases)
+        func mutexStress(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let mutex = FDMutex()
+                let occupancy = Occupancy()
+                let overlaps = Counter()
+                let workers = (0..<4).map { worker in
+                    Task(executorPreference: poller.executor) { await netError { () async throws(NetError) in
+                        var generator = SystemRandomNumberGenerator()
+                        for iteration in 0..<10_000 {
+                            let op = Int.random(in: 0..<3, using: &generator)
+                            if op == 0 {
+                                try mutex.incref()
+                                mutex.decref()
+                                continue
+                            }
+                            let direction: FDMutex.Direction = op == 1 ? .read : .write
+                            _ = try await mutex.lock(direction)
+                            if !occupancy.enter(direction) { _ = overlaps.increment() }
+                            if (iteration + worker) % 64 == 0 { await Task.yield() }
+                            occupancy.leave(direction)
+                            mutex.unlock(direction)
+                        }
+                    } }
+                }
+                for worker in workers { #expect(await worker.value == nil) }
+                #expect(overlaps.value == 0, "two owners held one direction lock at once")
+                #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
+                #expect(mutex.beginClose())
+                await mutex.awaitLastReference()
+                #expect(mutex.snapshot == (references: 0, closing: true, closeWaiting: false))
+            }
+        }
+
+        // MARK: net
+
+        // #38. Go injects ECONNABORTED from accept(2) and expects Accept to retry. Linux does
+        // not fail accept for a connection reset before it is accepted (BSDs do): it hands the
+        // dead connection over, and its first read reports the reset. ECONNABORTED is retried
+        // in NetFD.accept, but no test seam injects it. What applies here is pinned: the reset
+        // request neither fails accept nor hides the next connection.
+        @Test("TestAcceptIgnoreAbortedConnRequest: a connection reset before accept does not fail accept, and the next one is accepted",
+              arguments: BackendKind.allCases)
+        func acceptIgnoreAbortedConnRequest(kind: BackendKind) async throws {
+            try await withLocalListener(kind) { poller, listener in
+                let port = listener.localAddress.port!
+                let aborted = try await Connection.dial(host: "127.0.0.1", port: port, poller: poller)
+                setLingerZero(aborted.netFD.fd)
+                try await aborted.close()  // RST while the request is still queued
+                await sleep(ms: 20)
+                let good = try await Connection.dial(host: "127.0.0.1", port: port, poller: poller)
+                try await good.write(Array("ok".utf8))
+                let first = try await listener.accept()
+                let error = await netError { () async throws(NetError) in try await first.read(maxBytes: 16) }
+                #expect(error == .connectionReset || error == .endOfFile, "read of the reset connection: \(String(describing: error))")
+                try await first.close()
+                let second = try await listener.accept()
+                #expect(try await second.read(maxBytes: 16) == Array("ok".utf8))
+                try await second.close()
+                try await good.close()
+            }
+        }
+
+        // #47. Go: 10 accept loops, 100 dials. Here 4 loops and 40 dials, each connection
+        // tagged with its number in its first byte.
+        @Test("TestTCPConcurrentAccept: several tasks accepting on one listener accept every connection exactly once, and close ends them all",
+              arguments: BackendKind.allCases)
+        func tcpConcurrentAccept(kind: BackendKind) async throws {
+            try await withLocalListener(kind) { poller, listener in
+                let accepted = Tags()
+                let loops = (0..<4).map { _ in
+                    Task { () async -> NetError in
+                        while true {
+                            let error = await netError { () async throws(NetError) in
+                                let connection = try await listener.accept()
+                                let tag = try await connection.read(maxBytes: 1)
+                                accepted.append(tag.first.map(Int.init) ?? -1)
+                                try await connection.close()
+                            }
+                            if let error { return error }
+                        }
+                    }
+                }
+                let count = 40
+                for tag in 0..<count {
+                    let client = try await Connection.dial(host: "127.0.0.1", port: listener.localAddress.port!, poller: poller)
+                    try await client.write([UInt8(tag)])
+                    try await client.close()
+                }
+                #expect(await waitUntil { accepted.count >= count })
+                try await listener.close()
+                for loop in loops {
+                    #expect(await loop.value == .closed)
+                }
+                #expect(accepted.sorted == Array(0..<count))
+            }
+        }
+
+        // #29 (TestReadWriteProlongedTimeout, in the shape asked for here): the server echoes
+        // byte by byte, pushing its read and write deadlines 300 ms ahead before each call,
+        // while the client's round trips, 5 ms apart, go on well past the first deadline.
+        @Test("TestReadWriteProlongedTimeout: deadlines pushed forward before each call while data keeps flowing never fire",
+              arguments: BackendKind.allCases)
+        func readWriteProlongedTimeout(kind: BackendKind) async throws {
+            try await withTCPPair(kind) { _, pair in
+                let server = pair.server
+                let echo = Task { () async -> (echoed: Int, end: NetError?) in
+                    var echoed = 0
+                    let end = await netError { () async throws(NetError) in
+                        while true {
+                            try server.setReadDeadline(in: .milliseconds(300))
+                            let byte = try await server.read(maxBytes: 1)
+                            try server.setWriteDeadline(in: .milliseconds(300))
+                            try await server.write(byte)
+                            echoed += 1
+                        }
+                    }
+                    return (echoed, end)
+                }
+                let rounds = 100
+                let start = ContinuousClock.now
+                for round in 0..<rounds {
+                    try await pair.client.write([UInt8(round)])
+                    #expect(try await pair.client.read(maxBytes: 1) == [UInt8(round)])
+                    await sleep(ms: 5)
+                }
+                #expect(ContinuousClock.now - start > .milliseconds(300), "the data stopped flowing before the first deadline")
+                try pair.client.closeWrite()
+                let (echoed, end) = await echo.value
+                #expect(echoed == rounds)
+                #expect(end == .endOfFile, "the echo ended with \(String(describing: end)), not end of file")
+            }
+        }
+
+        // #28, TCP. Go's 19 timeouts; 3 runs each up to 1 ms, 1 run each above (Go's short
+        // mode stops at 500 µs), so that the matrix takes about 1.9 s per backend.
+        @Test("TestVariousDeadlines: every deadline from 1 ns to 1 s fires, the read returns timeout, and not before the deadline",
+              arguments: BackendKind.allCases)
+        func variousDeadlines(kind: BackendKind) async throws {
+            let timeouts: [Duration] = [
+                .nanoseconds(1), .nanoseconds(2), .nanoseconds(5), .nanoseconds(50), .nanoseconds(100),
+                .nanoseconds(200), .nanoseconds(500), .nanoseconds(750),
+                .microseconds(1), .microseconds(5), .microseconds(25), .microseconds(250), .microseconds(500),
+                .milliseconds(1), .milliseconds(5), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+                .seconds(1),
+            ]
+            #expect(timeouts.count == 19)
+            try await withLocalListener(kind) { poller, listener in
+                for timeout in timeouts {
+                    for _ in 0..<(timeout <= .milliseconds(1) ? 3 : 1) {
+                        let pair = try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)
+                        let deadline = ContinuousClock.now + timeout
+                        try pair.client.setDeadline(deadline)
+                        // Go's io.Copy(io.Discard, c): read until an error.
+                        let error = await netError { () async throws(NetError) in
+                            while true { _ = try await pair.client.read(maxBytes: 4096) }
+                        }
+                        let end = ContinuousClock.now
+                        #expect(error == .timeout, "timeout \(timeout): \(String(describing: error))")
+                        #expect(end >= deadline, "timeout \(timeout) fired \(deadline - end) early")
+                        try await pair.client.close()
+                        // The server's read waits for the client's close.
+                        await expectNetError(.endOfFile) { () async throws(NetError) in try await pair.server.read(maxBytes: 1) }
+                        try await pair.server.close()
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ``withNetPoller(_:sourceLocation:_:)`` with a TCP listener on 127.0.0.1:0 (handing its
+/// connections to the test's group, if any), closed after `body` whether it returns or throws.
+private func withLocalListener(
+    _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, TCPListener) async throws -> Void
+) async throws {
+    try await withNetPoller(kind, sourceLocation: sourceLocation) { poller in
+        let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller, group: NetTestGroup.current)
+        try await using(listener, closedBy: { _ = try? await $0.close() }) { try await body(poller, $0) }
+    }
+}
+
+/// How many owners each direction lock of a mutex under test has (atomics, so that the check
+/// itself is race-free).
+private final class Occupancy: Sendable {
+    private let read = Atomic<Int>(0)
+    private let write = Atomic<Int>(0)
+
+    /// Counts an owner in; false if `direction` already had one.
+    func enter(_ direction: FDMutex.Direction) -> Bool {
+        if direction == .read { return read.add(1, ordering: .sequentiallyConsistent).newValue == 1 }
+        return write.add(1, ordering: .sequentiallyConsistent).newValue == 1
+    }
+
+    func leave(_ direction: FDMutex.Direction) {
+        if direction == .read { read.subtract(1, ordering: .sequentiallyConsistent) } else { write.subtract(1, ordering: .sequentiallyConsistent) }
+    }
+}
+
+/// The tags of accepted connections, collected from several tasks.
+private final class Tags: Sendable {
+    private let tags = Mutex<[Int]>([])
+    func append(_ tag: Int) { tags.withLock { $0.append(tag) } }
+    var count: Int { tags.withLock { $0.count } }
+    var sorted: [Int] { tags.withLock { $0.sorted() } }
+}
