@@ -5,7 +5,7 @@ import PollerNet
 
 let listener = try TCPListener.listen(host: "127.0.0.1", port: 7007)
 // A task per connection, on its poller's thread; accept errors (out of descriptors) back off.
-try await listener.serve { connection in
+await listener.serve { connection in
     do {
         while true { try await connection.write(try await connection.read(maxBytes: 4096)) }
     } catch {}  // end of file, a reset, a timeout: serve closes the connection

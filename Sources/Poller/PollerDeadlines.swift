@@ -19,15 +19,18 @@ extension Poller {
         var sleepUntil: Int64 = .min
         /// Jobs scheduled for an instant (`Task.sleep` under the installed default executor).
         var delayedJobs = DelayedJobHeap<QueuedJob>()
+        /// Alarms with a parked waiter (``PollerAlarm``), due at an instant.
+        var alarms = DelayedJobHeap<PollerAlarm>()
         /// The loop has exited: delayed jobs go to the platform's executor instead.
         var stopped = false
 
         /// The earliest descriptor deadline or delayed job, if any.
         var earliest: Int64? {
-            switch (heap.earliest, delayedJobs.earliest) {
-            case (let a?, let b?): min(a, b)
-            case (let a, let b): a ?? b
-            }
+            // Spelled out: this runs on every iteration of the loop, and must not allocate.
+            var first = heap.earliest
+            if let b = delayedJobs.earliest { first = first.map { min($0, b) } ?? b }
+            if let c = alarms.earliest { first = first.map { min($0, c) } ?? c }
+            return first
         }
     }
 
@@ -90,6 +93,19 @@ extension Poller {
         }
     }
 
+    /// Fires `alarm` on this poller's thread at the CLOCK_MONOTONIC instant `when`
+    /// (nanoseconds), waking a sleeping poller only for an instant earlier than it will wake
+    /// by itself; false (nothing scheduled) once the loop has exited.
+    func schedule(_ alarm: PollerAlarm, at when: Int64) -> Bool {
+        let (accepted, wakePoller) = timers.withLockAnnotated { t -> (Bool, Bool) in
+            if t.stopped { return (false, false) }
+            t.alarms.schedule(alarm, at: when)
+            return (true, when < t.sleepUntil)
+        }
+        if wakePoller { backend.wake() }
+        return accepted
+    }
+
     /// Go's pollSetDeadline with an absolute deadline: 0 none, < 0 already expired, > 0 a
     /// CLOCK_MONOTONIC instant in nanoseconds.
     func setDeadline(_ slot: DescriptorSlot, generation: UInt32, deadline d: Int64, mode: PollMode) {
@@ -139,15 +155,22 @@ extension Poller {
     /// Runs the deadline timers that are due (Go's netpolldeadlineimpl; the transition is
     /// ``SlotState/fireTimer(_:now:woken:)``) and moves the delayed jobs that are due to the
     /// run queue.
-    func fireDeadlines(_ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)], _ dueJobs: inout [QueuedJob]) {
+    func fireDeadlines(
+        _ expired: inout [DeadlineHeap.Timer], _ woken: inout [(Waiter, WakeReason)], _ dueJobs: inout [QueuedJob],
+        _ dueAlarms: inout [PollerAlarm]
+    ) {
         let now = MonotonicClock.now()
         let due = timers.withLockAnnotated { t -> Bool in
             guard let earliest = t.earliest, earliest <= now else { return false }
             t.heap.popExpired(now: now, into: &expired)
             t.delayedJobs.popDue(now: now, into: &dueJobs)
+            t.alarms.popDue(now: now, into: &dueAlarms)
             return true
         }
         guard due else { return }
+        // Outside the heap's lock: firing may schedule the alarm again.
+        for alarm in dueAlarms { alarm.fire(now: now) }
+        dueAlarms.removeAll(keepingCapacity: true)
         // On the poller thread, so these stay local and run in this iteration of the loop.
         for job in dueJobs { runQueue.enqueue(job) }
         dueJobs.removeAll(keepingCapacity: true)

@@ -18,6 +18,7 @@ extension Poller {
         var woken: [(Waiter, WakeReason)] = []
         var expired: [DeadlineHeap.Timer] = []
         var dueJobs: [QueuedJob] = []
+        var dueAlarms: [PollerAlarm] = []
         loop: while true {
             var timeout: Int64 = 0
             var slept = false
@@ -36,7 +37,7 @@ extension Poller {
             if n > 0 {
                 dispatch(UnsafeBufferPointer(rebasing: events[0..<n]), &indices, &slots, &woken)
             }
-            fireDeadlines(&expired, &woken, &dueJobs)
+            fireDeadlines(&expired, &woken, &dueJobs, &dueAlarms)
             runQueue.takeAll(into: &batch)
             for job in batch { job.run() }
             batch.removeAll(keepingCapacity: true)
@@ -63,9 +64,9 @@ extension Poller {
         resume(&woken)
     }
 
-    /// Poller thread, after the loop: close the backend, unblock what is still open, and route
-    /// queued, delayed and later jobs to the platform's executor (not the default executor,
-    /// which may be this poller's group).
+    /// Poller thread, after the loop: close the backend, unblock what is still open, return
+    /// every alarm's waiter, and route queued, delayed and later jobs to the platform's
+    /// executor (not the default executor, which may be this poller's group).
     ///
     /// The backend is closed before the sweep: a `register` racing this either reaches the
     /// backend after the close and is refused, or opened its slot before the sweep, which then
@@ -77,10 +78,11 @@ extension Poller {
             s.stopped = true
             swap(&s.jobs, &leftover)
         }
-        let delayed = timers.withLockAnnotated { t in
+        let (delayed, alarms) = timers.withLockAnnotated { t in
             t.stopped = true
-            return t.delayedJobs.removeAll()
+            return (t.delayedJobs.removeAll(), t.alarms.removeAll())
         }
+        for entry in alarms { entry.job.stop() }
         backend.shutdown()
         #if DEBUG
         hooks.shutdownBeforeSweep?()

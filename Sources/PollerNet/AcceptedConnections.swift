@@ -59,14 +59,10 @@ public struct AcceptBackoff: Sendable {
 /// again; ``onAcceptError(_:)`` reports them. A listener closed during a back-off ends the
 /// sequence when the back-off is over (at most 1 s).
 ///
-/// Each iteration makes a small timer (a pipe registered with the listener's poller) at its
-/// first `next()`, and closes it when the iterator goes away.
-///
 /// - Throws (from `next()`): ``NetError/timeout`` once the listener's deadline
 ///   (``Listener/setDeadline(_:)``) has passed; ``NetError/cancelled`` if the iterating task
-///   is cancelled (the listener stays open); `.system(call: "pipe2", errno:)` or
-///   `.system(call: "poll register", errno:)` if the timer cannot be made (before any
-///   accept). After a throw the iterator is finished: `next()` returns nil.
+///   is cancelled (the listener stays open). After a throw the iterator is finished: `next()`
+///   returns nil.
 public struct AcceptedConnections: AsyncSequence, Sendable {
     public typealias Element = Connection
     public typealias Failure = NetError
@@ -90,7 +86,7 @@ public struct AcceptedConnections: AsyncSequence, Sendable {
         let listener: any Listener
         let report: (@Sendable (NetError, Duration) -> Void)?
         var backoff = AcceptBackoff()
-        var timer: PollerTimer?
+        var timer: PollerAlarm?
         var finished = false
 
         init(listener: any Listener, report: (@Sendable (NetError, Duration) -> Void)?) {
@@ -115,11 +111,11 @@ public struct AcceptedConnections: AsyncSequence, Sendable {
         }
 
         private nonisolated(nonsending) mutating func accept() async throws(NetError) -> Connection? {
-            let timer: PollerTimer
+            let timer: PollerAlarm
             if let made = self.timer {
                 timer = made
             } else {
-                timer = try PollerTimer(poller: listener.netFD.poller)
+                timer = PollerAlarm(poller: listener.netFD.poller)
                 self.timer = timer
             }
             while true {

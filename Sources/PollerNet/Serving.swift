@@ -8,7 +8,7 @@ import Synchronization
 /// ```swift
 /// let shutdown = ServingHandle()
 /// // swift-service-lifecycle: try await withGracefulShutdownHandler { … } onGracefulShutdown: { shutdown.shutdown() }
-/// try await listener.serve(gracePeriod: .seconds(10), shutdown: shutdown) { connection in … }
+/// await listener.serve(gracePeriod: .seconds(10), shutdown: shutdown) { connection in … }
 /// ```
 ///
 /// ``shutdown()`` is synchronous and may be called from anywhere (a signal-handling task, a
@@ -68,11 +68,13 @@ final class ServeRun: Sendable {
 
     private let state = Mutex(State())
     let listener: any Listener
-    let timer: PollerTimer
+    /// The accept loop's back-off and the grace period sleep on it: no descriptor needed, so
+    /// a serve started or backing off at EMFILE works.
+    let timer: PollerAlarm
 
-    init(listener: any Listener, timer: PollerTimer) {
+    init(listener: any Listener) {
         self.listener = listener
-        self.timer = timer
+        self.timer = PollerAlarm(poller: listener.netFD.poller)
     }
 
     var isStopping: Bool { state.withLockAnnotated { $0.stopping } }
@@ -136,7 +138,7 @@ extension Listener {
     ///
     /// ```swift
     /// let shutdown = ServingHandle()
-    /// try await listener.serve(gracePeriod: .seconds(10), shutdown: shutdown) { connection in
+    /// await listener.serve(gracePeriod: .seconds(10), shutdown: shutdown) { connection in
     ///     while let bytes = try? await connection.read(maxBytes: 4096) {
     ///         try? await connection.write(bytes)
     ///     }
@@ -177,17 +179,17 @@ extension Listener {
     ///     before the next accept (zero when only that connection's set-up failed); keep it
     ///     short. nil ignores them.
     ///   - handler: serves one connection.
-    /// - Throws: `.system(call: "pipe2", errno:)` or `.system(call: "poll register", errno:)`
-    ///   when the accept loop's timer cannot be made (nothing has been accepted; the listener
-    ///   is left open). Every other ending returns normally, with the listener closed:
-    ///   shutdown, the listener's close or deadline, cancellation.
+    ///
+    /// Every ending returns normally, with the listener closed: shutdown, the listener's close
+    /// or deadline, cancellation. Starting needs no descriptor, so a serve started while the
+    /// process is out of descriptors accepts once one is free.
     public func serve(
         gracePeriod: Duration = .seconds(30),
         shutdown: ServingHandle? = nil,
         onAcceptError: (@Sendable (NetError, Duration) -> Void)? = nil,
         handler: @escaping @Sendable (Connection) async -> Void
-    ) async throws(NetError) {
-        let run = ServeRun(listener: self, timer: try PollerTimer(poller: netFD.poller))
+    ) async {
+        let run = ServeRun(listener: self)
         shutdown?.register(run)
         defer { shutdown?.unregister(run) }
         await withTaskExecutorPreference(netFD.poller.executor) {

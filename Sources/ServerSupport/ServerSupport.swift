@@ -237,7 +237,6 @@ extension ServingGroup {
     /// its listener's poller, each handler on its connection's poller) until SIGINT or SIGTERM
     /// (`TerminationSignal.install()` first), then shuts down gracefully: stop accepting, let
     /// connections run on for `gracePeriod`, close the rest, return once every handler has.
-    /// Exits with a message if a serve cannot start.
     public func serveUntilTerminated(
         gracePeriod: Duration, handler: @escaping @Sendable (Connection) async -> Void
     ) async {
@@ -246,13 +245,9 @@ extension ServingGroup {
         await withDiscardingTaskGroup { tasks in
             for listener in listeners {
                 tasks.addTask(executorPreference: listener.netFD.poller.executor) {
-                    do {
-                        try await listener.serve(
-                            gracePeriod: gracePeriod, shutdown: shutdown, onAcceptError: acceptErrors.report,
-                            handler: handler)
-                    } catch {
-                        fail("serve: \(error)")
-                    }
+                    await listener.serve(
+                        gracePeriod: gracePeriod, shutdown: shutdown, onAcceptError: acceptErrors.report,
+                        handler: handler)
                 }
             }
             tasks.addTask {

@@ -256,13 +256,23 @@ extension PollerNetTests {
             let server = try ServerProcess.start(kind, backend: backend, [])
             defer { server.stop() }
             let saved = try server.setDescriptorLimit(server.openDescriptorCount())
-            let waiting = try Client(port: server.port)  // accept4 fails with EMFILE on it
+            let waiting: Client
+            do {
+                waiting = try Client(port: server.port)  // accept4 fails with EMFILE on it
+            } catch {
+                throw TestFailure("\(error); server running: \(server.isRunning); stderr: \(server.stderr())")
+            }
             defer { waiting.close() }
             usleep(1_000_000)
             _ = try server.setDescriptorLimit(saved)
             let lines = server.stderr().split(separator: "\n").filter { $0.contains("accept") }
             #expect(lines.count <= 2, "\(lines.count) accept error lines in 1 s: \(lines.prefix(5))")
-            let served = try kind.servesAgain(port: server.port)
+            let served: Bool
+            do {
+                served = try kind.servesAgain(port: server.port)
+            } catch {
+                throw TestFailure("\(error); server running: \(server.isRunning); stderr: \(server.stderr())")
+            }
             #expect(served, "not serving once descriptors were available again")
         }
 
