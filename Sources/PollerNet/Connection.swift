@@ -24,6 +24,11 @@ import Poller
 public final class Connection: NetConnection, DeadlineSetting {
     /// The descriptor and its poller registration.
     public let netFD: NetFD
+
+    /// ``DeadlineSetting``: the deadlines live on ``netFD`` (which throws ``NetError/closed``
+    /// once the connection is closed).
+    public func deadlineDescriptor() throws(NetError) -> NetFD { netFD }
+
     /// This end's address (for TCP, with the port the kernel chose).
     public let localAddress: SocketAddress
     /// The peer's address (`.unix(path: "")` for an unnamed Unix client).

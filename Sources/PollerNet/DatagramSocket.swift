@@ -27,6 +27,11 @@ import Poller
 public final class DatagramSocket: DeadlineSetting {
     /// The descriptor and its poller registration.
     public let netFD: NetFD
+
+    /// ``DeadlineSetting``: the deadlines live on ``netFD`` (which throws ``NetError/closed``
+    /// once the socket is closed).
+    public func deadlineDescriptor() throws(NetError) -> NetFD { netFD }
+
     /// This end's address (for UDP, with the port the kernel chose when 0 was asked for;
     /// `.unix(path: "")` for an unnamed Unix socket).
     public let localAddress: SocketAddress

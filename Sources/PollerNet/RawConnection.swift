@@ -42,7 +42,7 @@ import Synchronization
 /// answer for a non-blocking descriptor outside the poller, issue 20915). Closing one does not
 /// wait for an operation blocked in its system call (nothing can interrupt it, and Go's
 /// `FD.Close` does not wait either): the descriptor is closed when that operation returns.
-public final class RawConnection: NetConnection {
+public final class RawConnection: NetConnection, DeadlineSetting {
     /// A watched descriptor (a ``NetFD``), or one the poller does not watch.
     private enum Core: Sendable {
         case polled(NetFD)
@@ -209,48 +209,11 @@ public final class RawConnection: NetConnection {
         if let error = await writeReportingProgress(buffer).error { throw error }
     }
 
-    // MARK: Deadlines
-
-    /// Sets (nil clears) the read and write deadlines together: Go's `SetDeadline`. Applies
-    /// to operations already waiting as well as later ones; an instant in the past makes
-    /// them fail with ``NetError/timeout`` at once.
-    ///
-    /// - Throws: ``NetError/closed`` after ``close()``; ``NetError/noDeadline`` on an
-    ///   unwatched descriptor (``isPollable`` is false).
-    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try watched().setDeadline(deadline, for: .readWrite)
-    }
-
-    /// Sets (nil clears) the read deadline: Go's `SetReadDeadline`; errors as
-    /// ``setDeadline(_:)``.
-    public func setReadDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try watched().setDeadline(deadline, for: .read)
-    }
-
-    /// Sets (nil clears) the write deadline: Go's `SetWriteDeadline`; errors as
-    /// ``setDeadline(_:)``.
-    public func setWriteDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
-        try watched().setDeadline(deadline, for: .write)
-    }
-
-    /// Sets both deadlines to `duration` from now (zero or negative: already expired).
-    public func setDeadline(in duration: Duration) throws(NetError) {
-        try watched().setDeadline(in: duration, for: .readWrite)
-    }
-
-    /// Sets the read deadline to `duration` from now.
-    public func setReadDeadline(in duration: Duration) throws(NetError) {
-        try watched().setDeadline(in: duration, for: .read)
-    }
-
-    /// Sets the write deadline to `duration` from now.
-    public func setWriteDeadline(in duration: Duration) throws(NetError) {
-        try watched().setDeadline(in: duration, for: .write)
-    }
+    // MARK: Deadlines (the setters come from DeadlineSetting, Deadlines.swift)
 
     /// The watched descriptor, or the error a deadline gets: ``NetError/closed`` once closed
     /// (checked first, as Go's incref is), else ``NetError/noDeadline``.
-    private func watched() throws(NetError) -> NetFD {
+    public func deadlineDescriptor() throws(NetError) -> NetFD {
         switch core {
         case .polled(let netFD):
             return netFD

@@ -19,7 +19,7 @@ struct GroupExecutorTests {
             return (ContinuousClock.now - start, Poller.current.map(group.contains) ?? false)
         }
         // The sleep waits in a member's heap, not in Dispatch's timers.
-        #expect(await eventually { delayedJobCount(group) == 1 })
+        #expect(await becomesTrue { delayedJobCount(group) == 1 })
         let (slept, onPoller) = try await sleeper.value
         #expect(slept >= .milliseconds(200))
         #expect(onPoller)
@@ -37,7 +37,7 @@ struct GroupExecutorTests {
             try await Task.sleep(for: .milliseconds(300))
             return Poller.current == nil
         }
-        #expect(await eventually { delayedJobCount(group) == 1 })
+        #expect(await becomesTrue { delayedJobCount(group) == 1 })
         group.shutdown()
         let offPollers = try await sleeper.value
         #expect(ContinuousClock.now - start >= .milliseconds(300))
@@ -70,12 +70,3 @@ private func delayedJobCount(_ group: PollerGroup) -> Int {
     group.pollers.reduce(0) { n, poller in n + poller.timers.withLock { $0.delayedJobs.count } }
 }
 
-/// Whether `condition` holds within 5 s, checked every millisecond.
-private func eventually(_ condition: () -> Bool) async -> Bool {
-    let limit = ContinuousClock.now + .seconds(5)
-    while ContinuousClock.now < limit {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(1))
-    }
-    return false
-}
