@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,6 +71,8 @@ int cpoller_set_nonblocking(int fd) {
 }
 
 int cpoller_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+const char *cpoller_errno_name(int code) { return strerrorname_np(code); }
 
 int cpoller_pipe_cloexec_nonblocking(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0 ? -errno : 0; }
 

@@ -41,22 +41,13 @@ public enum PollerError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 /// Errno names for messages: "EBADF (Bad file descriptor)". Shared with PollerNet.
+///
+/// The name is glibc's own (`strerrorname_np`), so every errno has its name, not only those a
+/// table here would list.
 package enum ErrnoName {
     package static func describe(_ code: Int32) -> String {
         let message = String(cString: strerror(code))
-        if let name = names[code] { return "\(name) (\(message))" }
+        if let name = cpoller_errno_name(code) { return "\(String(cString: name)) (\(message))" }
         return "errno \(code) (\(message))"
     }
-
-    private static let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
-        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EEXIST: "EEXIST", EINVAL: "EINVAL",
-        ENFILE: "ENFILE", EMFILE: "EMFILE", ENOSPC: "ENOSPC", EPIPE: "EPIPE", ENOSYS: "ENOSYS",
-        EBUSY: "EBUSY", ECANCELED: "ECANCELED", EOPNOTSUPP: "EOPNOTSUPP", EFAULT: "EFAULT",
-        ENOTSOCK: "ENOTSOCK", EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL",
-        ENETUNREACH: "ENETUNREACH", ECONNABORTED: "ECONNABORTED", ECONNRESET: "ECONNRESET",
-        ENOTCONN: "ENOTCONN", ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED",
-        EHOSTUNREACH: "EHOSTUNREACH", EINPROGRESS: "EINPROGRESS", EAFNOSUPPORT: "EAFNOSUPPORT",
-        ENAMETOOLONG: "ENAMETOOLONG",
-    ]
 }

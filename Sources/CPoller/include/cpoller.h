@@ -208,6 +208,9 @@ int cpoller_set_nonblocking(int fd);
 int cpoller_accept_nonblocking(int fd);
 // pipe2(fds, O_CLOEXEC | O_NONBLOCK): 0, or -errno (Swift's Glibc module hides pipe2).
 int cpoller_pipe_cloexec_nonblocking(int fds[2]);
+// strerrorname_np(code): the errno's symbolic name ("EMFILE"), or NULL for an unknown code
+// (Swift's Glibc module hides it; glibc 2.32 and later).
+const char *cpoller_errno_name(int code);
 // timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC): the descriptor, or -errno
 // (Swift's Glibc module hides timerfd). For the tests of PollerNet's RawConnection.
 int cpoller_timerfd_create(void);
