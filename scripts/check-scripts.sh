@@ -24,9 +24,10 @@ for f in scripts/*.sh .ci/run; do
 done
 [ "$bad" = 0 ] || exit 1
 
-# The README's code blocks are compiled as Examples/*; the lines between the markers there
-# must appear verbatim in the README, or the README shows code nobody compiles.
-for f in Examples/*/main.swift; do
+# The README's code blocks are compiled as Examples/* and the Integrations package's example
+# service; the lines between the markers there must appear verbatim in the README, or the
+# README shows code nobody compiles.
+for f in Examples/*/main.swift Integrations/Sources/poller-service/*.swift; do
   block=$(sed -n '/^\/\/ README begin$/,/^\/\/ README end$/p' "$f" | sed '1d;$d')
   [ -n "$block" ] || continue
   if ! python3 -c 'import sys; sys.exit(0 if sys.argv[1] in open("README.md").read() else 1)' "$block"; then

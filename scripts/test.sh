@@ -2,7 +2,8 @@
 # The whole test suite, every behavioural test on both backends (epoll and io_uring; the
 # io_uring cases are reported as skipped, with the reason, where io_uring cannot run), then
 # the same suite on a group of two pollers (POLLER_THREADS=2: the test helpers put each test
-# on a member of a PollerGroup; skipped with the reason on one CPU), then the same suite
+# on a member of a PollerGroup; skipped with the reason on one CPU), then the Integrations
+# package (the ecosystem's packages; the root package must declare none), then the same suite
 # under ThreadSanitizer and under AddressSanitizer, then the short soak
 # (10,000 connections against poller-echo, 10 s per backend), then the DocC documentation
 # of both libraries, which must build without a warning (scripts/docs.sh). Installs liburing-dev first if
@@ -49,6 +50,22 @@ status=$?
 set -e
 show .test-group-output.log
 [ "$status" = 0 ] || { echo "tests on a group of two pollers failed (exit $status)"; exit "$status"; }
+
+echo "== the root package fetches nothing: a package using Poller or PollerNet builds no other package"
+deps=$(swift package show-dependencies 2>&1)
+case "$deps" in
+  *"No external dependencies found"*) echo "no external dependencies" ;;
+  *) echo "Package.swift declares dependencies; they belong in Integrations/Package.swift:"; echo "$deps"; exit 1 ;;
+esac
+
+echo "== the integrations package (swift-service-lifecycle, swift-log, swift-system, swift-argument-parser)"
+swift build --package-path Integrations --build-tests -Xswiftc -warnings-as-errors 2>&1 | tail -n 3
+set +e
+swift test --package-path Integrations --skip-build --no-parallel >.integrations-output.log 2>&1
+status=$?
+set -e
+show .integrations-output.log
+[ "$status" = 0 ] || { echo "integrations tests failed (exit $status)"; exit "$status"; }
 
 if [ "$quick" = 0 ]; then
   echo "== tests under ThreadSanitizer (both backends)"
