@@ -9,7 +9,7 @@
 #   --reps N          repetitions per grid point (default 5; --quick: 1)
 #   --duration S      measured seconds per run (default 4; --quick: 1.2)
 #   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.4)
-#   --servers LIST    comma-separated subset of: c-epoll,poller-epoll,poller-uring,go,nio
+#   --servers LIST    comma-separated subset of: c-epoll,c-uring,poller-epoll,poller-uring,go,nio
 #   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k,allcores64,allcores512
 #   --no-http         skip the HTTP section (wrk against go-http, nio-http, poller-http)
 #   --retries N       re-run a run whose CPU 0 was more than 15% busy with other processes
@@ -54,7 +54,7 @@ cd "$ROOT"
 ORIG_CMD="scripts/bench.sh${*:+ $*}"
 
 MODE=full REPS=5 DURATION=4 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
-SERVERS_WANTED="c-epoll,poller-epoll,poller-uring,go,nio"
+SERVERS_WANTED="c-epoll,c-uring,poller-epoll,poller-uring,go,nio"
 POINTS_WANTED="c1,c64,c512,c64-4k,idle10k,allcores64,allcores512"
 DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md" BASELINE='' WAIT_QUIET=0
 REPS_SET='' DUR_SET='' WARM_SET='' RETRIES_SET='' RETRIES=2 OTHER_MAX=15
@@ -215,6 +215,12 @@ if [ $DO_BUILD = 1 ]; then
   else
     note "c-epoll-echo: cc failed (log: ${RUN_DIR#$ROOT/}/build-c.log)."
   fi
+  # The io_uring ceiling (issue 16): completion I/O, multishot recv into provided buffers.
+  if build_step c-uring-echo "$RUN_DIR/build-c-uring.log" cc -O2 -Wall -pthread -o "$BIN/c-uring-echo" "$PEERS/c-uring-echo.c" -luring; then
+    HAVE[c-uring]=1
+  else
+    note "c-uring-echo: cc failed (log: ${RUN_DIR#$ROOT/}/build-c-uring.log); the io_uring ceiling is skipped."
+  fi
   if build_step idle-holder "$RUN_DIR/build-holder.log" cc -O2 -Wall -o "$BIN/idle-holder" "$PEERS/idle-holder.c"; then
     HAVE[holder]=1
   else
@@ -236,6 +242,7 @@ else
   [ -x "$NIO_BIN/nio-echo" ] && HAVE[nio]=1
   [ -x "$NIO_BIN/nio-http" ] && HAVE[nio-http]=1
   [ -x "$BIN/c-epoll-echo" ] && HAVE[c-epoll]=1
+  [ -x "$BIN/c-uring-echo" ] && HAVE[c-uring]=1
   [ -x "$BIN/idle-holder" ] && HAVE[holder]=1
   [ -x "$BIN/go-echo" ] && HAVE[go]=1
   [ -x "$BIN/go-http" ] && HAVE[go-http]=1
@@ -253,6 +260,7 @@ taskset -cp 1 $$ >/dev/null 2>&1 || note "could not pin the script to CPU 1"
 declare -A LABEL CMD SPID SPORT SSTART_RSS SEXIT SCPUS
 ALL_CPUS="0-$((NPROC - 1))"
 LABEL[c-epoll]="raw C epoll (ET, 1 thread)";   CMD[c-epoll]="$BIN/c-epoll-echo --host 127.0.0.1 --port 0"
+LABEL[c-uring]="raw C io_uring completion (1 thread)"; CMD[c-uring]="$BIN/c-uring-echo --host 127.0.0.1 --port 0"
 LABEL[poller-epoll]="poller-echo epoll";       CMD[poller-epoll]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend epoll"
 LABEL[poller-uring]="poller-echo io_uring";    CMD[poller-uring]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
 LABEL[go]="Go net (goroutine/conn)";           CMD[go]="$BIN/go-echo --host 127.0.0.1 --port 0"
@@ -276,6 +284,8 @@ fi
 declare -A ALL_BASE
 LABEL[c-epoll-all]="raw C epoll (ET, $NPROC threads, SO_REUSEPORT)"
 CMD[c-epoll-all]="$BIN/c-epoll-echo --host 127.0.0.1 --port 0 --threads $NPROC"; ALL_BASE[c-epoll-all]=c-epoll
+LABEL[c-uring-all]="raw C io_uring completion ($NPROC threads, SO_REUSEPORT)"
+CMD[c-uring-all]="$BIN/c-uring-echo --host 127.0.0.1 --port 0 --threads $NPROC"; ALL_BASE[c-uring-all]=c-uring
 for b in epoll uring; do
   bname=$b; [ $b = uring ] && bname=io_uring
   for mode in shared reuseport; do
@@ -384,7 +394,7 @@ if [ "$SOFT_NOFILE" != unlimited ] && [ "$SOFT_NOFILE" -lt "$NEED_FDS" ]; then
 fi
 
 ECHO_SERVERS=()
-for key in c-epoll poller-epoll poller-uring base-epoll base-uring go nio; do
+for key in c-epoll c-uring poller-epoll poller-uring base-epoll base-uring go nio; do
   case ",$SERVERS_WANTED," in *",$key,"*) ;; *) continue ;; esac
   if [ "${HAVE[$key]:-0}" != 1 ]; then
     case $key in
@@ -397,7 +407,7 @@ for key in c-epoll poller-epoll poller-uring base-epoll base-uring go nio; do
 done
 # The all-cores instances of the chosen one-core servers (not of a --baseline build).
 ALL_SERVERS=()
-for key in c-epoll-all poller-epoll-shared poller-epoll-reuseport poller-uring-shared poller-uring-reuseport go-all nio-all; do
+for key in c-epoll-all c-uring-all poller-epoll-shared poller-epoll-reuseport poller-uring-shared poller-uring-reuseport go-all nio-all; do
   case " ${ECHO_SERVERS[*]} " in *" ${ALL_BASE[$key]} "*) ALL_SERVERS+=("$key") ;; esac
 done
 HAVE_ALL=0
