@@ -16,6 +16,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "Poller", package: "Poller"),
+                .product(name: "PollerNet", package: "Poller"),
             ],
             path: "Benchmarks/PollerBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

@@ -19,6 +19,7 @@ let benchmarks: @Sendable () -> Void = {
         scalingFactor: .kilo,
         maxDuration: .seconds(1)
     )
+    connectionBenchmarks()
 
     for backend in [BackendChoice.epoll, .ioUring] {
         Benchmark("wait, readiness already latched (\(backend))") { benchmark in
