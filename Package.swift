@@ -43,6 +43,7 @@ let package = Package(
         .executableTarget(name: "example-echo-server", dependencies: ["PollerNet"], path: "Examples/EchoServer"),
         .executableTarget(name: "example-group-server", dependencies: ["PollerNet"], path: "Examples/GroupServer"),
         .executableTarget(name: "example-default-executor", dependencies: ["Poller"], path: "Examples/DefaultExecutor"),
+        .executableTarget(name: "example-getting-started", dependencies: ["Poller", "PollerNet"], path: "Examples/GettingStarted"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
         .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
     ],

@@ -24,14 +24,14 @@ for f in scripts/*.sh .ci/run; do
 done
 [ "$bad" = 0 ] || exit 1
 
-# The README's code blocks are compiled as Examples/* and the Integrations package's example
-# service; the lines between the markers there must appear verbatim in the README, or the
-# README shows code nobody compiles.
+# The README's (and the DocC articles') code blocks are compiled as Examples/* and the
+# Integrations package's example service; the lines between the markers there must appear
+# verbatim in the README or an article, or the docs show code nobody compiles.
 for f in Examples/*/main.swift Integrations/Sources/poller-service/*.swift; do
   block=$(sed -n '/^\/\/ README begin$/,/^\/\/ README end$/p' "$f" | sed '1d;$d')
   [ -n "$block" ] || continue
-  if ! python3 -c 'import sys; sys.exit(0 if sys.argv[1] in open("README.md").read() else 1)' "$block"; then
-    echo "check-scripts: the README's copy of $f differs from the compiled example" >&2
+  if ! python3 -c 'import sys, glob; docs = ["README.md"] + glob.glob("Sources/*/*.docc/*.md"); sys.exit(0 if any(sys.argv[1] in open(d).read() for d in docs) else 1)' "$block"; then
+    echo "check-scripts: no copy of $f's example in the README or a DocC article matches the compiled example" >&2
     exit 1
   fi
 done
