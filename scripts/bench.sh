@@ -93,21 +93,8 @@ note() { NOTES+=("$*"); log "note: $*"; }
 # ---------------------------------------------------------------------------------------------
 # Clean-up: every PID this script starts is tracked until it has been reaped (so that a
 # reused PID is never signalled); whatever is still tracked is ended on exit.
-declare -A PIDS=()
-track() { PIDS[$1]=1; }
-reap() { wait "$1" 2>/dev/null; local st=$?; unset 'PIDS[$1]'; return $st; }
-cleanup() {
-  local pid i alive
-  for pid in "${!PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for i in $(seq 1 30); do
-    alive=0
-    for pid in "${!PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${!PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-  PIDS=()
-}
+source "$ROOT/scripts/tracked-processes.sh"
+cleanup() { end_tracked_processes; }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
@@ -422,6 +409,15 @@ RESULTS="$RUN_DIR/echo.tsv"   # point server rep status rt p50 p90 p99 p999 cpu_
 W_US=$(to_us "$WARMUP"); D_US=$(to_us "$DURATION")
 LGPID=''
 
+# echo_medians POINT KEY: the medians over the repetitions of KEY at POINT, in rt p50 p99
+# p999 cpu pct rss oth lgp (echo.tsv's columns), and okc, the runs that succeeded.
+echo_medians() {
+  rt=$(median_of "$RESULTS" 5 "$1" "$2" 4); p50=$(median_of "$RESULTS" 6 "$1" "$2" 4)
+  p99=$(median_of "$RESULTS" 8 "$1" "$2" 4); p999=$(median_of "$RESULTS" 9 "$1" "$2" 4)
+  cpu=$(median_of "$RESULTS" 10 "$1" "$2" 4); pct=$(median_of "$RESULTS" 11 "$1" "$2" 4)
+  rss=$(median_of "$RESULTS" 12 "$1" "$2" 4); oth=$(median_of "$RESULTS" 13 "$1" "$2" 4)
+  lgp=$(median_of "$RESULTS" 15 "$1" "$2" 4); okc=$(count_ok "$RESULTS" "$1" "$2" 4)
+}
 record() { printf '%s\n' "$*" | tr ' ' '\t' >>"$RESULTS"; }
 
 CONTENDED=0 RETRIED=0 QUIET_WAITS=0 QUIET_WAITED_S=0
@@ -746,11 +742,7 @@ REPORT="$RUN_DIR/report.md"
     c_rt=$(median_of "$RESULTS" 5 "$pt" c-epoll 4); c_p50=$(median_of "$RESULTS" 6 "$pt" c-epoll 4)
     c_p99=$(median_of "$RESULTS" 8 "$pt" c-epoll 4); c_cpu=$(median_of "$RESULTS" 10 "$pt" c-epoll 4)
     for key in "${ECHO_SERVERS[@]}"; do
-      rt=$(median_of "$RESULTS" 5 "$pt" "$key" 4); p50=$(median_of "$RESULTS" 6 "$pt" "$key" 4)
-      p99=$(median_of "$RESULTS" 8 "$pt" "$key" 4); p999=$(median_of "$RESULTS" 9 "$pt" "$key" 4)
-      cpu=$(median_of "$RESULTS" 10 "$pt" "$key" 4); pct=$(median_of "$RESULTS" 11 "$pt" "$key" 4)
-      rss=$(median_of "$RESULTS" 12 "$pt" "$key" 4); oth=$(median_of "$RESULTS" 13 "$pt" "$key" 4)
-      okc=$(count_ok "$RESULTS" "$pt" "$key" 4)
+      echo_medians "$pt" "$key"
       if [ -z "$rt" ]; then
         echo "| ${LABEL[$key]} | **failed** | | | | | | | | | | | | $okc |"
       else
@@ -820,11 +812,7 @@ REPORT="$RUN_DIR/report.md"
       c_rt=$(median_of "$RESULTS" 5 "$pt" c-epoll-all 4); c_p99=$(median_of "$RESULTS" 8 "$pt" c-epoll-all 4)
       c_cpu=$(median_of "$RESULTS" 10 "$pt" c-epoll-all 4)
       for key in "${ALL_SERVERS[@]}"; do
-        rt=$(median_of "$RESULTS" 5 "$pt" "$key" 4); p50=$(median_of "$RESULTS" 6 "$pt" "$key" 4)
-        p99=$(median_of "$RESULTS" 8 "$pt" "$key" 4); p999=$(median_of "$RESULTS" 9 "$pt" "$key" 4)
-        cpu=$(median_of "$RESULTS" 10 "$pt" "$key" 4); pct=$(median_of "$RESULTS" 11 "$pt" "$key" 4)
-        oth=$(median_of "$RESULTS" 13 "$pt" "$key" 4); lgp=$(median_of "$RESULTS" 15 "$pt" "$key" 4)
-        okc=$(count_ok "$RESULTS" "$pt" "$key" 4)
+        echo_medians "$pt" "$key"
         if [ -z "$rt" ]; then
           echo "| ${LABEL[$key]} | **failed** | | | | | | | | | | | | $okc |"
         else

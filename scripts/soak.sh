@@ -57,19 +57,10 @@ log() { printf 'soak: %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up: every PID started here is tracked until reaped; whatever is left is ended on exit.
-declare -A PIDS=()
+source "$ROOT/scripts/tracked-processes.sh"
 WORK=$(mktemp -d /tmp/poller-soak.XXXXXX)
 cleanup() {
-  local pid i alive
-  for pid in "${!PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for i in $(seq 1 30); do
-    alive=0
-    for pid in "${!PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${!PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-  PIDS=()
+  end_tracked_processes
   rm -rf "$WORK"
 }
 trap cleanup EXIT
