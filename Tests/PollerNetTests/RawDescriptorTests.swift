@@ -339,27 +339,18 @@ extension PollerNetTests {
             }
         }
 
-        // Digest #58 (read).
-        @Test("TestClosedPipeRaceRead: closing the read end wakes a read blocked on it with closed", arguments: BackendKind.allCases)
-        func closedPipeRaceRead(kind: BackendKind) async throws {
+        // Digest #58: Go's TestClosedPipeRaceRead and TestClosedPipeRaceWrite.
+        @Test("TestClosedPipeRace: closing a pipe end wakes the read or write blocked on it with closed",
+              arguments: BackendKind.allCases, [PollMode.read, .write])
+        func closedPipeRace(kind: BackendKind, direction: PollMode) async throws {
             try await withPipe(kind) { poller, pipe in
-                let reader = pipe.readEnd
-                let blocked = Task { await netError { () async throws(NetError) in try await reader.read(maxBytes: 1) } }
+                let end = direction == .read ? pipe.readEnd : pipe.writeEnd
+                let blocked = direction == .read
+                    ? Task { await netError { () async throws(NetError) in _ = try await end.read(maxBytes: 1) } ?? .endOfFile }
+                    : startFlooding(end)
                 try await waitUntilParked(poller)
-                try await reader.close()
+                try await end.close()
                 #expect(await blocked.value == .closed)
-            }
-        }
-
-        // Digest #58 (write).
-        @Test("TestClosedPipeRaceWrite: closing the write end wakes a write blocked on it with closed and its partial count", arguments: BackendKind.allCases)
-        func closedPipeRaceWrite(kind: BackendKind) async throws {
-            try await withPipe(kind) { poller, pipe in
-                let writer = pipe.writeEnd
-                let flood = startFlooding(writer)
-                try await waitUntilParked(poller)
-                try await writer.close()
-                #expect(await flood.value == .closed)
             }
         }
 
