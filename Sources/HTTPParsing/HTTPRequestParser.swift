@@ -13,7 +13,8 @@ package struct HTTPLimits: Sendable, Equatable {
     /// Longest request line, CRLF excluded (longer: 414; so is a request line longer than
     /// `maxHeadBytes`).
     package var maxRequestLineBytes: Int
-    /// Longest head: request line, header fields and the empty line (longer: 431).
+    /// Longest head: request line, header fields and the empty line (longer: 431, answered at
+    /// the byte that reaches the limit without ending the head).
     package var maxHeadBytes: Int
     /// Most header fields in a head (more: 431), and in a chunked body's trailer section.
     package var maxHeaderCount: Int
@@ -262,15 +263,20 @@ package struct HTTPRequestParser: Sendable {
                 // The count includes the line's CR: a line of L bytes counts L + 1 at its CR.
                 if lineBytes > limits.maxRequestLineBytes + 1 { return .requestLineTooLong }
             }
-            // A request line alone over the head limit is a request line too long.
-            if headBytes > limits.maxHeadBytes { return .requestLineTooLong }
+            // A request line that alone fills the head limit is a request line too long (the
+            // head cannot end at this byte).
+            if headBytes >= limits.maxHeadBytes { return .requestLineTooLong }
         case .lineStart, .name, .value, .valueLF, .headEndLF:
             if inTrailers {
                 trailerBytes += 1
                 if trailerBytes > limits.maxChunkLineBytes { return .badChunk }
             } else {
                 headBytes += 1
-                if headBytes > limits.maxHeadBytes { return .headTooLarge }
+                // Refused as soon as the limit is reached by a byte that does not end the head,
+                // so a head of exactly the limit passes and a longer one is never buffered.
+                if headBytes >= limits.maxHeadBytes && !(headBytes == limits.maxHeadBytes && state == .headEndLF && b == LF) {
+                    return .headTooLarge
+                }
             }
         case .chunkSize, .chunkExtension, .chunkSizeLF:
             lineBytes += 1

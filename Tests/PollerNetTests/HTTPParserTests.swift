@@ -239,6 +239,13 @@ extension PollerNetTests {
             #expect(parseAll(prefix + String(repeating: "v", count: 256 - prefix.utf8.count - 3) + "\r\n\r\n", limits: limits).error
                 == .headTooLarge)
             #expect(parseAll(prefix + String(repeating: "v", count: 1000), limits: limits).error == .headTooLarge)
+            // Refused at the byte that reaches the limit without ending the head, not later.
+            var parser = HTTPRequestParser(limits: limits)
+            let full = Array((prefix + String(repeating: "v", count: 256 - prefix.utf8.count)).utf8)
+            #expect(full.count == 256)
+            #expect(full.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[..<255])) }.event == .needMore)
+            let last = full.withUnsafeBytes { parser.parse(UnsafeRawBufferPointer(rebasing: $0[255...])) }
+            #expect(last.event == .error(.headTooLarge) && last.consumed == 1)
             #expect(HTTPParseError.headTooLarge.status == 431)
         }
 
