@@ -32,7 +32,9 @@ let package = Package(
         // What the two servers share (flag checks, logging, the accept-error log, serving until SIGTERM); internal.
         .target(name: "ServerSupport", dependencies: ["Poller", "PollerNet"]),
         .executableTarget(name: "poller-echo", dependencies: ["Poller", "PollerNet", "ServerSupport"]),
-        .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet", "ServerSupport"]),
+        // poller-http's streaming HTTP/1.1 request parser (RFC 9112); internal, no dependency.
+        .target(name: "HTTPParsing"),
+        .executableTarget(name: "poller-http", dependencies: ["Poller", "PollerNet", "ServerSupport", "HTTPParsing"]),
         .executableTarget(name: "poller-microbench", dependencies: ["Poller", "PollerNet", "CPoller"]),
         // The echo load generator (C, single-threaded epoll, verifies every echoed byte).
         .executableTarget(name: "poller-loadgen"),
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(name: "example-default-executor", dependencies: ["Poller"], path: "Examples/DefaultExecutor"),
         .executableTarget(name: "example-getting-started", dependencies: ["Poller", "PollerNet"], path: "Examples/GettingStarted"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
-        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
+        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller", "HTTPParsing"]),
     ],
     swiftLanguageModes: [.v6]
 )

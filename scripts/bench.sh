@@ -827,6 +827,8 @@ REPORT="$RUN_DIR/report.md"
     echo
     echo "\`wrk -t1 -c64 -d${HTTP_DURATION}s --latency\` pinned to CPU 1 after a ${HTTP_WARMUP} s warm-up run; servers pinned to CPU 0. Server CPU per request = schedstat delta over the measured wrk run / its requests. \"x Go\" = value / Go net/http's."
     echo
+    echo "poller-http parses every request in full (its own streaming parser, \`Sources/HTTPParsing\`, RFC 9112): the request line (HTTP/1.0 and 1.1), header fields (token names, no obsolete folding, no control bytes), Content-Length and chunked bodies (extensions and trailers; both framings at once, differing lengths or a final coding other than chunked refused), keep-alive and pipelining, \`Expect: 100-continue\`, and the limits (414, 431, 413). wrk's requests are \`GET / HTTP/1.1\` with a Host header and no body."
+    echo
     if ! command -v wrk >/dev/null; then
       echo "*Skipped: wrk is not installed.*"
     else

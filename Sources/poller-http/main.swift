@@ -1,8 +1,12 @@
 // poller-http: a tiny keep-alive HTTP/1.1 "hello" server on PollerNet, for benchmarks beside
 // Go's net/http and SwiftNIO's NIOHTTP1. An example, not a framework: it answers every
-// well-formed request (any method, any path) with "Hello, World!", honours pipelining and
-// "Connection: close" (and HTTP/1.0's keep-alive rules), and reads and discards request
-// bodies given by Content-Length.
+// well-formed request (any method, any path) with "Hello, World!". Requests are parsed in full
+// by HTTPParsing's streaming parser (RFC 9112): the request line (HTTP/1.0 and 1.1), header
+// fields (token names, no obsolete folding), the body framing rules (Content-Length, or
+// Transfer-Encoding ending in chunked; both → 400), bodies of either kind read and discarded
+// (chunk extensions and trailers included), keep-alive (HTTP/1.1 unless "Connection: close";
+// HTTP/1.0 only with "Connection: keep-alive"), pipelining (answers in order) and
+// "Expect: 100-continue" (a 100 Continue before the body is read).
 //
 //   poller-http [--host 127.0.0.1] [--port 0] [--backend epoll|io_uring|auto]
 //               [--threads N] [--accept shared|reuseport] [--idle-timeout S] [--read-timeout S] [--write-timeout S]
@@ -16,18 +20,21 @@
 //     byte;
 //   - a peer that never reads: every response write must finish within --write-timeout (10 s);
 //   - connection floods: beyond --max-connections new connections get a 503 and are closed;
-//   - oversized heads: more than --max-header-bytes (16384) without the end of the head → 431
-//     and close; bodies beyond --max-body-bytes (1 MiB) → 413 and close; Transfer-Encoding
-//     (chunked bodies, which this server does not decode) → 501 and close;
-//   - garbage: an empty request (bare CRLFs), a malformed request line or header line → 400
-//     and close (never answered as a request);
+//   - oversized requests: a request line over 8 KiB (or --max-header-bytes) → 414, a head
+//     over --max-header-bytes (16384) or with more than 100 fields → 431, a body (by
+//     Content-Length or the sum of its chunks) over --max-body-bytes (1 MiB) → 413; then close;
+//   - smuggling and garbage: an empty request (bare CRLFs), a malformed request line, header
+//     line, chunk or trailer, Content-Length with Transfer-Encoding, differing Content-Lengths,
+//     Transfer-Encoding not ending in chunked → 400; codings other than chunked → 501; HTTP
+//     versions other than 1.0 and 1.1 → 505; then close (never answered as a request);
 //   - response amplification by pipelining: at most 32 responses are queued before they are
 //     written, and the rest of the buffered requests wait until the peer has taken them;
-//   - quadratic parsing: the search for the end of the head resumes where the last one
-//     stopped, so a head dripped one byte per read costs linear work;
+//   - quadratic parsing: the parser consumes each byte once and keeps none, so a head
+//     dripped one byte per read costs linear work;
 //   - accept errors: backed off (5 ms doubling to 1 s) and retried, logged at most once a
 //     second; accepting ends only when the listener is closed at shutdown.
 import Glibc
+import HTTPParsing
 import Poller
 import PollerNet
 import ServerSupport
@@ -46,7 +53,9 @@ let usageText = """
       --max-connections N    answer 503 and close beyond N open connections
                              (default min(16384, RLIMIT_NOFILE - 64); 0 = no cap)
       --max-header-bytes N   longest request head, 256...1048576 (default 16384); longer: 431
-      --max-body-bytes N     longest Content-Length read and discarded (default 1048576); longer: 413
+                             (a request line longer than 8192 or N: 414)
+      --max-body-bytes N     longest request body (Content-Length or chunked), read and
+                             discarded (default 1048576); longer: 413
     """
 
 // MARK: Responses (fixed bytes: the response path allocates nothing)
@@ -63,17 +72,25 @@ let okKeepAlive = reply("200 OK", body: "Hello, World!", close: false)
 let okKeepAlive10 = reply("200 OK", body: "Hello, World!", close: false, keepAlive10: true)
 let okClose = reply("200 OK", body: "Hello, World!", close: true)
 let badRequest = reply("400 Bad Request", close: true)
+let uriTooLong = reply("414 URI Too Long", close: true)
 let contentTooLarge = reply("413 Content Too Large", close: true)
 let headerTooLarge = reply("431 Request Header Fields Too Large", close: true)
 let notImplemented = reply("501 Not Implemented", close: true)
 let versionNotSupported = reply("505 HTTP Version Not Supported", close: true)
 let serviceUnavailable = reply("503 Service Unavailable", close: true)
-let longestReply = [okKeepAlive, okKeepAlive10, okClose, badRequest, contentTooLarge, headerTooLarge,
-                    notImplemented, versionNotSupported].map(\.count).max()!
+let continue100 = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+let longestReply = [okKeepAlive, okKeepAlive10, okClose, badRequest, uriTooLong, contentTooLarge, headerTooLarge,
+                    notImplemented, versionNotSupported, continue100].map(\.count).max()!
 
 /// Responses queued per connection before they are written (pipelining bound): the rest of
 /// the buffered requests are parsed only after the peer has taken these.
 let maxQueuedResponses = 32
+
+/// Most header fields in a request head (and in a chunked body's trailers); more: 431.
+let maxHeaderCount = 100
+
+/// Bytes read at a time per connection (heads and bodies stream through the parser).
+let readBufferBytes = 16384
 
 // MARK: Options
 
@@ -106,170 +123,49 @@ func parse() -> Options {
     return options
 }
 
-// MARK: Parsing (bytes only, no allocation)
-
-let CR: UInt8 = 13, LF: UInt8 = 10, SP: UInt8 = 32, HTAB: UInt8 = 9, COLON: UInt8 = 58
-
-/// Index just past the first "\r\n\r\n" in `buffer[start..<end]`, or nil. Callers resume a
-/// failed search at `end - 3` (a terminator may straddle reads), never at the head's start:
-/// that is what keeps a head dripped one byte per read linear rather than quadratic.
-func endOfHead(_ buffer: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int? {
-    var i = start
-    while i + 3 < end {
-        let b = buffer[i + 3]
-        if b == LF {
-            if buffer[i] == CR && buffer[i + 1] == LF && buffer[i + 2] == CR { return i + 4 }
-            i += 1
-        } else if b == CR {
-            i += 1
-        } else {
-            // Byte i + 3 is neither CR nor LF, so no terminator covers it: none starts at
-            // i...i + 3.
-            i += 4
-        }
-    }
-    return nil
-}
-
-/// RFC 9110 token characters (method and header names).
-@inline(__always) func isTokenChar(_ b: UInt8) -> Bool {
-    switch b {
-    case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true  // DIGIT, ALPHA
-    case 0x21, 0x23...0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: true  // !#$%&'*+-.^_`|~
-    default: false
-    }
-}
-
-@inline(__always) func lower(_ b: UInt8) -> UInt8 { b >= 0x41 && b <= 0x5A ? b | 0x20 : b }
-
-/// Whether `bytes` equals the lowercase ASCII `name`, ignoring case.
-func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer.SubSequence, _ name: StaticString) -> Bool {
-    guard bytes.count == name.utf8CodeUnitCount else { return false }
-    let n = name.utf8Start
-    var k = 0
-    for b in bytes {
-        if lower(b) != n[k] { return false }
-        k += 1
-    }
-    return true
-}
-
-/// The verdict on one request head.
-enum Head {
-    /// Answer 200; then discard `bodyLength` bytes; close after the answer unless `keepAlive`.
-    case request(keepAlive: Bool, http10: Bool, bodyLength: Int)
-    /// Answer with this (a `Connection: close` error reply) and close.
-    case reject([UInt8])
-}
-
-/// Parses a request head, `head` ending with CRLF CRLF (as found by `endOfHead`). Strict
-/// where laxness lets requests be smuggled or garbage be answered: one optional empty line
-/// before the request line (RFC 9112 §2.2), then `method SP target SP HTTP/1.x`, then
-/// `name: value` lines with no whitespace before the colon, no obsolete line folding, no bare
-/// CR or LF or other control bytes in values.
-func parseHead(_ head: UnsafeRawBufferPointer, maxBodyBytes: Int) -> Head {
-    let n = head.count
-    var i = 0
-    if n >= 2 && head[0] == CR && head[1] == LF { i = 2 }  // one leading empty line is ignored
-    /// The index of the next CRLF at or after `from` (one exists: the head ends with CRLF CRLF).
-    func lineEnd(_ from: Int) -> Int {
-        var k = from
-        while !(head[k] == CR && head[k + 1] == LF) { k += 1 }
-        return k
-    }
-    // Request line.
-    let requestLineEnd = lineEnd(i)
-    var j = i
-    while j < requestLineEnd && isTokenChar(head[j]) { j += 1 }
-    guard j > i, j < requestLineEnd, head[j] == SP else { return .reject(badRequest) }  // also: empty request
-    j += 1
-    let target = j
-    while j < requestLineEnd && head[j] > SP && head[j] < 0x7F { j += 1 }
-    guard j > target, j < requestLineEnd, head[j] == SP else { return .reject(badRequest) }
-    j += 1
-    // "HTTP/" DIGIT "." DIGIT, and only 1.0 and 1.1 are served.
-    guard requestLineEnd - j == 8, head[j] == 0x48, head[j + 1] == 0x54, head[j + 2] == 0x54, head[j + 3] == 0x50,
-          head[j + 4] == 0x2F, (0x30...0x39).contains(head[j + 5]), head[j + 6] == 0x2E,
-          (0x30...0x39).contains(head[j + 7])
-    else { return .reject(badRequest) }
-    guard head[j + 5] == 0x31, head[j + 7] <= 0x31 else { return .reject(versionNotSupported) }
-    let http10 = head[j + 7] == 0x30
-    var keepAlive = !http10  // HTTP/1.0 closes unless asked to keep alive
-    var contentLength: Int?
-    // Header lines, up to the empty line.
-    var p = requestLineEnd + 2
-    while true {
-        let e = lineEnd(p)
-        if e == p { break }
-        var k = p
-        while k < e && isTokenChar(head[k]) { k += 1 }
-        // An empty name covers obsolete folding (a line starting with SP/HTAB); a byte other
-        // than ':' after the name covers whitespace before the colon: both are rejected.
-        guard k > p, k < e, head[k] == COLON else { return .reject(badRequest) }
-        let name = head[p..<k]
-        var vs = k + 1, ve = e
-        for v in vs..<ve where head[v] != HTAB && (head[v] < SP || head[v] == 0x7F) {
-            return .reject(badRequest)  // control bytes, including a bare CR or LF
-        }
-        while vs < ve && (head[vs] == SP || head[vs] == HTAB) { vs += 1 }
-        while ve > vs && (head[ve - 1] == SP || head[ve - 1] == HTAB) { ve -= 1 }
-        if equalsIgnoringCase(name, "content-length") {
-            guard ve > vs else { return .reject(badRequest) }
-            var length = 0
-            for v in vs..<ve {
-                guard (0x30...0x39).contains(head[v]) else { return .reject(badRequest) }
-                // Saturate instead of overflowing: anything this large is refused anyway.
-                length = length > (1 << 50) ? length : length * 10 + Int(head[v] - 0x30)
-            }
-            if let previous = contentLength, previous != length { return .reject(badRequest) }
-            contentLength = length
-        } else if equalsIgnoringCase(name, "transfer-encoding") {
-            // Chunked bodies are not decoded here; answering without reading them would let
-            // the body be parsed as requests. Refuse (RFC 9112 §6.1: 501).
-            return .reject(notImplemented)
-        } else if equalsIgnoringCase(name, "connection") {
-            // Comma-separated tokens: "close" ends the connection, "keep-alive" keeps HTTP/1.0's.
-            var t = vs
-            while t < ve {
-                var u = t
-                while u < ve && head[u] != 0x2C { u += 1 }
-                var a = t, b = u
-                while a < b && (head[a] == SP || head[a] == HTAB) { a += 1 }
-                while b > a && (head[b - 1] == SP || head[b - 1] == HTAB) { b -= 1 }
-                if equalsIgnoringCase(head[a..<b], "close") { keepAlive = false }
-                if equalsIgnoringCase(head[a..<b], "keep-alive") && http10 { keepAlive = true }
-                t = u + 1
-            }
-        }
-        p = e + 2
-    }
-    let bodyLength = contentLength ?? 0
-    guard bodyLength <= maxBodyBytes else { return .reject(contentTooLarge) }
-    return .request(keepAlive: keepAlive, http10: http10, bodyLength: bodyLength)
-}
-
 // MARK: Serving
 
+/// The reply to a refused request (`Connection: close`).
+func refusal(_ error: HTTPParseError) -> [UInt8] {
+    switch error.status {
+    case 413: contentTooLarge
+    case 414: uriTooLong
+    case 431: headerTooLarge
+    case 501: notImplemented
+    case 505: versionNotSupported
+    default: badRequest
+    }
+}
+
+/// The parser's limits for `options`: the request line may take at most 8 KiB of the head.
+func limits(_ options: Options) -> HTTPLimits {
+    HTTPLimits(maxRequestLineBytes: min(8192, options.maxHeaderBytes), maxHeadBytes: options.maxHeaderBytes,
+               maxHeaderCount: maxHeaderCount, maxBodyBytes: options.maxBodyBytes)
+}
+
 /// Serves one connection until the peer closes, a deadline passes, an error, or a reply that
-/// closes. Invariants: `buffer[start..<used]` holds unparsed bytes; `buffer[start..<scanned]`
-/// (when `scanned > start`) holds no end of head; `bodyLeft` bytes of the current request's
-/// body are still to be discarded; `out[0..<queued]` holds `queuedCount` ≤ 32 replies.
+/// closes. Invariants: `buffer[start..<used]` holds bytes not yet fed to `parser`;
+/// `out[0..<queued]` holds `queuedCount` ≤ 32 replies (a `100 Continue` counts as one).
 func serve(_ connection: Connection, _ options: Options) async {
     // Connections end by close (peer, error or process exit), never by task cancellation.
     connection.observesTaskCancellation = false
-    // One allocation per connection: the read buffer (a whole head must fit), then the reply
-    // queue. Untouched pages of an idle connection's buffer cost no resident memory.
-    let capacity = options.maxHeaderBytes
+    // One allocation per connection: the read buffer, then the reply queue. The parser keeps
+    // no bytes (a head need not fit the buffer: the head cap is the parser's). Untouched
+    // pages of an idle connection's buffer cost no resident memory.
+    let capacity = readBufferBytes
     let storage = UnsafeMutableRawBufferPointer.allocate(
         byteCount: capacity + maxQueuedResponses * longestReply, alignment: 16)
     defer { storage.deallocate() }
     let buffer = UnsafeMutableRawBufferPointer(rebasing: storage[0..<capacity])
     let out = UnsafeMutableRawBufferPointer(rebasing: storage[capacity...])
-    var start = 0, used = 0, scanned = 0, bodyLeft = 0
+    var parser = HTTPRequestParser(limits: limits(options))
+    var start = 0, used = 0
     var queued = 0, queuedCount = 0
-    // Requests completed so far (head read and body discarded), and the request whose
-    // --read-timeout deadline is in force (nil: the read deadline is the idle one or none).
-    // The request deadline is set once per request so that a drip of bytes cannot push it back.
+    // The current request's answer (known from its head, sent at its end).
+    var keepAlive = true, http10 = false
+    // Requests completed so far, and the request whose --read-timeout deadline is in force
+    // (nil: the read deadline is the idle one or none). The request deadline is set once per
+    // request so that a drip of bytes cannot push it back.
     var completedRequests = 0
     var deadlineRequest: Int?
 
@@ -280,45 +176,32 @@ func serve(_ connection: Connection, _ options: Options) async {
     }
 
     while true {
-        // 1. Answer what is buffered, up to the queue bound.
+        // 1. Answer what is buffered, up to the queue bound (one reply slot is kept for a
+        //    request's 100 Continue and its answer).
         var close = false
         var needBytes = false
-        while !close && queuedCount < maxQueuedResponses {
-            if bodyLeft > 0 {
-                let skip = min(bodyLeft, used - start)
-                start += skip
-                bodyLeft -= skip
-                if bodyLeft > 0 {
-                    needBytes = true
-                    break
-                }
-                completedRequests += 1
-            }
-            guard start < used else {
+        parsing: while !close && queuedCount < maxQueuedResponses - 1 {
+            let (event, consumed) = parser.parse(UnsafeRawBufferPointer(rebasing: buffer[start..<used]))
+            start += consumed
+            switch event {
+            case .needMore:
                 needBytes = true
-                break
-            }
-            guard let end = endOfHead(UnsafeRawBufferPointer(buffer), from: max(start, scanned - 3), to: used) else {
-                scanned = used
-                if used - start >= capacity {
-                    enqueue(headerTooLarge)
-                    close = true
-                }
-                needBytes = true
-                break
-            }
-            switch parseHead(UnsafeRawBufferPointer(rebasing: buffer[start..<end]), maxBodyBytes: options.maxBodyBytes) {
-            case .request(let keepAlive, let http10, let bodyLength):
+                break parsing
+            case .head(let head):
+                keepAlive = head.keepAlive
+                http10 = head.minorVersion == 0
+                // RFC 9110 §10.1.1: the client may wait for this before sending the body.
+                if head.expectsContinue { enqueue(continue100) }
+            case .body:
+                continue  // read and discarded
+            case .end:
                 enqueue(!keepAlive ? okClose : http10 ? okKeepAlive10 : okKeepAlive)
                 close = !keepAlive
-                bodyLeft = bodyLength
-            case .reject(let reply):
-                enqueue(reply)
+                completedRequests += 1
+            case .error(let error):
+                enqueue(refusal(error))
                 close = true
             }
-            start = end
-            scanned = end
-            if bodyLeft == 0 { completedRequests += 1 }
         }
         // 2. Write the replies (all of them before waiting for more requests).
         if queued > 0 {
@@ -336,18 +219,11 @@ func serve(_ connection: Connection, _ options: Options) async {
             return
         }
         if !needBytes { continue }  // the queue bound stopped parsing: more requests are buffered
-        // 3. Read more. Keep the unparsed bytes at the front so a head can use the whole buffer.
-        if start > 0 {
-            if start < used {
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[start..<used]))
-            }
-            used -= start
-            scanned = max(0, scanned - start)
-            start = 0
-        }
-        guard used < capacity else { return }  // cannot happen (a full head was answered 431); never read 0 bytes
+        // 3. Read more: every buffered byte has been fed to the parser.
+        start = 0
+        used = 0
         do {
-            if (used > 0 || bodyLeft > 0), let readTimeout = options.readTimeout {
+            if !parser.isBetweenRequests, let readTimeout = options.readTimeout {
                 // Mid-request: its head and body must arrive by this deadline, set once.
                 if deadlineRequest != completedRequests {
                     try connection.setReadDeadline(in: readTimeout)
@@ -363,7 +239,7 @@ func serve(_ connection: Connection, _ options: Options) async {
                 try connection.setReadDeadline(nil)
                 deadlineRequest = nil
             }
-            used += try await connection.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[used...]))
+            used = try await connection.read(into: buffer)
         } catch {
             return  // end of file, reset, a deadline: close silently
         }
