@@ -221,7 +221,7 @@ public struct Dialer: Sendable {
     /// The order to try `addresses` in, and the delay between starts: RFC 8305's interleaving
     /// of the families (the first address's family first) with ``fallbackDelay`` when both
     /// families are there and racing is on; else the given order, one at a time (nil).
-    private func attemptOrder(_ addresses: [SocketAddress]) -> ([SocketAddress], Duration?) {
+    func attemptOrder(_ addresses: [SocketAddress]) -> ([SocketAddress], Duration?) {
         guard fallbackDelay >= .zero, let first = addresses.first else { return (addresses, nil) }
         let primaries = addresses.filter { $0.family == first.family }
         let fallbacks = addresses.filter { $0.family != first.family }

@@ -143,6 +143,22 @@ extension PollerNetTests {
             }
         }
 
+        @Test("Happy Eyeballs: the families are interleaved, the first address's first; one family or no racing keeps the order")
+        func attemptOrder() {
+            let v6 = (1...3).map { SocketAddress.ipv6(host: "::\($0)", port: 1) }
+            let v4 = (1...2).map { SocketAddress.ipv4(host: "10.0.0.\($0)", port: 1) }
+            let mixed = [v6[0], v6[1], v4[0], v6[2], v4[1]]
+            let raced = Dialer(fallbackDelay: .milliseconds(50)).attemptOrder(mixed)
+            #expect(raced.0 == [v6[0], v4[0], v6[1], v4[1], v6[2]] && raced.1 == .milliseconds(50))
+            let v4First = Dialer().attemptOrder([v4[0], v6[0], v6[1], v4[1]])
+            #expect(v4First.0 == [v4[0], v6[0], v4[1], v6[1]] && v4First.1 == Dialer.defaultFallbackDelay)
+            #expect(Dialer(fallbackDelay: .zero).attemptOrder(mixed).1 == Dialer.defaultFallbackDelay)
+            let serial = Dialer(fallbackDelay: .seconds(-1)).attemptOrder(mixed)
+            #expect(serial.0 == mixed && serial.1 == nil)
+            let oneFamily = Dialer().attemptOrder(v6)
+            #expect(oneFamily.0 == v6 && oneFamily.1 == nil)
+        }
+
         @Test("when every address fails, the dial reports the first attempt's error", arguments: BackendKind.allCases)
         func firstErrorWins(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
