@@ -87,6 +87,47 @@ extension SocketAddress {
         }
     }
 
+    /// The longest host name a dial resolves: 253 bytes (254 with a final dot), DNS's limit.
+    public static let maximumHostNameLength = 253
+    /// The longest label (the text between dots) of a host name: 63 bytes.
+    public static let maximumLabelLength = 63
+
+    /// Rejects a host name DNS could not carry, by Go's `isDomainName` rules: at most
+    /// ``maximumHostNameLength`` bytes (one final dot allowed beyond), labels of 1 to
+    /// ``maximumLabelLength`` ASCII letters, digits, `-` and `_`, no label starting or ending
+    /// with `-`, and not all digits (that would be a malformed IPv4 address).
+    static func checkHostName(_ host: String) throws(NetError) {
+        try checkHost(host)
+        func fail(_ why: String) -> NetError { .invalidAddress("host \(quoted(host)) \(why)") }
+        var bytes = Array(host.utf8)
+        if bytes.last == UInt8(ascii: "."), bytes.count > 1 { bytes.removeLast() }
+        guard bytes.count <= maximumHostNameLength else {
+            throw fail("is \(bytes.count) bytes, longer than the \(maximumHostNameLength) of a host name")
+        }
+        if bytes.contains(UInt8(ascii: ":")) { throw fail("is not a valid IPv6 address") }
+        var nonNumeric = false
+        for label in bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
+            guard !label.isEmpty else { throw fail("has an empty label") }
+            guard label.count <= maximumLabelLength else {
+                throw fail("has a label of \(label.count) bytes, longer than \(maximumLabelLength)")
+            }
+            if label.first == UInt8(ascii: "-") || label.last == UInt8(ascii: "-") {
+                throw fail("has a label starting or ending with '-'")
+            }
+            for byte in label {
+                switch byte {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): continue
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                     UInt8(ascii: "-"), UInt8(ascii: "_"):
+                    nonNumeric = true
+                default:
+                    throw fail("contains \(byte < 0x80 ? quoted(String(UnicodeScalar(byte))) : "a non-ASCII byte"), not a valid host name character")
+                }
+            }
+        }
+        guard nonNumeric else { throw fail("is not a valid IPv4 address or host name") }
+    }
+
     /// Parses an IPv6 address with an optional `%zone`: nil when `text` is not IPv6 at all.
     ///
     /// - Throws: ``NetError/invalidAddress(_:)`` for an empty or unknown zone.

@@ -31,6 +31,11 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     case system(call: String, errno: Int32)
     /// A host, port or path could not be turned into a socket address; the text says which.
     case invalidAddress(String)
+    /// A host name could not be resolved (Go's `*net.DNSError`, "lookup example.invalid: no such
+    /// host"): `code` is `getaddrinfo`'s result (`EAI_NONAME` for a name that does not exist,
+    /// `EAI_AGAIN` when no name server answered, …) and `message` its `gai_strerror` text (with
+    /// the errno's name for `EAI_SYSTEM`). See ``isHostNotFound``.
+    case resolution(host: String, code: Int32, message: String)
     /// ``BufferedReader/readSlice(through:maxLength:)`` found no delimiter in the first
     /// `limit` bytes (Go's `bufio.ErrBufferFull`). Nothing was consumed; the connection is
     /// usable, but a line that long usually means the peer should be told so and closed.
@@ -45,6 +50,12 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `Timeout()` on `os.ErrDeadlineExceeded`.
     public var isTimeout: Bool { self == .timeout }
 
+    /// True for a ``resolution(host:code:message:)`` error saying the name does not exist
+    /// (`EAI_NONAME`; Go's `DNSError.IsNotFound`), rather than that the lookup failed.
+    public var isHostNotFound: Bool {
+        if case .resolution(_, EAI_NONAME, _) = self { true } else { false }
+    }
+
     public var description: String {
         switch self {
         case .timeout: "i/o timeout"
@@ -55,6 +66,7 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .tooManyOpenFiles(let errno): "accept4: \(ErrnoName.describe(errno))"
         case .system(let call, let errno): "\(call): \(ErrnoName.describe(errno))"
         case .invalidAddress(let text): "invalid address: \(text)"
+        case .resolution(let host, _, let message): "lookup \(SocketAddress.quoted(host)): \(message)"
         case .delimiterNotFound(let limit): "bufio: buffer full (no delimiter in \(limit) bytes)"
         case .noDeadline: "file type does not support deadline"
         }

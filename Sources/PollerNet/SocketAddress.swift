@@ -2,7 +2,7 @@ import Glibc
 
 /// The address of one end of a connection or listener.
 ///
-/// Hosts are numeric (no DNS): `"127.0.0.1"`, `"::1"`. The description follows Go's
+/// Hosts are numeric (no DNS): `"127.0.0.1"`, `"::1"`; ``Dialer`` resolves names to these. The description follows Go's
 /// `net.JoinHostPort`: `127.0.0.1:8080`, `[::1]:8080`, or the path for Unix sockets.
 public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// An IPv4 address in dotted form and a port.
@@ -22,19 +22,23 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     ///   ``maximumHostLength`` bytes.
     public init(host: String, port: UInt16) throws(NetError) {
         try Self.checkHost(host)
+        guard let address = try Self.numeric(host == "localhost" ? "127.0.0.1" : host, port: port) else {
+            throw .invalidAddress("host \(Self.quoted(host)) is not a numeric IPv4 or IPv6 address")
+        }
+        self = address
+    }
+
+    /// `host` as a numeric IPv4 or IPv6 address (optionally in brackets, IPv6 with a zone),
+    /// or nil when it is not one.
+    ///
+    /// - Throws: ``NetError/invalidAddress(_:)`` for an IPv6 address with an unknown zone.
+    static func numeric(_ host: String, port: UInt16) throws(NetError) -> SocketAddress? {
         var text = host
         if text.hasPrefix("["), text.hasSuffix("]") { text = String(text.dropFirst().dropLast()) }
-        if text == "localhost" { text = "127.0.0.1" }
         var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            self = .ipv4(host: Self.format(v4), port: port)
-            return
-        }
-        if let v6 = try Self.parseIPv6(text) {
-            self = .ipv6(host: Self.format(v6.address) + (v6.zone.map { "%" + $0 } ?? ""), port: port)
-            return
-        }
-        throw .invalidAddress("host \(Self.quoted(host)) is not a numeric IPv4 or IPv6 address")
+        if inet_pton(AF_INET, text, &v4) == 1 { return .ipv4(host: format(v4), port: port) }
+        guard let v6 = try parseIPv6(text) else { return nil }
+        return .ipv6(host: format(v6.address) + (v6.zone.map { "%" + $0 } ?? ""), port: port)
     }
 
     /// The port, for IP addresses.

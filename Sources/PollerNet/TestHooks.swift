@@ -18,6 +18,10 @@ enum NetTestHooks {
         /// returns what that call would, or nil to make the real call.
         var writeCall: (@Sendable (_ fd: Int32, _ count: Int) -> Int?)?
 
+        /// Stands in for `getaddrinfo` in a dial's host lookup, on the lookup thread (so it may
+        /// block): the addresses (with the port given) or the error.
+        var lookup: (@Sendable (_ host: String, _ port: UInt16) -> Result<[SocketAddress], NetError>)?
+
         init() {}
     }
 

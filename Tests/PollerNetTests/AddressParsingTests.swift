@@ -193,6 +193,7 @@ extension PollerNetTests {
             try await withNetPoller(kind) { poller in
                 for (input, _) in hostileAddresses {
                     _ = invalidAddressText(input) { () throws(NetError) in try TCPListener.listen(address: input, poller: poller) }
+                    if input.hasPrefix("example.com") { continue }  // a name: dial looks it up (DialerTests)
                     let error = await netError { () async throws(NetError) in try await Connection.dial(address: input, poller: poller) }
                     guard case .invalidAddress = error else {
                         Issue.record("dial \(input.prefix(40).debugDescription): \(String(describing: error))")

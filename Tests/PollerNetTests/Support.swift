@@ -84,8 +84,10 @@ private func withFreshPollers(
         try Test.cancel("one CPU in this process's affinity mask: a group has one poller here")
     }
     // Warm up what the runtime opens lazily on first use (Dispatch's timer descriptors for
-    // Task.sleep), so it is not counted as a leak of the first test that sleeps.
-    try? await Task.sleep(for: .milliseconds(1))
+    // Task.sleep), so it is not counted as a leak of the first test that sleeps. Dispatch's
+    // second timerfd can appear a few milliseconds after the first sleep, inside
+    // settledFDCount's samples (whose lowest was then one short): wait for a steady count.
+    await fdCountSteady()
     let before = await settledFDCount()
     let backend: BackendChoice = kind == .epoll ? .epoll : .ioUring
     let group = threads > 1 ? try PollerGroup(threads: threads, backend: backend) : nil
@@ -108,6 +110,18 @@ private func withFreshPollers(
         after = openFDCount()
     }
     #expect(after == before, "descriptor count changed", sourceLocation: sourceLocation)
+}
+
+/// Sleeps a millisecond at a time until the open-descriptor count has not changed for five
+/// samples in a row (at most 200 ms).
+func fdCountSteady() async {
+    let limit = ContinuousClock.now + .milliseconds(200)
+    var (last, same) = (-1, 0)
+    while same < 5 && ContinuousClock.now < limit {
+        try? await Task.sleep(for: .milliseconds(1))
+        let count = openFDCount()
+        (last, same) = (count, count == last ? same + 1 : 0)
+    }
 }
 
 /// The open-descriptor count without the runtime's passing descriptors: the lowest of a few
