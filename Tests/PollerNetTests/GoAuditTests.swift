@@ -62,6 +62,21 @@ extension PollerNetTests {
             }
         }
 
+        // Digest #12. Go's child program dials a closed port from its package init, before
+        // main; here an exit test's child process makes a dial its first use of the shared
+        // poller (started lazily, on the backend the environment names) from a plain task.
+        @Test("TestNetpollDeadlock: a fresh process whose first use of the shared poller is a dial to a closed port gets ECONNREFUSED promptly",
+              arguments: BackendKind.allCases)
+        func netpollDeadlock(kind: BackendKind) async throws {
+            switch kind {
+            case .epoll:
+                await #expect(processExitsWith: .success) { await dialClosedPortAsFirstUse(backend: "epoll") }
+            case .ioUring:
+                if let reason = ioUringUnavailableReason { try Test.cancel("io_uring unavailable: \(reason)") }
+                await #expect(processExitsWith: .success) { await dialClosedPortAsFirstUse(backend: "io_uring") }
+            }
+        }
+
         // Digest #18.
         @Test("TestAcceptTimeoutMustNotReturn: an accept whose deadline was expired then cleared waits, and close ends it with closed",
               arguments: BackendKind.allCases)
@@ -315,4 +330,27 @@ private func expectEchoWithLongDeadlines(
     }
     try await client.close()
     try await server.close()
+}
+
+/// Runs in an exit test's child process: the process's first use of the shared poller (on
+/// `backend`) is a dial, from a task on no poller, to a local port bound but not listening.
+/// Exits 1 unless the dial fails with ECONNREFUSED; a hang ends the child with SIGALRM.
+private func dialClosedPortAsFirstUse(backend: String) async {
+    setenv("POLLER_BACKEND", backend, 1)
+    alarm(10)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard fd >= 0, bound else { exit(2) }
+    let port = UInt16(bigEndian: address.sin_port)
+    let error = await Task.detached {
+        await netError { () async throws(NetError) in _ = try await Connection.dial(host: "127.0.0.1", port: port) }
+    }.value
+    close(fd)
+    if error != .system(call: "connect", errno: ECONNREFUSED) { exit(1) }
 }
