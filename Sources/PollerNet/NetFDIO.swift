@@ -174,7 +174,11 @@ extension NetFD {
         defer { fdMutex.unlock(.read) }
         try prepare(.read)
         while true {
-            let s = SocketOptions.acceptNonBlocking(fd)
+            var injected: Int32? = nil
+            #if DEBUG  // the test seam exists only where tests run: release accepts pay nothing
+            if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.acceptCall?(fd) }
+            #endif
+            let s = injected ?? SocketOptions.acceptNonBlocking(fd)
             if s >= 0 {
                 if headroom > 0 && DescriptorLimit.isInHeadroom(s, headroom: headroom) {
                     Glibc.close(s)

@@ -3,7 +3,7 @@ import Glibc
 import Testing
 @testable import Poller
 
-// Go's pollSetDeadline and the deadline timers (go-netpoll.md §2.8, §2.9, §5.6 items 68–69,
+// Go's pollSetDeadline and the deadline timers (go-netpoll.md §2.8, §2.9, §5.6 items 68–70,
 // §6 items 6–8, 22), through PollDescriptor on both backends.
 
 extension NetpollSuites {
@@ -279,6 +279,32 @@ extension NetpollSuites {
                 farPD.finish()
                 nearPD.finish()
                 #expect(poller.armedTimerCount == 0, "unblock left a timer armed")
+            }
+        }
+
+        // Digest #70; §6 bug 7. Go's pollWait loops when its netpollblock returns false and
+        // netpollcheckerr then finds no error. The waiter runs on an executor whose jobs are
+        // held, so the deadline can be extended between its wake-up and its next step.
+        @Test("A wait woken by its deadline keeps waiting when the deadline is extended before the waiter runs again",
+              arguments: BackendKind.allCases)
+        func deadlineExtendedBeforeWaiterRuns(kind: BackendKind) async throws {
+            try await withRegisteredPipe(kind) { poller, pipe, pd in
+                let executor = GatedExecutor()
+                defer { executor.stop() }
+                pd.setDeadline(in: .milliseconds(20), for: .read)
+                let waiter = startWait(pd, .read, on: executor)
+                #expect(await waitersParked(poller, 1))
+                executor.hold()
+                #expect(await becomesTrue { poller.parkedWaiterCount == 0 && executor.heldJobs > 0 },
+                        "the deadline never woke the waiter")
+                pd.setDeadline(in: .seconds(30), for: .read)
+                executor.release()
+                #expect(await waitersParked(poller, 1), "the waiter did not wait again after its deadline was extended")
+                #expect(!waiter.isFinished)
+                writeBytes(pipe.writeFD)
+                #expect(await waiter.outcome() == .ready)
+                pd.setDeadline(nil, for: .read)
+                pd.finish()
             }
         }
     }

@@ -18,48 +18,18 @@ extension PollerNetTests {
         func closeResumedByUnqueuedWriter(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
-                let fdMutex = client.netFD.fdMutex
-                let fd = client.netFD.fd
-                let writerBArrived = Flag()
-                let releaseWriterB = Gate()
-                var hooks = NetTestHooks.Hooks()
-                hooks.beforeLockQueue = { mutex, direction in
-                    guard mutex === fdMutex, direction == .write else { return }
-                    writerBArrived.set()
-                    await releaseWriterB.wait()
+                // Writer A takes the write lock and parks in the poller on a full buffer; writer
+                // B is past beginLock (one reference) and held before queueing.
+                let writers = try await closeWhileOperationHeldBeforeQueue(client, .write) {
+                    (try await startBlockedWrite(client, poller), Task { await client.writeReportingProgress([2]) })
                 }
-                try await NetTestHooks.with(hooks) {
-                    // Writer A takes the write lock and parks in the poller on a full buffer.
-                    let writerA = try await startBlockedWrite(client, poller)
-                    // Writer B is past beginLock (one reference) and held before queueing.
-                    let writerB = Task { await client.writeReportingProgress([2]) }
-                    #expect(await waitUntil { writerBArrived.isSet }, "writer B never reached the lock queue")
-                    let closeReturned = Flag()
-                    let closer = Task { () async -> NetError? in
-                        defer { closeReturned.set() }
-                        return await netError { () async throws(NetError) in try await client.close() }
-                    }
-                    // Close has failed writer A (which dropped its reference) and dropped its
-                    // own: writer B's is the last one.
-                    #expect(await waitUntil {
-                        let s = fdMutex.snapshot
-                        return s.closing && s.closeWaiting && s.references == 1
-                    }, "close never came to wait for writer B's reference: \(fdMutex.snapshot)")
-                    releaseWriterB.open()
-                    // The only time bound: to report a hang instead of hanging.
-                    guard await waitUntil(seconds: 5, { closeReturned.isSet }) else {
-                        Issue.record("close() never returned: \(fdMutex.snapshot)")
-                        return
-                    }
-                    #expect(await closer.value == nil, "close() threw")
-                    #expect(fcntl(fd, F_GETFD) == -1 && errno == EBADF, "the descriptor is still open")
-                    let a = await writerA.value
-                    #expect(a.error == .closed && a.bytesWritten > 0)
-                    #expect(await writerB.value == WriteResult(bytesWritten: 0, error: .closed))
-                    #expect(parkedWaiters(poller) == 0)
-                    // The server end and the listener remain; the client's slot is free.
-                    #expect(registeredDescriptors(poller) == 2)
-                }
+                guard let (writerA, writerB) = writers else { return }
+                let a = await writerA.value
+                #expect(a.error == .closed && a.bytesWritten > 0)
+                #expect(await writerB.value == WriteResult(bytesWritten: 0, error: .closed))
+                #expect(parkedWaiters(poller) == 0)
+                // The server end and the listener remain; the client's slot is free.
+                #expect(registeredDescriptors(poller) == 2)
             }
         }
 
@@ -142,19 +112,10 @@ extension PollerNetTests {
               arguments: BackendKind.allCases)
         func writeClaimingTooMuch(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
-                let fd = pair.client.netFD.fd
-                let calls = Counter()
-                var hooks = NetTestHooks.Hooks()
                 // The first call takes one byte; the second claims five more than it was given.
-                hooks.writeCall = { target, count in
-                    guard target == fd else { return nil }
-                    return calls.increment() == 1 ? 1 : count + 5
-                }
-                let result = await NetTestHooks.with(hooks) {
-                    await pair.client.writeReportingProgress([1, 2, 3, 4])
-                }
+                let (result, calls) = await writeWithInjectedCalls(pair) { call, count in call == 1 ? 1 : count + 5 }
                 #expect(result == WriteResult(bytesWritten: 1, error: .system(call: "send", errno: EIO)))
-                #expect(calls.value == 2)
+                #expect(calls == 2)
             }
         }
 
@@ -308,6 +269,68 @@ func sigpipeBlocked() -> Bool {
 }
 
 // MARK: - Helpers
+
+/// Writes `[1, 2, 3, 4]` on `pair.client` with its write system calls answered by `answer`
+/// (given the call's number, from 1, and the byte count asked for; nil makes the real call).
+/// Returns the write's result and the number of calls made.
+func writeWithInjectedCalls(
+    _ pair: TCPPair, _ answer: @escaping @Sendable (_ call: Int, _ count: Int) -> Int?
+) async -> (WriteResult, calls: Int) {
+    let fd = pair.client.netFD.fd
+    let calls = Counter()
+    var hooks = NetTestHooks.Hooks()
+    hooks.writeCall = { target, count in target == fd ? answer(calls.increment(), count) : nil }
+    let result = await NetTestHooks.with(hooks) { await pair.client.writeReportingProgress([1, 2, 3, 4]) }
+    return (result, calls.value)
+}
+
+/// Closes `connection` while an operation in `direction` holds a reference on its way to the
+/// lock queue. `startOperations` starts an operation that takes the direction's lock and parks
+/// in the poller, then a second one, which the test hook holds just before it queues. Close
+/// fails the first (which drops its reference) and drops its own: the second's is then the
+/// last one. Once close waits for it alone, `whileClosing` runs with a flag telling whether
+/// close has returned; then the second operation is let go. Checks that close then returns
+/// without error and has closed the descriptor, and returns what `startOperations` returned
+/// (nil, with an issue recorded, if close never returned).
+func closeWhileOperationHeldBeforeQueue<T: Sendable>(
+    _ connection: Connection, _ direction: FDMutex.Direction,
+    startOperations: () async throws -> T,
+    whileClosing: (_ closeReturned: Flag) async -> Void = { _ in }
+) async throws -> T? {
+    let fdMutex = connection.netFD.fdMutex
+    let fd = connection.netFD.fd
+    let held = Flag()
+    let release = Gate()
+    var hooks = NetTestHooks.Hooks()
+    hooks.beforeLockQueue = { mutex, heldDirection in
+        guard mutex === fdMutex, heldDirection == direction else { return }
+        held.set()
+        await release.wait()
+    }
+    return try await NetTestHooks.with(hooks) {
+        let operations = try await startOperations()
+        #expect(await waitUntil { held.isSet }, "the second operation never reached the lock queue")
+        let closeReturned = Flag()
+        let closer = Task { () async -> NetError? in
+            defer { closeReturned.set() }
+            return await netError { () async throws(NetError) in try await connection.close() }
+        }
+        #expect(await waitUntil {
+            let s = fdMutex.snapshot
+            return s.closing && s.closeWaiting && s.references == 1
+        }, "close never came to wait for the held operation's reference: \(fdMutex.snapshot)")
+        await whileClosing(closeReturned)
+        release.open()
+        // The only time bound: to report a hang instead of hanging.
+        guard await waitUntil(seconds: 5, { closeReturned.isSet }) else {
+            Issue.record("close() never returned: \(fdMutex.snapshot)")
+            return nil
+        }
+        #expect(await closer.value == nil, "close() threw")
+        #expect(fcntl(fd, F_GETFD) == -1 && errno == EBADF, "the descriptor is still open")
+        return operations
+    }
+}
 
 /// A flag set once, read from any task.
 final class Flag: Sendable {
