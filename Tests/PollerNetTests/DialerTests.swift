@@ -244,6 +244,51 @@ extension PollerNetTests {
             }
         }
 
+        // The digest's bug 23 (Go #16523): a cancelled dial whose connect had already
+        // succeeded returned a connection whose deadlines the cancellation had set in the
+        // past, so its first write timed out. Here cancellation never touches deadlines: a dial
+        // cancelled at any point either throws .cancelled (its socket closed: the leak check)
+        // or returns a connection that works.
+        @Test("a dial cancelled as its connect completes throws cancelled or returns a working connection, never a poisoned one (Go #16523)",
+              arguments: BackendKind.allCases)
+        func dialCancelRacingConnect(kind: BackendKind) async throws {
+            try await withNetPoller(kind) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                let address = listener.localAddress
+                var outcomes = (cancelled: 0, connected: 0)
+                for round in 0..<100 {
+                    let dial = Task { () async -> Result<Connection, NetError> in
+                        do throws(NetError) {
+                            return .success(try await Connection.dial(address, timeout: .seconds(5), poller: poller))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                    for _ in 0..<(round % 4) { await Task.yield() }  // cancel at varying points
+                    dial.cancel()
+                    switch await dial.value {
+                    case .failure(let error):
+                        #expect(error == .cancelled, "round \(round): \(error)")
+                        outcomes.cancelled += 1
+                    case .success(let client):
+                        outcomes.connected += 1
+                        // The listen queue may hold connections of cancelled dials before it.
+                        var server = try await listener.accept()
+                        while server.remoteAddress != client.localAddress {
+                            try await server.close()
+                            server = try await listener.accept()
+                        }
+                        try await client.write([UInt8(round)])  // no deadline was left behind
+                        #expect(try await server.read(maxBytes: 1) == [UInt8(round)])
+                        try await client.close()
+                        try await server.close()
+                    }
+                }
+                try await listener.close()  // resets what the cancelled dials left queued
+                #expect(outcomes.cancelled + outcomes.connected == 100)
+            }
+        }
+
         @Test("TestDialTimeoutMaxDuration: a dial with the longest timeouts succeeds", arguments: BackendKind.allCases)
         func maxTimeout(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
