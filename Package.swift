@@ -44,7 +44,10 @@ let package = Package(
         .executableTarget(name: "example-group-server", dependencies: ["PollerNet"], path: "Examples/GroupServer"),
         .executableTarget(name: "example-default-executor", dependencies: ["Poller"], path: "Examples/DefaultExecutor"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
-        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller"]),
+        // Test support: counts heap allocations per thread by interposing malloc and friends
+        // in the test executable (TestReadWriteAllocs). No library or executable depends on it.
+        .target(name: "CAllocCounter", path: "Tests/CAllocCounter"),
+        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller", "CAllocCounter"]),
     ],
     swiftLanguageModes: [.v6]
 )
