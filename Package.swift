@@ -47,7 +47,10 @@ let package = Package(
         .executableTarget(name: "example-default-executor", dependencies: ["Poller"], path: "Examples/DefaultExecutor"),
         .executableTarget(name: "example-getting-started", dependencies: ["Poller", "PollerNet"], path: "Examples/GettingStarted"),
         .testTarget(name: "PollerTests", dependencies: ["Poller", "CPoller"]),
-        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller", "HTTPParsing"]),
+        // Test support: counts heap allocations per thread by interposing malloc and friends
+        // in the test executable (TestReadWriteAllocs). No library or executable depends on it.
+        .target(name: "CAllocCounter", path: "Tests/CAllocCounter"),
+        .testTarget(name: "PollerNetTests", dependencies: ["PollerNet", "Poller", "CPoller", "HTTPParsing", "CAllocCounter"]),
     ],
     swiftLanguageModes: [.v6]
 )

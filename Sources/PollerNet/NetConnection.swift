@@ -64,6 +64,14 @@ public protocol NetConnection: Sendable {
     ///   the conformer documents. Part of the buffer may have been written.
     nonisolated(nonsending) func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError)
 
+    /// Writes every byte of every buffer, in order (Go's `net.Buffers.WriteTo`). The default
+    /// writes the buffers one after another with ``write(_:)-(UnsafeRawBufferPointer)``;
+    /// ``Connection`` gathers them into writev-style system calls.
+    ///
+    /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``. Part of the bytes may have been
+    ///   written.
+    nonisolated(nonsending) func write(buffers: [UnsafeRawBufferPointer]) async throws(NetError)
+
     /// Sets (nil clears) the read deadline: reads blocked now or later fail with
     /// ``NetError/timeout`` once it passes (at once for an instant in the past).
     ///
@@ -153,6 +161,36 @@ extension NetConnection {
         while filled < buffer.count {
             filled += try await read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
         }
+    }
+
+    /// Writes the buffers one after another: the default of ``write(buffers:)-([UnsafeRawBufferPointer])``.
+    nonisolated(nonsending) public func write(buffers: [UnsafeRawBufferPointer]) async throws(NetError) {
+        for buffer in buffers where buffer.count > 0 { try await write(buffer) }
+    }
+
+    /// Writes every byte of every collection, in order, as one write (Go's `net.Buffers`
+    /// built from slices); same errors as ``write(_:)-(UnsafeRawBufferPointer)``.
+    ///
+    /// The bytes are copied once into one buffer that stays put across suspensions (arrays
+    /// are not guaranteed to keep their storage across an `await`), so this costs a copy;
+    /// ``write(buffers:)-([UnsafeRawBufferPointer])`` with buffers the caller keeps valid
+    /// does not.
+    nonisolated(nonsending) public func write<Buffers: Collection>(buffers: Buffers) async throws(NetError)
+    where Buffers.Element: Collection, Buffers.Element.Element == UInt8 {
+        let total = buffers.reduce(0) { $0 + $1.count }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 1)
+        defer { buffer.deallocate() }
+        var filled = 0
+        for part in buffers {
+            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + part.count)])
+            let copied: Bool? = part.withContiguousStorageIfAvailable { source in
+                target.copyMemory(from: UnsafeRawBufferPointer(source))
+                return true
+            }
+            if copied == nil { target.copyBytes(from: part) }
+            filled += part.count
+        }
+        try await write(UnsafeRawBufferPointer(buffer))
     }
 
     /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.

@@ -18,7 +18,7 @@ public struct WriteResult: Sendable, Equatable {
 }
 
 /// The largest chunk handed to one system call (Go caps at 1 GiB for streams too).
-private let maxChunk = 1 << 30
+let maxChunk = 1 << 30
 
 extension NetFD {
     // MARK: Read
@@ -95,47 +95,68 @@ extension NetFD {
     /// the thread's mask is restored (a SIGPIPE already pending before the write is left
     /// pending). This costs non-socket writes three extra system calls each.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        await withWriteLock { (written: inout Int) async throws(NetError) in
+            try await writeAll(buffer, counting: &written)
+        }
+    }
+
+    /// Runs `body` with the write lock (and a reference) held and the write direction
+    /// prepared: the frame of every write. `body` adds the bytes the kernel took to its
+    /// argument as it goes, so the result counts them whether `body` returns or throws.
+    @inline(__always)
+    nonisolated(nonsending) func withWriteLock(
+        _ body: nonisolated(nonsending) (inout Int) async throws(NetError) -> Void
+    ) async -> WriteResult {
+        var written = 0
         do throws(NetError) {
             _ = try await fdMutex.lock(.write)
         } catch {
             return WriteResult(bytesWritten: 0, error: error)
         }
         defer { fdMutex.unlock(.write) }
-        var written = 0
         do throws(NetError) {
             try prepare(.write)
-            guard let base = buffer.baseAddress else { return WriteResult(bytesWritten: 0, error: nil) }
-            while written < buffer.count {
-                let chunk = min(buffer.count - written, maxChunk)
-                var injected: Int? = nil
-                #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
-                if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, chunk) }
-                #endif
-                let n = injected ?? (isSocket
-                    ? send(fd, base + written, chunk, Int32(MSG_NOSIGNAL))
-                    : writeWithoutSIGPIPE(fd, base + written, chunk))
-                if n > chunk {
-                    // Impossible from a sane kernel; trusting it would move past the buffer.
-                    throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
-                }
-                if n > 0 {
-                    written += n
-                    continue
-                }
-                if n == 0 {
-                    // A stream accepting nothing without an error: Go's io.ErrUnexpectedEOF.
-                    throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
-                }
-                let e = errno
-                switch e {
-                case EINTR: continue
-                case EAGAIN, EWOULDBLOCK: try await waitReady(.write, call: "write")
-                default: throw NetError.fromErrno(e, call: isSocket ? "send" : "write")
-                }
-            }
+            try await body(&written)
             return WriteResult(bytesWritten: written, error: nil)
         } catch {
             return WriteResult(bytesWritten: written, error: error)
+        }
+    }
+
+    /// Writes every byte of `buffer` with the write lock held, adding what the kernel took to
+    /// `written` as it goes (so a caller sees the progress when this throws).
+    @inline(__always)
+    nonisolated(nonsending) func writeAll(_ buffer: UnsafeRawBufferPointer, counting written: inout Int) async throws(NetError) {
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            let chunk = min(buffer.count - done, maxChunk)
+            var injected: Int? = nil
+            #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
+            if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, chunk) }
+            #endif
+            let n = injected ?? (isSocket
+                ? send(fd, base + done, chunk, Int32(MSG_NOSIGNAL))
+                : writeWithoutSIGPIPE(fd, base + done, chunk))
+            if n > chunk {
+                // Impossible from a sane kernel; trusting it would move past the buffer.
+                throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
+            }
+            if n > 0 {
+                done += n
+                written += n
+                continue
+            }
+            if n == 0 {
+                // A stream accepting nothing without an error: Go's io.ErrUnexpectedEOF.
+                throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
+            }
+            let e = errno
+            switch e {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: try await waitReady(.write, call: "write")
+            default: throw NetError.fromErrno(e, call: isSocket ? "send" : "write")
+            }
         }
     }
 

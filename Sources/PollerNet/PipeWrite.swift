@@ -21,6 +21,15 @@ import Glibc
 ///
 /// - Returns: write(2)'s result, with errno as write(2) left it.
 func writeWithoutSIGPIPE(_ fd: Int32, _ base: UnsafeRawPointer, _ count: Int) -> Int {
+    withSIGPIPEBlocked { Glibc.write(fd, base, count) }
+}
+
+/// Runs `call`, a system call that may raise SIGPIPE (write(2), writev(2), sendfile(2)), with
+/// SIGPIPE blocked in the calling thread, consuming a SIGPIPE it raised, as
+/// ``writeWithoutSIGPIPE(_:_:_:)`` describes.
+///
+/// - Returns: `call`'s result, with errno as `call` left it.
+func withSIGPIPEBlocked(_ call: () -> Int) -> Int {
     var sigpipe = sigset_t()
     sigemptyset(&sigpipe)
     sigaddset(&sigpipe, SIGPIPE)
@@ -32,7 +41,7 @@ func writeWithoutSIGPIPE(_ fd: Int32, _ base: UnsafeRawPointer, _ count: Int) ->
     let wasPending = sigismember(&pending, SIGPIPE) == 1
     var saved = sigset_t()
     pthread_sigmask(SIG_BLOCK, &sigpipe, &saved)
-    let n = Glibc.write(fd, base, count)
+    let n = call()
     let writeErrno = errno
     if n < 0 && writeErrno == EPIPE && !wasPending {
         var zero = timespec(tv_sec: 0, tv_nsec: 0)
