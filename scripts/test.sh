@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, every behavioural test on both backends (epoll and io_uring; the
-# io_uring cases are reported as skipped, with the reason, where io_uring cannot run), then
+# The format check (swift format lint, scripts/format.sh --check), then the whole test suite,
+# every behavioural test on both backends (epoll and io_uring; the io_uring cases are reported
+# as skipped, with the reason, where io_uring cannot run), then
 # the same suite on a group of two pollers (POLLER_THREADS=2: the test helpers put each test
 # on a member of a PollerGroup; skipped with the reason on one CPU), then the Integrations
 # package (the ecosystem's packages; the root package must declare none), then the same suite
@@ -20,6 +21,9 @@ quick=0
 
 echo "== the scripts (no SIGPIPE-prone pipelines; ensure-deps 50 times)"
 bash scripts/check-scripts.sh
+
+echo "== the Swift sources' format (swift format lint --strict, .swift-format)"
+bash scripts/format.sh --check
 
 echo "== build (debug, warnings are errors)"
 swift build --build-tests -Xswiftc -warnings-as-errors 2>&1 | tail -n 3

@@ -1,11 +1,12 @@
 // What example-default-executor checks, one printed line per behaviour.
 import Glibc
+import Synchronization
+
 #if DEBUG
 @_spi(Testing) import Poller
 #else
 import Poller
 #endif
-import Synchronization
 
 /// One line per behaviour: "ok: ..." or "FAIL: ..."; any failure makes the exit status 1.
 func check(_ passed: Bool, _ what: String) {
@@ -43,9 +44,12 @@ func serve(on group: PollerGroup) async -> Int32 {
         return 1
     }
     let (reader, writerEnd) = (ends[0], ends[1])
-    defer { close(reader); close(writerEnd) }
+    defer {
+        close(reader)
+        close(writerEnd)
+    }
     do {
-        let poller = try Poller.shared()      // the member this task runs on
+        let poller = try Poller.shared()  // the member this task runs on
         check(poller === Poller.current, "Poller.shared() from a poller thread is that poller")
         let pd = try poller.register(reader)
         let writer = Task.detached {
@@ -64,7 +68,8 @@ func serve(on group: PollerGroup) async -> Int32 {
     #if DEBUG
     await checkNoHops(group)
     #endif
-    let parked = group.parkedWaiterCount, open = group.openDescriptorCount
+    let parked = group.parkedWaiterCount
+    let open = group.openDescriptorCount
     check(parked == 0 && open == 0, "nothing left parked (\(parked)) or registered (\(open))")
 
     // After the group's shutdown tasks go on, on the platform's executor (never stranded).
@@ -95,7 +100,8 @@ extension BackendChoice {
 /// plain tasks ping-ponging a byte over two socket pairs cost two enqueues per round trip,
 /// one per park-and-wake, as tasks on a poller's executor do.
 func checkNoHops(_ group: PollerGroup) async {
-    var a: [Int32] = [-1, -1], b: [Int32] = [-1, -1]
+    var a: [Int32] = [-1, -1]
+    var b: [Int32] = [-1, -1]
     let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
     guard socketpair(AF_UNIX, flags, 0, &a) == 0, socketpair(AF_UNIX, flags, 0, &b) == 0 else {
         return check(false, "socketpair: errno \(errno)")
@@ -104,8 +110,14 @@ func checkNoHops(_ group: PollerGroup) async {
     defer { for fd in [a0, a1, b0, b1] { close(fd) } }
     do {
         let poller = try Poller.shared()
-        let pa = try poller.register(a0), pb = try poller.register(b0)
-        defer { for pd in [pa, pb] { pd.unblock(); try? pd.close() } }
+        let pa = try poller.register(a0)
+        let pb = try poller.register(b0)
+        defer {
+            for pd in [pa, pb] {
+                pd.unblock()
+                try? pd.close()
+            }
+        }
         let rounds = 1000
         let before = group._enqueuedJobCountForTesting
         async let echo: Void = Task {

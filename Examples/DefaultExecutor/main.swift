@@ -21,8 +21,7 @@ if CommandLine.arguments.contains("--control") {
 // Synchronous top-level code: install before the first task exists.
 let group = try PollerGroup.installAsDefaultExecutor(threads: 2, backend: backend)
 Task {
-    exit(await serve(on: group))              // plain async code: runs on the poller threads
+    exit(await serve(on: group))  // plain async code: runs on the poller threads
 }
-dispatchMain()                                // Dispatch serves the main actor
+dispatchMain()  // Dispatch serves the main actor
 // README end
-

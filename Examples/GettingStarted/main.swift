@@ -17,9 +17,9 @@ await listener.serve(gracePeriod: .seconds(10), shutdown: shutdown) { connection
     defer { buffer.deallocate() }
     do {
         while true {
-            try connection.setReadDeadline(in: .seconds(60))      // idle clients go
-            let n = try await connection.read(into: buffer)       // no allocation per read
-            try connection.setWriteDeadline(in: .seconds(10))     // so do clients that never read
+            try connection.setReadDeadline(in: .seconds(60))  // idle clients go
+            let n = try await connection.read(into: buffer)  // no allocation per read
+            try connection.setWriteDeadline(in: .seconds(10))  // so do clients that never read
             try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         }
     } catch {}  // .endOfFile, .timeout, .connectionReset, .closed at shutdown

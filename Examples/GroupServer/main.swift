@@ -14,16 +14,16 @@ func serve(_ connection: Connection) async {
 }
 
 func acceptForever() async throws {
-// README begin
-let group = try PollerGroup()                                   // every CPU
-let listener = try TCPListener.listen(host: "0.0.0.0", port: 8080, group: group)
-while true {
-    let connection = try await listener.accept()                // on the group's pollers in turn
-    Task(executorPreference: connection.executor) {             // its own poller's thread
-        await serve(connection)
+    // README begin
+    let group = try PollerGroup()  // every CPU
+    let listener = try TCPListener.listen(host: "0.0.0.0", port: 8080, group: group)
+    while true {
+        let connection = try await listener.accept()  // on the group's pollers in turn
+        Task(executorPreference: connection.executor) {  // its own poller's thread
+            await serve(connection)
+        }
     }
-}
-// README end
+    // README end
 }
 
 let server = Task { try await acceptForever() }

@@ -10,15 +10,16 @@ guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawV
 let fd = pair[0]
 
 // README begin
-let poller = try Poller(backend: .auto)               // or Poller.shared()
-let pd = try poller.register(fd)                      // throws PollError.registrationFailed(errno:)
-pd.setDeadline(in: .milliseconds(50), for: .read)     // or an absolute ContinuousClock.Instant
+let poller = try Poller(backend: .auto)  // or Poller.shared()
+let pd = try poller.register(fd)  // throws PollError.registrationFailed(errno:)
+pd.setDeadline(in: .milliseconds(50), for: .read)  // or an absolute ContinuousClock.Instant
 do {
-    try await pd.wait(for: .read)                     // cancellable: throws .cancelled
+    try await pd.wait(for: .read)  // cancellable: throws .cancelled
 } catch PollError.timeout { print("i/o timeout") }
 // Run the waiting task on the poller thread itself (no thread hop on wake-up):
 try await Task(executorPreference: poller.executor) { try await pd.wait(for: .write) }.value
-pd.unblock(); try pd.close()                          // then close(fd)
+pd.unblock()
+try pd.close()  // then close(fd)
 // README end
 
 print("writable")

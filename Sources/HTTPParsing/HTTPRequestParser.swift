@@ -23,8 +23,10 @@ package struct HTTPLimits: Sendable, Equatable {
     /// Longest chunk-size line with its extensions, and longest trailer section (longer: 400).
     package var maxChunkLineBytes: Int
 
-    package init(maxRequestLineBytes: Int = 8192, maxHeadBytes: Int = 16384, maxHeaderCount: Int = 100,
-                 maxBodyBytes: Int = 1 << 20, maxChunkLineBytes: Int = 4096) {
+    package init(
+        maxRequestLineBytes: Int = 8192, maxHeadBytes: Int = 16384, maxHeaderCount: Int = 100,
+        maxBodyBytes: Int = 1 << 20, maxChunkLineBytes: Int = 4096
+    ) {
         self.maxRequestLineBytes = maxRequestLineBytes
         self.maxHeadBytes = maxHeadBytes
         self.maxHeaderCount = maxHeaderCount
@@ -569,8 +571,13 @@ package struct HTTPRequestParser: Sendable {
 
 // MARK: Bytes
 
-let CR: UInt8 = 13, LF: UInt8 = 10, SP: UInt8 = 32, HTAB: UInt8 = 9, COLON: UInt8 = 58
-let COMMA: UInt8 = 44, SEMICOLON: UInt8 = 59
+let CR: UInt8 = 13
+let LF: UInt8 = 10
+let SP: UInt8 = 32
+let HTAB: UInt8 = 9
+let COLON: UInt8 = 58
+let COMMA: UInt8 = 44
+let SEMICOLON: UInt8 = 59
 let httpPrefix: [UInt8] = Array("HTTP/".utf8)
 
 /// RFC 9110 token characters (methods, field names, codings).
@@ -595,7 +602,8 @@ let httpPrefix: [UInt8] = Array("HTTP/".utf8)
 
 /// `bytes` without leading and trailing spaces and tabs.
 func trimmed(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-    var s = bytes.startIndex, e = bytes.endIndex
+    var s = bytes.startIndex
+    var e = bytes.endIndex
     while s < e && (bytes[s] == SP || bytes[s] == HTAB) { s += 1 }
     while e > s && (bytes[e - 1] == SP || bytes[e - 1] == HTAB) { e -= 1 }
     return bytes[s..<e]

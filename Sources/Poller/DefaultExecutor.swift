@@ -1,5 +1,5 @@
-@_spi(ExperimentalCustomExecutors) @_spi(ExperimentalScheduling) import _Concurrency
 import Synchronization
+@_spi(ExperimentalCustomExecutors) @_spi(ExperimentalScheduling) import _Concurrency
 
 // The poller group as Swift's default (global) executor: plain `Task {}` code and `async`
 // functions without an executor preference run on the poller threads, the way Go's scheduler

@@ -19,13 +19,6 @@ public struct PollDescriptor: Sendable, Hashable {
     /// The registered file descriptor.
     public let fd: Int32
 
-    init(poller: Poller, slot: DescriptorSlot, generation: UInt32, fd: Int32) {
-        self.poller = poller
-        self.slot = slot
-        self.generation = generation
-        self.fd = fd
-    }
-
     public static func == (a: PollDescriptor, b: PollDescriptor) -> Bool {
         a.slot === b.slot && a.generation == b.generation
     }

@@ -109,8 +109,9 @@ struct SlotState {
     /// Reinitialises a free slot for `fd` (Go's pollOpen without the kernel registration) and
     /// returns the generation the new handle carries.
     mutating func open(fd: Int32) -> UInt32 {
-        precondition(!readSemaphore.isParked && !writeSemaphore.isParked,
-                     "poller: waiter on a free descriptor slot")
+        precondition(
+            !readSemaphore.isParked && !writeSemaphore.isParked,
+            "poller: waiter on a free descriptor slot")
         isOpen = true
         self.fd = fd
         closing = false
@@ -301,11 +302,13 @@ struct SlotState {
         _ d: Int64, mode: PollMode, generation: UInt32, woken: inout [(Waiter, WakeReason)]
     ) -> (read: TimerChange, write: TimerChange) {
         guard isCurrent(generation), !closing else { return (.keep, .keep) }
-        let rd0 = readDeadline, wd0 = writeDeadline
+        let rd0 = readDeadline
+        let wd0 = writeDeadline
         let combo0 = rd0 > 0 && rd0 == wd0
         if mode.contains(.read) { readDeadline = d }
         if mode.contains(.write) { writeDeadline = d }
-        let rd = readDeadline, wd = writeDeadline
+        let rd = readDeadline
+        let wd = writeDeadline
         let combo = rd > 0 && rd == wd
         var read = TimerChange.keep
         var write = TimerChange.keep
@@ -386,4 +389,3 @@ final class DescriptorSlot: Sendable {
         state = Mutex(SlotState())
     }
 }
-

@@ -1,9 +1,10 @@
-#if !os(Linux)
-#error("Poller needs Linux: its backends are epoll and io_uring. There is no kqueue backend yet (macOS, the BSDs).")
-#endif
 import CPoller
 import Glibc
 import Synchronization
+
+#if !os(Linux)
+#error("Poller needs Linux: its backends are epoll and io_uring. There is no kqueue backend yet (macOS, the BSDs).")
+#endif
 
 /// A network poller: one thread that waits for readiness on many descriptors and wakes the
 /// tasks or threads parked on them, with Go's netpoll semantics.

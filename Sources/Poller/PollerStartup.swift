@@ -46,8 +46,9 @@ extension Poller {
     /// itself; the thread then ends when that task's job returns.
     public func shutdown() {
         let onPollerThread = cpoller_thread_id() == threadID
-        guard shutdownStarted.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent)
-            .exchanged
+        guard
+            shutdownStarted.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent)
+                .exchanged
         else {
             // A second call waits for the first one's stop, except on the poller thread,
             // which cannot see its own loop end (issue 11: a second shutdown from the

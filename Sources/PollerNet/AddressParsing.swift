@@ -23,7 +23,8 @@ extension SocketAddress {
         if let bad = bytes.first(where: isControl) { throw fail("contains control character \(escape(bad))") }
         guard let lastColon = bytes.lastIndex(of: UInt8(ascii: ":")) else { throw fail("missing port in address") }
         let host: ArraySlice<UInt8>
-        var noOpenFrom = 0, noCloseFrom = 0  // no '[' (']') may come at or after these
+        var noOpenFrom = 0
+        var noCloseFrom = 0  // no '[' (']') may come at or after these
         if bytes.first == UInt8(ascii: "[") {
             guard let end = bytes.firstIndex(of: UInt8(ascii: "]")) else { throw fail("missing ']' in address") }
             switch end + 1 {
@@ -118,10 +119,12 @@ extension SocketAddress {
                 switch byte {
                 case UInt8(ascii: "0")...UInt8(ascii: "9"): continue
                 case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                     UInt8(ascii: "-"), UInt8(ascii: "_"):
+                    UInt8(ascii: "-"), UInt8(ascii: "_"):
                     nonNumeric = true
                 default:
-                    throw fail("contains \(byte < 0x80 ? quoted(String(UnicodeScalar(byte))) : "a non-ASCII byte"), not a valid host name character")
+                    throw fail(
+                        "contains \(byte < 0x80 ? quoted(String(UnicodeScalar(byte))) : "a non-ASCII byte"), not a valid host name character"
+                    )
                 }
             }
         }

@@ -83,7 +83,7 @@ public final class BufferedReader {
         while true {
             let limit = min(end - start, maxLength)
             if limit > searched, let base = storage.baseAddress,
-               let found = memchr(base + start + searched, Int32(delimiter), limit - searched)
+                let found = memchr(base + start + searched, Int32(delimiter), limit - searched)
             {
                 let through = base.distance(to: found) + 1
                 return consume(upTo: through)

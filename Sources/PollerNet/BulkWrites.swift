@@ -281,7 +281,9 @@ extension Connection {
 
     /// ``sendFile(_:offset:count:)``, Go-style: the bytes sent and, if the send stopped
     /// before `count` bytes for another reason than the end of the file, the error.
-    nonisolated(nonsending) public func sendFileReportingProgress(_ source: Int32, offset: Int64? = nil, count: Int = .max) async -> WriteResult {
+    nonisolated(nonsending) public func sendFileReportingProgress(_ source: Int32, offset: Int64? = nil, count: Int = .max) async
+        -> WriteResult
+    {
         await netFD.sendFile(from: source, offset: offset, count: count)
     }
 }

@@ -1,8 +1,9 @@
+import Glibc
+import Poller
+
 #if !os(Linux)
 #error("Poller needs Linux: its backends are epoll and io_uring. There is no kqueue backend yet (macOS, the BSDs).")
 #endif
-import Glibc
-import Poller
 
 /// A stream connection (TCP over IPv4/IPv6, or a Unix domain socket): Go's `net.Conn`.
 ///

@@ -194,10 +194,11 @@ extension NetFD {
         let header = MessageHeader()
         // The destination is copied to the heap: the send may retry after a suspension.
         header.name.initialize(to: sockaddr_storage())
-        let nameLength: socklen_t = try address?.withSockaddr { pointer, length in
-            UnsafeMutableRawPointer(header.name).copyMemory(from: pointer, byteCount: Int(length))
-            return length
-        } ?? 0
+        let nameLength: socklen_t =
+            try address?.withSockaddr { pointer, length in
+                UnsafeMutableRawPointer(header.name).copyMemory(from: pointer, byteCount: Int(length))
+                return length
+            } ?? 0
         let n = try await datagramIO(.write, call: "sendmsg") {
             let message = header.prepare(
                 UnsafeMutableRawPointer(mutating: buffer.baseAddress), count: buffer.count, nameLength: nameLength,
@@ -228,10 +229,11 @@ private final class MessageHeader {
         _ base: UnsafeMutableRawPointer?, count: Int, nameLength: socklen_t, control: UnsafeMutableRawBufferPointer?
     ) -> UnsafeMutablePointer<msghdr> {
         vector.initialize(to: iovec(iov_base: base, iov_len: count))
-        message.initialize(to: msghdr(
-            msg_name: nameLength == 0 ? nil : UnsafeMutableRawPointer(name), msg_namelen: nameLength,
-            msg_iov: vector, msg_iovlen: 1,
-            msg_control: control?.baseAddress, msg_controllen: control?.count ?? 0, msg_flags: 0))
+        message.initialize(
+            to: msghdr(
+                msg_name: nameLength == 0 ? nil : UnsafeMutableRawPointer(name), msg_namelen: nameLength,
+                msg_iov: vector, msg_iovlen: 1,
+                msg_control: control?.baseAddress, msg_controllen: control?.count ?? 0, msg_flags: 0))
         return message
     }
 }

@@ -58,7 +58,9 @@ extension DeadlineSetting {
 /// directions in one call on the descriptor (one combined timer when the deadlines are equal,
 /// as Go's `SetDeadline`), win over ``NetConnection``'s defaults, which wrappers use.
 extension NetConnection where Self: DeadlineSetting {
-    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) { try deadlineDescriptor().setDeadline(deadline, for: .readWrite) }
+    public func setDeadline(_ deadline: ContinuousClock.Instant?) throws(NetError) {
+        try deadlineDescriptor().setDeadline(deadline, for: .readWrite)
+    }
     public func setDeadline(in duration: Duration) throws(NetError) { try deadlineDescriptor().setDeadline(in: duration, for: .readWrite) }
     public func setReadDeadline(in duration: Duration) throws(NetError) { try deadlineDescriptor().setDeadline(in: duration, for: .read) }
     public func setWriteDeadline(in duration: Duration) throws(NetError) { try deadlineDescriptor().setDeadline(in: duration, for: .write) }

@@ -168,7 +168,8 @@ public struct Dialer: Sendable {
     private func dial(_ addresses: [SocketAddress], deadline: ContinuousClock.Instant?) async throws(NetError) -> Connection {
         let (order, delay) = attemptOrder(addresses)
         let outcome: Result<Connection, NetError> = await withTaskGroup(of: RaceEvent.self) { group in
-            var launched = 0, running = 0
+            var launched = 0
+            var running = 0
             var winner: Connection?
             var firstError: NetError?
             func launch() {

@@ -70,9 +70,12 @@ enum HostLookup {
             entry = info.ai_next
             guard let sockaddr = info.ai_addr, info.ai_addrlen <= socklen_t(MemoryLayout<sockaddr_storage>.size) else { continue }
             var storage = sockaddr_storage()
-            withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: sockaddr, count: Int(info.ai_addrlen))) }
+            withUnsafeMutableBytes(of: &storage) {
+                $0.copyMemory(from: UnsafeRawBufferPointer(start: sockaddr, count: Int(info.ai_addrlen)))
+            }
             guard let address = SocketAddress(storage: storage, length: info.ai_addrlen)?.withPort(port),
-                  address.family != AF_UNIX, !addresses.contains(address) else { continue }
+                address.family != AF_UNIX, !addresses.contains(address)
+            else { continue }
             addresses.append(address)
         }
         guard !addresses.isEmpty else {

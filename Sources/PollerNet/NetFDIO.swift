@@ -135,9 +135,11 @@ extension NetFD {
             #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
             if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, chunk) }
             #endif
-            let n = injected ?? (isSocket
-                ? send(fd, base + done, chunk, Int32(MSG_NOSIGNAL))
-                : writeWithoutSIGPIPE(fd, base + done, chunk))
+            let n =
+                injected
+                ?? (isSocket
+                    ? send(fd, base + done, chunk, Int32(MSG_NOSIGNAL))
+                    : writeWithoutSIGPIPE(fd, base + done, chunk))
             if n > chunk {
                 // Impossible from a sane kernel; trusting it would move past the buffer.
                 throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)

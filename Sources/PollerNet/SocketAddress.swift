@@ -133,8 +133,9 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
             self = .ipv4(host: Self.format(sin.sin_addr), port: UInt16(bigEndian: sin.sin_port))
         case AF_INET6:
             let sin6 = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
-            self = .ipv6(host: Self.format(sin6.sin6_addr) + Self.zoneSuffix(sin6.sin6_scope_id),
-                         port: UInt16(bigEndian: sin6.sin6_port))
+            self = .ipv6(
+                host: Self.format(sin6.sin6_addr) + Self.zoneSuffix(sin6.sin6_scope_id),
+                port: UInt16(bigEndian: sin6.sin6_port))
         case AF_UNIX:
             let pathOffset = MemoryLayout<sa_family_t>.size
             let pathLength = max(0, Int(length) - pathOffset)

@@ -60,8 +60,9 @@ public final class TCPListener: Listener {
         host: String, port: UInt16, backlog: Int32? = nil, poller: Poller? = nil, group: PollerGroup? = nil,
         reusePort: Bool = false, descriptorHeadroom: Int = TCPListener.defaultDescriptorHeadroom
     ) throws(NetError) -> TCPListener {
-        try make(SocketAddress(host: host, port: port), backlog: backlog, poller: poller ?? group?.next(),
-                 group: group, reusePort: reusePort, descriptorHeadroom: descriptorHeadroom)
+        try make(
+            SocketAddress(host: host, port: port), backlog: backlog, poller: poller ?? group?.next(),
+            group: group, reusePort: reusePort, descriptorHeadroom: descriptorHeadroom)
     }
 
     /// Binds and listens on `address`, a `"host:port"` string as Go's `net.Listen("tcp",
@@ -88,8 +89,9 @@ public final class TCPListener: Listener {
         let (host, port) = try SocketAddress.parseHostPort(address)
         let target = host.isEmpty ? SocketAddress.ipv6(host: "::", port: port) : try SocketAddress(host: host, port: port)
         let listen = { (address: SocketAddress) throws(NetError) -> TCPListener in
-            try make(address, backlog: backlog, poller: poller ?? group?.next(), group: group,
-                     reusePort: reusePort, descriptorHeadroom: descriptorHeadroom)
+            try make(
+                address, backlog: backlog, poller: poller ?? group?.next(), group: group,
+                reusePort: reusePort, descriptorHeadroom: descriptorHeadroom)
         }
         do {
             return try listen(target)
@@ -119,8 +121,10 @@ public final class TCPListener: Listener {
         do throws(NetError) {
             for member in group.pollers {
                 let chosenPort = listeners.first?.localAddress.port ?? port
-                listeners.append(try make(SocketAddress(host: host, port: chosenPort), backlog: backlog, poller: member,
-                                          group: nil, reusePort: true, descriptorHeadroom: descriptorHeadroom))
+                listeners.append(
+                    try make(
+                        SocketAddress(host: host, port: chosenPort), backlog: backlog, poller: member,
+                        group: nil, reusePort: true, descriptorHeadroom: descriptorHeadroom))
             }
         } catch {
             for listener in listeners { try? await listener.close() }

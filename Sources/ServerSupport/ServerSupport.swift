@@ -160,7 +160,7 @@ public struct ServerOptions: Sendable {
         self.writeTimeout = writeTimeout
         backend = .auto
         if let env = getenv(BackendChoice.environmentVariable),
-           let choice = try? BackendChoice(parsing: String(cString: env))
+            let choice = try? BackendChoice(parsing: String(cString: env))
         {
             backend = choice
         }

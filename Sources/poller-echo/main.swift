@@ -122,7 +122,8 @@ final class Server: Sendable {
         // Go's model: shutdown closes the connection (which wakes a blocked read or write with
         // .closed); nothing cancels this task, so its waits need no cancellation handler.
         connection.observesTaskCancellation = false
-        let idleTimeout = options.idleTimeout, writeTimeout = options.writeTimeout
+        let idleTimeout = options.idleTimeout
+        let writeTimeout = options.writeTimeout
         var size = 512
         var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
@@ -179,12 +180,13 @@ nonisolated func run(_ options: Options) async -> Int32 {
     // every handler has. Accept errors never end a serve: it backs off on the poller's timers.
     await serving.serveUntilTerminated(gracePeriod: options.shutdownGrace, handler: server.handle)
     // Every connection is closed and the signal pipe deregistered: nobody may still be parked.
-    print("poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
-        + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "
-        + "closed \(server.idleClosed.load(ordering: .relaxed)) idle, "
-        + "parked \(group.parkedWaiterCount), registered \(group.openDescriptorCount), "
-        + "write timeouts \(server.writeTimedOut.load(ordering: .relaxed)), "
-        + "shed \(server.shed.load(ordering: .relaxed))")
+    print(
+        "poller-echo: stopped; accepted \(server.accepted.load(ordering: .relaxed)) connections, "
+            + "echoed \(server.bytesEchoed.load(ordering: .relaxed)) bytes, "
+            + "closed \(server.idleClosed.load(ordering: .relaxed)) idle, "
+            + "parked \(group.parkedWaiterCount), registered \(group.openDescriptorCount), "
+            + "write timeouts \(server.writeTimedOut.load(ordering: .relaxed)), "
+            + "shed \(server.shed.load(ordering: .relaxed))")
     fflush(nil)
     group.shutdown()
     return 0

@@ -79,8 +79,10 @@ let notImplemented = reply("501 Not Implemented", close: true)
 let versionNotSupported = reply("505 HTTP Version Not Supported", close: true)
 let serviceUnavailable = reply("503 Service Unavailable", close: true)
 let continue100 = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
-let longestReply = [okKeepAlive, okKeepAlive10, okClose, badRequest, uriTooLong, contentTooLarge, headerTooLarge,
-                    notImplemented, versionNotSupported, continue100].map(\.count).max()!
+let longestReply = [
+    okKeepAlive, okKeepAlive10, okClose, badRequest, uriTooLong, contentTooLarge, headerTooLarge,
+    notImplemented, versionNotSupported, continue100,
+].map(\.count).max()!
 
 /// Responses queued per connection before they are written (pipelining bound): the rest of
 /// the buffered requests are parsed only after the peer has taken these.
@@ -139,8 +141,9 @@ func refusal(_ error: HTTPParseError) -> [UInt8] {
 
 /// The parser's limits for `options`: the request line may take at most 8 KiB of the head.
 func limits(_ options: Options) -> HTTPLimits {
-    HTTPLimits(maxRequestLineBytes: min(8192, options.maxHeaderBytes), maxHeadBytes: options.maxHeaderBytes,
-               maxHeaderCount: maxHeaderCount, maxBodyBytes: options.maxBodyBytes)
+    HTTPLimits(
+        maxRequestLineBytes: min(8192, options.maxHeaderBytes), maxHeadBytes: options.maxHeaderBytes,
+        maxHeaderCount: maxHeaderCount, maxBodyBytes: options.maxBodyBytes)
 }
 
 /// Serves one connection until the peer closes, a deadline passes, an error, or a reply that
@@ -159,10 +162,13 @@ func serve(_ connection: Connection, _ options: Options) async {
     let buffer = UnsafeMutableRawBufferPointer(rebasing: storage[0..<capacity])
     let out = UnsafeMutableRawBufferPointer(rebasing: storage[capacity...])
     var parser = HTTPRequestParser(limits: limits(options))
-    var start = 0, used = 0
-    var queued = 0, queuedCount = 0
+    var start = 0
+    var used = 0
+    var queued = 0
+    var queuedCount = 0
     // The current request's answer (known from its head, sent at its end).
-    var keepAlive = true, http10 = false
+    var keepAlive = true
+    var http10 = false
     // Requests completed so far, and the request whose --read-timeout deadline is in force
     // (nil: the read deadline is the idle one or none). The request deadline is set once per
     // request so that a drip of bytes cannot push it back.

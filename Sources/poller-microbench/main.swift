@@ -65,7 +65,9 @@ struct MicroBench {
         let onPoller = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: poller.executor) }
         print("park-and-wake via pipe, poller executor:   \(fmt(onPoller / 2, 0)) ns  (\(fmt(1e9 / onPoller, 0)) round trips/s)")
         let plain = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: nil) }
-        print("park-and-wake via pipe, plain Task {}:     \(fmt(plain / 2, 0)) ns  (\(fmt(1e9 / plain, 0)) round trips/s; \(fmt(plain / onPoller, 2))x the poller executor)")
+        print(
+            "park-and-wake via pipe, plain Task {}:     \(fmt(plain / 2, 0)) ns  (\(fmt(1e9 / plain, 0)) round trips/s; \(fmt(plain / onPoller, 2))x the poller executor)"
+        )
         if let other = group.pollers.first(where: { $0 !== poller }) {
             // A connection served by a task on another member: every wake-up hops threads.
             let hop = try await median(5) { try await pingPong(poller, iterations: 20_000, executor: other.executor) }
@@ -96,14 +98,22 @@ struct MicroBench {
         defer { registrationPoller.shutdown() }
         let registration = try await memoryPerDescriptor(count: 10_000) { fd in
             let pd = try registrationPoller.register(fd)
-            return { pd.unblock(); try? pd.close(); close(fd) }
+            return {
+                pd.unblock()
+                try? pd.close()
+                close(fd)
+            }
         }
-        print("memory per open descriptor, poller registration: \(fmt(registration.heap, 0)) B heap, \(fmt(registration.rss, 0)) B resident")
+        print(
+            "memory per open descriptor, poller registration: \(fmt(registration.heap, 0)) B heap, \(fmt(registration.rss, 0)) B resident")
         let netPoller = try Poller(backend: backend)
         defer { netPoller.shutdown() }
         let netFD = try await memoryPerDescriptor(count: 10_000) { fd in
             let netFD = try NetFD(adopting: fd, poller: netPoller, isStream: false, isSocket: true)
-            return { _ = netFD.pollDescriptor; try? await netFD.close() }
+            return {
+                _ = netFD.pollDescriptor
+                try? await netFD.close()
+            }
         }
         print("memory per open descriptor, NetFD (registration included): \(fmt(netFD.heap, 0)) B heap, \(fmt(netFD.rss, 0)) B resident")
     }
@@ -123,9 +133,11 @@ struct MicroBench {
         }
         var closers: [@Sendable () async -> Void] = []
         closers.reserveCapacity(count)
-        let heap0 = cpoller_heap_bytes_in_use(), rss0 = residentBytes()
+        let heap0 = cpoller_heap_bytes_in_use()
+        let rss0 = residentBytes()
         for fd in fds { closers.append(try open(fd)) }
-        let heap1 = cpoller_heap_bytes_in_use(), rss1 = residentBytes()
+        let heap1 = cpoller_heap_bytes_in_use()
+        let rss1 = residentBytes()
         for close in closers { await close() }
         return (Double(heap1 - heap0) / Double(count), Double(rss1 - rss0) / Double(count))
     }
@@ -172,9 +184,15 @@ struct MicroBench {
     /// ns per wait whose readiness is latched (the latch itself included).
     static func waitAlreadyReady(_ poller: Poller, iterations: Int) async throws -> Double {
         let (r, w) = makePipe()
-        defer { close(r); close(w) }
+        defer {
+            close(r)
+            close(w)
+        }
         let pd = try poller.register(r)
-        defer { pd.unblock(); try? pd.close() }
+        defer {
+            pd.unblock()
+            try? pd.close()
+        }
         let clock = ContinuousClock()
         let elapsed = try await clock.measure {
             for _ in 0..<iterations {
@@ -194,7 +212,10 @@ struct MicroBench {
         let pa = try poller.register(aR)
         let pb = try poller.register(bR)
         defer {
-            for pd in [pa, pb] { pd.unblock(); try? pd.close() }
+            for pd in [pa, pb] {
+                pd.unblock()
+                try? pd.close()
+            }
         }
         let clock = ContinuousClock()
         let start = clock.now
@@ -245,12 +266,17 @@ struct MicroBench {
         fds.reserveCapacity(descriptors)
         pds.reserveCapacity(descriptors)
         defer {
-            for pd in pds { pd.unblock(); try? pd.close() }  // deregistering a never-registered fd is ignored
+            for pd in pds {
+                pd.unblock()
+                try? pd.close()
+            }  // deregistering a never-registered fd is ignored
             for fd in fds { close(fd) }
         }
         var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
         func next() -> UInt64 {
-            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
+            seed ^= seed << 13
+            seed ^= seed >> 7
+            seed ^= seed << 17
             return seed
         }
         for i in 0..<descriptors {
@@ -285,7 +311,9 @@ struct MicroBench {
             samples.append(nanos(elapsed) / Double(iterations))
         }
         samples.sort()
-        print("  (\(realCount) kernel-registered UDP sockets + \(descriptors - realCount) slots without a kernel registration, 2 timers each)")
+        print(
+            "  (\(realCount) kernel-registered UDP sockets + \(descriptors - realCount) slots without a kernel registration, 2 timers each)"
+        )
         return samples[2]
     }
 }

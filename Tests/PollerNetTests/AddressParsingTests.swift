@@ -187,8 +187,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("hostile addresses given to listen and dial fail with invalidAddress and leave nothing open",
-              arguments: BackendKind.allCases)
+        @Test(
+            "hostile addresses given to listen and dial fail with invalidAddress and leave nothing open",
+            arguments: BackendKind.allCases)
         func hostileListenAndDial(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 for (input, _) in hostileAddresses {

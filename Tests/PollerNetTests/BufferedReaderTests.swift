@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import PollerNet
 import Testing
+
 @testable import Poller
 
 /// The bytes of `text` (ASCII).
@@ -15,8 +16,9 @@ let newline = UInt8(ascii: "\n")
 extension PollerNetTests {
     @Suite("Buffered reads")
     struct BufferedReads {
-        @Test("readSlice returns a line whose delimiter arrives in a later read, and keeps the rest for the next line",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readSlice returns a line whose delimiter arrives in a later read, and keeps the rest for the next line",
+            arguments: BackendKind.allCases)
         func delimiterSplitAcrossReads(kind: BackendKind) async throws {
             try await withReader(kind, capacity: 64) { poller, pair, reader in
                 // "hel" first; the rest once the reader has read it and waits for more.
@@ -30,8 +32,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("readSlice throws delimiterNotFound when maxLength bytes hold no delimiter, and consumes nothing",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readSlice throws delimiterNotFound when maxLength bytes hold no delimiter, and consumes nothing",
+            arguments: BackendKind.allCases)
         func maxLengthExceeded(kind: BackendKind) async throws {
             try await withReader(kind, capacity: 32) { _, pair, reader in
                 try await pair.client.write(bytes("0123456789abcdefXYZ\n"))
@@ -45,8 +48,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("readSlice at end of file mid-line throws endOfFile and leaves the partial line buffered",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readSlice at end of file mid-line throws endOfFile and leaves the partial line buffered",
+            arguments: BackendKind.allCases)
         func endOfFileMidLine(kind: BackendKind) async throws {
             try await withReader(kind) { _, pair, reader in
                 try await pair.client.write(bytes("one\ntw"))
@@ -59,8 +63,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("buffered bytes are returned after the read deadline passed; a read that needs more times out and keeps them",
-              arguments: BackendKind.allCases)
+        @Test(
+            "buffered bytes are returned after the read deadline passed; a read that needs more times out and keeps them",
+            arguments: BackendKind.allCases)
         func deadlinesWhileBuffered(kind: BackendKind) async throws {
             try await withReader(kind) { _, pair, reader in
                 try await pair.client.write(bytes("ab\ncd"))
@@ -77,8 +82,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("peek and read(exactly:) wait for frames split across reads; reads into a caller's buffer drain the buffer first",
-              arguments: BackendKind.allCases)
+        @Test(
+            "peek and read(exactly:) wait for frames split across reads; reads into a caller's buffer drain the buffer first",
+            arguments: BackendKind.allCases)
         func framesAndCallerBuffers(kind: BackendKind) async throws {
             try await withReader(kind, capacity: 16) { poller, pair, reader in
                 let writer = writeInTwoParts(pair.client, bytes("AB"), bytes("CDEFgh"), poller: poller)
@@ -123,7 +129,8 @@ extension PollerNetTests {
         @Test("buffered line reads do not grow the heap (glibc mallinfo2)", arguments: BackendKind.allCases)
         func noHeapGrowthPerRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
-                let lines = 10_000, lineLength = 16
+                let lines = 10_000
+                let lineLength = 16
                 let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: lines * lineLength, alignment: 1)
                 defer { payload.deallocate() }
                 payload.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "x"))

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @testable import Poller
 @testable import PollerNet
 
@@ -10,8 +11,9 @@ extension PollerNetTests {
     struct BulkWrites {
         // MARK: write(buffers:)
 
-        @Test("Writing no buffers, or only empty ones, writes nothing and succeeds",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Writing no buffers, or only empty ones, writes nothing and succeeds",
+            arguments: BackendKind.allCases)
         func emptyBuffers(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 #expect(await pair.client.writeReportingProgress(buffers: []) == WriteResult(bytesWritten: 0, error: nil))
@@ -22,8 +24,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("Arrays of byte arrays are written in order through the copying convenience, on a connection and on a pipe",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Arrays of byte arrays are written in order through the copying convenience, on a connection and on a pipe",
+            arguments: BackendKind.allCases)
         func byteArrayBuffers(kind: BackendKind) async throws {
             try await withPipe(kind) { _, pipe in
                 try await pipe.writeEnd.write(buffers: [[1, 2], [], [3], Array(4...9)])
@@ -40,8 +43,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("A gathered write whose system call claims more bytes than it was given stops with EIO, counting only the bytes before",
-              arguments: BackendKind.allCases)
+        @Test(
+            "A gathered write whose system call claims more bytes than it was given stops with EIO, counting only the bytes before",
+            arguments: BackendKind.allCases)
         func gatheredWriteOvercount(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let calls = Counter()
@@ -61,8 +65,9 @@ extension PollerNetTests {
 
         // MARK: sendFile
 
-        @Test("sendFile sends a whole file, larger than one sendfile call, intact",
-              arguments: BackendKind.allCases)
+        @Test(
+            "sendFile sends a whole file, larger than one sendfile call, intact",
+            arguments: BackendKind.allCases)
         func sendWholeFile(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let contents = patternBytes(count: (4 << 20) + 123)
@@ -78,8 +83,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("sendFile with an offset and a count sends that range and leaves the file position alone; past the end it stops early",
-              arguments: BackendKind.allCases)
+        @Test(
+            "sendFile with an offset and a count sends that range and leaves the file position alone; past the end it stops early",
+            arguments: BackendKind.allCases)
         func sendRange(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let contents = patternBytes(count: 10_000)
@@ -95,8 +101,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("sendFile falls back to reading and writing when the source cannot be sent with sendfile (a pipe)",
-              arguments: BackendKind.allCases)
+        @Test(
+            "sendFile falls back to reading and writing when the source cannot be sent with sendfile (a pipe)",
+            arguments: BackendKind.allCases)
         func sendFileFallback(kind: BackendKind) async throws {
             try await withTCPPair(kind) { (_: Poller, pair: TCPPair) async throws in
                 var fds: [Int32] = [-1, -1]
@@ -111,8 +118,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("sendFile refuses a negative offset or count with EINVAL, and a descriptor that is not open for reading with EBADF, sending nothing",
-              arguments: BackendKind.allCases)
+        @Test(
+            "sendFile refuses a negative offset or count with EINVAL, and a descriptor that is not open for reading with EBADF, sending nothing",
+            arguments: BackendKind.allCases)
         func sendFileBadInput(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try await withTemporaryFile([1, 2, 3]) { (file: Int32) async throws in
@@ -133,8 +141,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("A write deadline passing during sendFile stops it with timeout and reports the bytes sent",
-              arguments: BackendKind.allCases)
+        @Test(
+            "A write deadline passing during sendFile stops it with timeout and reports the bytes sent",
+            arguments: BackendKind.allCases)
         func sendFileDeadline(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try await withTemporaryFile([], size: 64 << 20) { (file: Int32) async throws in
@@ -146,8 +155,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("sendFile to a peer that has gone fails with EPIPE or a reset, never SIGPIPE",
-              arguments: BackendKind.allCases)
+        @Test(
+            "sendFile to a peer that has gone fails with EPIPE or a reset, never SIGPIPE",
+            arguments: BackendKind.allCases)
         func sendFileBrokenPipe(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 setLingerZero(pair.server.netFD.fd)
@@ -158,8 +168,9 @@ extension PollerNetTests {
                     for _ in 0..<10 where error == nil {
                         error = await pair.client.sendFileReportingProgress(file, offset: 0).error
                     }
-                    #expect(error == .system(call: "sendfile", errno: EPIPE) || error == .connectionReset,
-                            "\(String(describing: error))")
+                    #expect(
+                        error == .system(call: "sendfile", errno: EPIPE) || error == .connectionReset,
+                        "\(String(describing: error))")
                     #expect(!sigpipePending())
                 }
             }

@@ -227,8 +227,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("with task cancellation not observed, a cancelled read stays blocked until data arrives, and close still wakes one",
-              arguments: BackendKind.allCases)
+        @Test(
+            "with task cancellation not observed, a cancelled read stays blocked until data arrives, and close still wakes one",
+            arguments: BackendKind.allCases)
         func cancellationNotObserved(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -266,7 +267,7 @@ extension PollerNetTests {
                 #expect(outcomes.filter { if case .failure(.closed) = $0 { true } else { false } }.count == 1)
             }
         }
-    
+
         @Test("readers queued behind a blocked read are served in the order they arrived", arguments: BackendKind.allCases)
         func queuedReadersInOrder(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
@@ -278,8 +279,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("cancelling a reader queued for the read lock throws cancelled; the queue moves on past it",
-              arguments: BackendKind.allCases)
+        @Test(
+            "cancelling a reader queued for the read lock throws cancelled; the queue moves on past it",
+            arguments: BackendKind.allCases)
         func cancelQueuedReader(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client

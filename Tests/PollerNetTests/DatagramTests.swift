@@ -32,11 +32,15 @@ private func withUDPSockets(
     _ kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (Poller, DatagramSocket, DatagramSocket) async throws -> Void
 ) async throws {
-    try await withDatagramSockets(kind, sourceLocation: sourceLocation, make: { poller in
-        let other = NetTestGroup.current?.pollers.last ?? poller
-        return (try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: poller),
-                try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: other))
-    }, body)
+    try await withDatagramSockets(
+        kind, sourceLocation: sourceLocation,
+        make: { poller in
+            let other = NetTestGroup.current?.pollers.last ?? poller
+            return (
+                try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: poller),
+                try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: other)
+            )
+        }, body)
 }
 
 /// Two connected Unix datagram sockets (`DatagramSocket.pair`).
@@ -138,7 +142,9 @@ extension PollerNetTests {
 
         // MARK: Sizes
 
-        @Test("an oversized datagram fills the buffer and is reported truncated with its full length; the next one is intact", arguments: BackendKind.allCases)
+        @Test(
+            "an oversized datagram fills the buffer and is reported truncated with its full length; the next one is intact",
+            arguments: BackendKind.allCases)
         func truncation(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { _, a, b in
                 let big = (0..<100).map { UInt8($0) }
@@ -179,7 +185,9 @@ extension PollerNetTests {
         // MARK: Deadlines (Go's net/timeout_test.go)
 
         // Digest 21.
-        @Test("TestReadFromTimeout: a past read deadline fails reads despite a queued datagram; a future one lets reads through until it passes", arguments: BackendKind.allCases)
+        @Test(
+            "TestReadFromTimeout: a past read deadline fails reads despite a queued datagram; a future one lets reads through until it passes",
+            arguments: BackendKind.allCases)
         func readFromTimeout(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { _, server, client in
                 try await server.write(Array("READFROM TIMEOUT TEST".utf8), to: client.localAddress)
@@ -214,7 +222,9 @@ extension PollerNetTests {
         }
 
         // Digest 24.
-        @Test("TestWriteToTimeout: a past write deadline fails sends though the buffer has room; a future one lets sends through until it passes", arguments: BackendKind.allCases)
+        @Test(
+            "TestWriteToTimeout: a past write deadline fails sends though the buffer has room; a future one lets sends through until it passes",
+            arguments: BackendKind.allCases)
         func writeToTimeout(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { poller, target, _ in
                 for timeout: Duration in [.seconds(-5), .milliseconds(10)] {
@@ -245,7 +255,8 @@ extension PollerNetTests {
         }
 
         // Digest 26.
-        @Test("TestReadFromTimeoutFluctuation: a read deadline never fires early and fires close to on time", arguments: BackendKind.allCases)
+        @Test(
+            "TestReadFromTimeoutFluctuation: a read deadline never fires early and fires close to on time", arguments: BackendKind.allCases)
         func readFromTimeoutFluctuation(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { _, server, _ in
                 let client = try DatagramSocket.dial(host: "127.0.0.1", port: server.localAddress.port!, poller: server.poller)
@@ -272,7 +283,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a read deadline extended while a datagram read is blocked keeps it waiting until a datagram arrives", arguments: BackendKind.allCases)
+        @Test(
+            "a read deadline extended while a datagram read is blocked keeps it waiting until a datagram arrives",
+            arguments: BackendKind.allCases)
         func deadlineExtendedWhileBlocked(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { poller, a, b in
                 try b.setReadDeadline(in: .milliseconds(100))
@@ -311,7 +324,9 @@ extension PollerNetTests {
         }
 
         // Digest 42 (Go #72770).
-        @Test("TestCloseUnblocksReadUDP: close wakes a zero-length datagram read blocked in the poller with closed", arguments: BackendKind.allCases)
+        @Test(
+            "TestCloseUnblocksReadUDP: close wakes a zero-length datagram read blocked in the poller with closed",
+            arguments: BackendKind.allCases)
         func closeUnblocksReadUDP(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let socket = try DatagramSocket.bind(host: "127.0.0.1", port: 0, poller: poller)
@@ -322,7 +337,8 @@ extension PollerNetTests {
             }
         }
 
-        @Test("cancelling the task of a blocked datagram read throws cancelled and leaves the socket usable", arguments: BackendKind.allCases)
+        @Test(
+            "cancelling the task of a blocked datagram read throws cancelled and leaves the socket usable", arguments: BackendKind.allCases)
         func cancelBlockedRead(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { poller, a, b in
                 let reader = try await startBlockedReceive(b, capacity: 8, poller)
@@ -344,7 +360,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a connected UDP socket whose datagram met a closed port reads ECONNREFUSED, then works once the port is bound", arguments: BackendKind.allCases)
+        @Test(
+            "a connected UDP socket whose datagram met a closed port reads ECONNREFUSED, then works once the port is bound",
+            arguments: BackendKind.allCases)
         func connectionRefused(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let port = try await unboundUDPPort(poller)
@@ -366,7 +384,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("after one end of a Unix datagram pair closes, the other's blocked read is not woken (Linux) but its writes fail with ECONNREFUSED", arguments: BackendKind.allCases)
+        @Test(
+            "after one end of a Unix datagram pair closes, the other's blocked read is not woken (Linux) but its writes fail with ECONNREFUSED",
+            arguments: BackendKind.allCases)
         func pairPeerClosed(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let (a, b) = try DatagramSocket.pair(poller: poller)
@@ -385,7 +405,9 @@ extension PollerNetTests {
 
         // MARK: Passing descriptors
 
-        @Test("SCM_RIGHTS: a descriptor sent over a Unix datagram socket arrives as a working descriptor the receiver owns", arguments: BackendKind.allCases)
+        @Test(
+            "SCM_RIGHTS: a descriptor sent over a Unix datagram socket arrives as a working descriptor the receiver owns",
+            arguments: BackendKind.allCases)
         func passDescriptor(kind: BackendKind) async throws {
             try await withUnixPair(kind) { _, a, b in
                 var pipeEnds: [Int32] = [-1, -1]
@@ -413,7 +435,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("SCM_RIGHTS: received descriptors that are dropped, or that do not fit, are closed rather than leaked", arguments: BackendKind.allCases)
+        @Test(
+            "SCM_RIGHTS: received descriptors that are dropped, or that do not fit, are closed rather than leaked",
+            arguments: BackendKind.allCases)
         func droppedDescriptorsClose(kind: BackendKind) async throws {
             try await withUnixPair(kind) { _, a, b in
                 let before = openFDCount()
@@ -442,7 +466,8 @@ extension PollerNetTests {
         @Test("bad addresses and arguments fail with clear errors and leak nothing", arguments: BackendKind.allCases)
         func badInput(kind: BackendKind) async throws {
             try await withUDPSockets(kind) { poller, a, _ in
-                await expectNetError(.invalidAddress("host \"example.com\" is not a numeric IPv4 or IPv6 address")) { () async throws(NetError) in
+                await expectNetError(.invalidAddress("host \"example.com\" is not a numeric IPv4 or IPv6 address")) {
+                    () async throws(NetError) in
                     try DatagramSocket.bind(host: "example.com", port: 0, poller: poller)
                 }
                 let longPath = "/tmp/" + String(repeating: "x", count: 200)

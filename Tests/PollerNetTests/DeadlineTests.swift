@@ -26,7 +26,9 @@ extension PollerNetTests {
     /// Ported in spirit from Go's net/timeout_test.go.
     @Suite("Deadlines")
     struct Deadlines {
-        @Test("a read deadline in the past times out at once, even with data waiting; clearing it reads the data", arguments: BackendKind.allCases)
+        @Test(
+            "a read deadline in the past times out at once, even with data waiting; clearing it reads the data",
+            arguments: BackendKind.allCases)
         func pastReadDeadline(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await pair.server.write(Array("READ TIMEOUT TEST".utf8))
@@ -72,7 +74,8 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a deadline cleared while a read is blocked keeps it waiting; one moved to the past wakes it", arguments: BackendKind.allCases)
+        @Test(
+            "a deadline cleared while a read is blocked keeps it waiting; one moved to the past wakes it", arguments: BackendKind.allCases)
         func clearWhileBlocked(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @testable import Poller
 
 // The group installed as Swift's default executor (PollerGroup.installAsDefaultExecutor)
@@ -24,8 +25,9 @@ extension PollerNetTests {
             return (status, out.split(separator: "\n"), err)
         }
 
-        @Test("Installed as the default executor, plain tasks, async let, Task.sleep, a wait's wake-up and the main actor all behave, and tasks go on after shutdown",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Installed as the default executor, plain tasks, async let, Task.sleep, a wait's wake-up and the main actor all behave, and tasks go on after shutdown",
+            arguments: BackendKind.allCases)
         func installedGroupRunsPlainTasks(kind: BackendKind) throws {
             let (status, lines, err) = try Self.run(kind)
             let failed = lines.filter { $0.hasPrefix("FAIL") }
@@ -40,8 +42,9 @@ extension PollerNetTests {
             #expect(lines.contains { $0.hasPrefix("ok: a park-and-wake round trip between plain tasks costs") }, "\(lines)")
         }
 
-        @Test("Without the install the same placement checks fail (the checks can fail)",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Without the install the same placement checks fail (the checks can fail)",
+            arguments: BackendKind.allCases)
         func placementChecksFailWithoutTheInstall(kind: BackendKind) throws {
             let (status, lines, _) = try Self.run(kind, ["--control"])
             #expect(status == .exited(1))

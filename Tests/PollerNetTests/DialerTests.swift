@@ -1,9 +1,10 @@
 import CPoller
 import Glibc
 import Poller
-@testable import PollerNet
 import Synchronization
 import Testing
+
+@testable import PollerNet
 
 /// Runs `body` with `lookup` standing in for `getaddrinfo` (on the lookup thread), then waits
 /// (up to 5 s) until the lookup pool has no thread left, so a lookup left running in the
@@ -101,8 +102,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("Happy Eyeballs: when the first family's address never answers, the other family's connects after the fallback delay and the loser is closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Happy Eyeballs: when the first family's address never answers, the other family's connects after the fallback delay and the loser is closed",
+            arguments: BackendKind.allCases)
         func fallbackAfterDelay(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let blackHole = try await BlackHole.make(host: "::1", poller: poller)
@@ -178,8 +180,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a lookup slower than the dial timeout throws timeout at once and its late answer is dropped",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a lookup slower than the dial timeout throws timeout at once and its late answer is dropped",
+            arguments: BackendKind.allCases)
         func lookupTimeout(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let port = try await closedPort("127.0.0.1", poller)
@@ -214,8 +217,9 @@ extension PollerNetTests {
         }
 
         // The digest's timeout tests 14 and 15 (net/timeout_test.go), with a Dialer.
-        @Test("TestDialTimeout: a zero timeout means none and a negative one fails at once",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestDialTimeout: a zero timeout means none and a negative one fails at once",
+            arguments: BackendKind.allCases)
         func dialTimeouts(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -249,8 +253,9 @@ extension PollerNetTests {
         // past, so its first write timed out. Here cancellation never touches deadlines: a dial
         // cancelled at any point either throws .cancelled (its socket closed: the leak check)
         // or returns a connection that works.
-        @Test("a dial cancelled as its connect completes throws cancelled or returns a working connection, never a poisoned one (Go #16523)",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a dial cancelled as its connect completes throws cancelled or returns a working connection, never a poisoned one (Go #16523)",
+            arguments: BackendKind.allCases)
         func dialCancelRacingConnect(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -330,7 +335,8 @@ extension PollerNetTests {
                     return .failure(.resolution(host: host, code: EAI_NONAME, message: "seam"))
                 }) {
                     for (input, reason) in cases {
-                        let error = await netError { () async throws(NetError) in try await Connection.dial(address: input, poller: poller) }
+                        let error = await netError { () async throws(NetError) in try await Connection.dial(address: input, poller: poller)
+                        }
                         guard case .invalidAddress(let text) = error else {
                             Issue.record("\(input.prefix(40).debugDescription): \(String(describing: error))")
                             continue
@@ -341,7 +347,9 @@ extension PollerNetTests {
                     #expect(calls.load(ordering: .relaxed) == 0)
                     // The longest name and a trailing dot pass the checks whole and reach the lookup.
                     for host in [name253, name253 + ".", "under_score.test"] {
-                        let error = await netError { () async throws(NetError) in try await Connection.dial(host: host, port: 80, poller: poller) }
+                        let error = await netError { () async throws(NetError) in
+                            try await Connection.dial(host: host, port: 80, poller: poller)
+                        }
                         #expect(error == .resolution(host: host, code: EAI_NONAME, message: "seam"))
                     }
                     #expect(calls.load(ordering: .relaxed) == 3)
@@ -352,7 +360,9 @@ extension PollerNetTests {
         @Test("lookups run on at most four plain threads, never on a poller thread", arguments: BackendKind.allCases)
         func lookupThreads(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
-                let running = Atomic<Int>(0), most = Atomic<Int>(0), onPoller = Atomic<Int>(0)
+                let running = Atomic<Int>(0)
+                let most = Atomic<Int>(0)
+                let onPoller = Atomic<Int>(0)
                 try await withLookup({ host, _ in
                     let now = running.add(1, ordering: .relaxed).newValue
                     most.max(now, ordering: .relaxed)
@@ -364,7 +374,9 @@ extension PollerNetTests {
                     await withTaskGroup(of: NetError?.self) { group in
                         for i in 0..<10 {
                             group.addTask {
-                                await netError { () async throws(NetError) in try await Connection.dial(host: "h\(i).test", port: 80, poller: poller) }
+                                await netError { () async throws(NetError) in
+                                    try await Connection.dial(host: "h\(i).test", port: 80, poller: poller)
+                                }
                             }
                         }
                         for await error in group {
@@ -428,7 +440,8 @@ struct BlackHole {
         var queued: [Connection] = []
         for _ in 0..<16 {
             do throws(NetError) {
-                queued.append(try await Connection.dial(host: host, port: listener.localAddress.port!, timeout: .milliseconds(100), poller: poller))
+                queued.append(
+                    try await Connection.dial(host: host, port: listener.localAddress.port!, timeout: .milliseconds(100), poller: poller))
             } catch {
                 #expect(error == .timeout, sourceLocation: sourceLocation)
                 return BlackHole(listener: listener, queued: queued)

@@ -2,13 +2,15 @@ import CPoller
 import Glibc
 import PollerNet
 import Testing
+
 @testable import Poller
 
 extension PollerNetTests {
     @Suite("Faults")
     struct Faults {
-        @Test("accept out of descriptors reports EMFILE, and serves every queued connection once descriptors free up",
-              arguments: BackendKind.allCases)
+        @Test(
+            "accept out of descriptors reports EMFILE, and serves every queued connection once descriptors free up",
+            arguments: BackendKind.allCases)
         func acceptUnderEMFILE(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 // No headroom: this pins the bare EMFILE path, where the connection stays queued
@@ -81,8 +83,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a peer's reset while a write is blocked wakes it with an error, and SIGPIPE never fires",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a peer's reset while a write is blocked wakes it with an error, and SIGPIPE never fires",
+            arguments: BackendKind.allCases)
         func resetMidWrite(kind: BackendKind) async throws {
             // The default action of SIGPIPE kills the process: if any write raised it, this
             // test run would die here rather than fail politely.

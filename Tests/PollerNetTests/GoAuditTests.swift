@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @testable import Poller
 @testable import PollerNet
 
@@ -39,8 +40,9 @@ extension PollerNetTests {
         // Digest #8. Go reads each file whole, 4 workers × 100 times; whether the poller
         // takes the descriptor (sysfs files poll) or refuses it (EPERM: read unwatched), every
         // read must work.
-        @Test("TestRead/SpecialFile: /dev/null, /proc/stat and a sysfs file are each read whole by 4 tasks 100 times without an error",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestRead/SpecialFile: /dev/null, /proc/stat and a sysfs file are each read whole by 4 tasks 100 times without an error",
+            arguments: BackendKind.allCases)
         func readSpecialFiles(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 for path in ["/dev/null", "/proc/stat", "/sys/devices/system/cpu/online"] where access(path, R_OK) == 0 {
@@ -65,8 +67,9 @@ extension PollerNetTests {
         // Digest #12. Go's child program dials a closed port from its package init, before
         // main; here an exit test's child process makes a dial its first use of the shared
         // poller (started lazily, on the backend the environment names) from a plain task.
-        @Test("TestNetpollDeadlock: a fresh process whose first use of the shared poller is a dial to a closed port gets ECONNREFUSED promptly",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestNetpollDeadlock: a fresh process whose first use of the shared poller is a dial to a closed port gets ECONNREFUSED promptly",
+            arguments: BackendKind.allCases)
         func netpollDeadlock(kind: BackendKind) async throws {
             switch kind {
             case .epoll:
@@ -78,8 +81,9 @@ extension PollerNetTests {
         }
 
         // Digest #18.
-        @Test("TestAcceptTimeoutMustNotReturn: an accept whose deadline was expired then cleared waits, and close ends it with closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestAcceptTimeoutMustNotReturn: an accept whose deadline was expired then cleared waits, and close ends it with closed",
+            arguments: BackendKind.allCases)
         func acceptTimeoutMustNotReturn(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -92,8 +96,9 @@ extension PollerNetTests {
         }
 
         // Digest #23 (the TCP version; the pipe version is #54).
-        @Test("TestWriteTimeoutMustNotReturn: a write blocked on a full buffer after the deadline dance waits, and close ends it with closed and its partial count",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestWriteTimeoutMustNotReturn: a write blocked on a full buffer after the deadline dance waits, and close ends it with closed and its partial count",
+            arguments: BackendKind.allCases)
         func writeTimeoutMustNotReturn(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -109,8 +114,9 @@ extension PollerNetTests {
 
         // Digest #22. A fresh connection per case to a listener that never accepts: the
         // handshake completes in the kernel, so the send buffer has room throughout.
-        @Test("TestWriteTimeout: a past write deadline fails two writes with room in the buffer and nothing written; a 10 ms one lets writes through until it passes, then fails them with nothing written",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestWriteTimeout: a past write deadline fails two writes with room in the buffer and nothing written; a 10 ms one lets writes through until it passes, then fails them with nothing written",
+            arguments: BackendKind.allCases)
         func writeTimeout(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -118,7 +124,8 @@ extension PollerNetTests {
                 for timeout: Duration in [.seconds(-5), .milliseconds(10)] {
                     let client = try await Connection.dial(host: "127.0.0.1", port: listener.localAddress.port!, poller: poller)
                     try client.setWriteDeadline(.now + timeout)
-                    var timeouts = 0, successes = 0
+                    var timeouts = 0
+                    var successes = 0
                     while timeouts < 2 {
                         let result = await client.writeReportingProgress(message)
                         if let error = result.error {
@@ -138,8 +145,9 @@ extension PollerNetTests {
         }
 
         // Digest #33.
-        @Test("TestCloseWrite: after both ends close their write sides each reads end of file, and each one's writes fail",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestCloseWrite: after both ends close their write sides each reads end of file, and each one's writes fail",
+            arguments: BackendKind.allCases)
         func closeWriteBothWays(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try pair.client.closeWrite()
@@ -154,8 +162,9 @@ extension PollerNetTests {
         }
 
         // Digest #32, Unix stream sockets (TCP: "closeRead makes later reads return end of file").
-        @Test("TestCloseRead (unix): after closeRead a read returns end of file",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestCloseRead (unix): after closeRead a read returns end of file",
+            arguments: BackendKind.allCases)
         func closeReadUnix(kind: BackendKind) async throws {
             try await withUnixPair(kind) { _, client, _ in
                 try client.closeRead()
@@ -164,8 +173,9 @@ extension PollerNetTests {
         }
 
         // Digest #39, Unix stream sockets (TCP: in "a dialled connection echoes bytes…").
-        @Test("TestZeroByteRead (unix): a zero-byte read returns 0 at once on both ends of a fresh connection",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestZeroByteRead (unix): a zero-byte read returns 0 at once on both ends of a fresh connection",
+            arguments: BackendKind.allCases)
         func zeroByteReadUnix(kind: BackendKind) async throws {
             try await withUnixPair(kind) { _, client, server in
                 for end in [client, server] {
@@ -177,8 +187,9 @@ extension PollerNetTests {
         }
 
         // Digest #49.
-        @Test("TestConnAndListener: with 1 h deadlines on the listener and both ends, TCP and Unix connections echo, and every address is of the network's family",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestConnAndListener: with 1 h deadlines on the listener and both ends, TCP and Unix connections echo, and every address is of the network's family",
+            arguments: BackendKind.allCases)
         func connAndListener(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let tcp = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -195,8 +206,9 @@ extension PollerNetTests {
         }
 
         // Digest #56 (Go's os/timeout_test.go version: every error must be a timeout).
-        @Test("TestReadWriteDeadlineRace (pipe): reads and writes racing 2 µs deadlines reset 200 times end with data or a timeout, never another error or a hang",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestReadWriteDeadlineRace (pipe): reads and writes racing 2 µs deadlines reset 200 times end with data or a timeout, never another error or a hang",
+            arguments: BackendKind.allCases)
         func pipeReadWriteDeadlineRace(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let rounds = 200
@@ -232,8 +244,9 @@ extension PollerNetTests {
         }
 
         // Digest #60 (Go #24164).
-        @Test("TestPipeEOF: lines written 10 ms apart are all read, then end of file once the writer closes, within a second",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestPipeEOF: lines written 10 ms apart are all read, then end of file once the writer closes, within a second",
+            arguments: BackendKind.allCases)
         func pipeEOF(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let writer = Task { () async -> NetError? in

@@ -2,6 +2,7 @@ import CAllocCounter
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 @testable import PollerNet
 
@@ -19,32 +20,36 @@ extension PollerNetTests {
         // #1. Go's decref/rwunlock return "last reference of a closing mutex"; ours resume the
         // close suspended in awaitLastReference instead, so "false" reads: back to no
         // reference, not closing, no close waiting.
-        @Test("TestMutexLock: a reference and each direction lock are taken and released on a fresh mutex",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestMutexLock: a reference and each direction lock are taken and released on a fresh mutex",
+            arguments: BackendKind.allCases)
         func mutexLock(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 // (A typed-throws task body crashes Swift 6.3.1's LifetimeDependenceDiagnostics
                 // pass in its reabstraction thunk; the error is returned instead.)
-                let error = await Task(executorPreference: poller.executor) { await netError { () async throws(NetError) in
-                    let mutex = FDMutex()
-                    try mutex.incref()
-                    #expect(mutex.snapshot == (references: 1, closing: false, closeWaiting: false))
-                    mutex.decref()
-                    #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
-                    for direction in [FDMutex.Direction.read, .write] {
-                        _ = try await mutex.lock(direction)
-                        #expect(mutex.snapshot.references == 1)
-                        mutex.unlock(direction)
+                let error = await Task(executorPreference: poller.executor) {
+                    await netError { () async throws(NetError) in
+                        let mutex = FDMutex()
+                        try mutex.incref()
+                        #expect(mutex.snapshot == (references: 1, closing: false, closeWaiting: false))
+                        mutex.decref()
                         #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
+                        for direction in [FDMutex.Direction.read, .write] {
+                            _ = try await mutex.lock(direction)
+                            #expect(mutex.snapshot.references == 1)
+                            mutex.unlock(direction)
+                            #expect(mutex.snapshot == (references: 0, closing: false, closeWaiting: false))
+                        }
                     }
-                } }.value
+                }.value
                 #expect(error == nil)
             }
         }
 
         // #2.
-        @Test("TestMutexClose: once closing, a reference, either direction lock and a second close are all refused",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestMutexClose: once closing, a reference, either direction lock and a second close are all refused",
+            arguments: BackendKind.allCases)
         func mutexClose(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 await Task(executorPreference: poller.executor) {
@@ -62,8 +67,9 @@ extension PollerNetTests {
         }
 
         // #3.
-        @Test("TestMutexCloseUnblock: close fails every queued read-lock waiter, and the held lock's release is the last reference",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestMutexCloseUnblock: close fails every queued read-lock waiter, and the held lock's release is the last reference",
+            arguments: BackendKind.allCases)
         func mutexCloseUnblock(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let mutex = FDMutex()
@@ -97,8 +103,9 @@ extension PollerNetTests {
         // #6. Go runs 4 workers × 10_000 iterations in short mode; so do we (under 1 s for
         // both backends under ThreadSanitizer). Mutual exclusion is checked with an occupancy count per
         // direction (atomics, so that the check itself is race-free).
-        @Test("TestMutexStress: references and both direction locks under contention stay exclusive and balanced",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestMutexStress: references and both direction locks under contention stay exclusive and balanced",
+            arguments: BackendKind.allCases)
         func mutexStress(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let mutex = FDMutex()
@@ -108,23 +115,25 @@ extension PollerNetTests {
                 // so that owners contend across threads as Go's Ps do.
                 let workers = (0..<4).map { worker in
                     let executor: any TaskExecutor = worker.isMultiple(of: 2) ? poller.executor : globalConcurrentExecutor
-                    return Task(executorPreference: executor) { await netError { () async throws(NetError) in
-                        var generator = SystemRandomNumberGenerator()
-                        for iteration in 0..<10_000 {
-                            let op = Int.random(in: 0..<3, using: &generator)
-                            if op == 0 {
-                                try mutex.incref()
-                                mutex.decref()
-                                continue
+                    return Task(executorPreference: executor) {
+                        await netError { () async throws(NetError) in
+                            var generator = SystemRandomNumberGenerator()
+                            for iteration in 0..<10_000 {
+                                let op = Int.random(in: 0..<3, using: &generator)
+                                if op == 0 {
+                                    try mutex.incref()
+                                    mutex.decref()
+                                    continue
+                                }
+                                let direction: FDMutex.Direction = op == 1 ? .read : .write
+                                _ = try await mutex.lock(direction)
+                                if !occupancy.enter(direction) { _ = overlaps.increment() }
+                                if (iteration + worker) % 64 == 0 { await Task.yield() }
+                                occupancy.leave(direction)
+                                mutex.unlock(direction)
                             }
-                            let direction: FDMutex.Direction = op == 1 ? .read : .write
-                            _ = try await mutex.lock(direction)
-                            if !occupancy.enter(direction) { _ = overlaps.increment() }
-                            if (iteration + worker) % 64 == 0 { await Task.yield() }
-                            occupancy.leave(direction)
-                            mutex.unlock(direction)
                         }
-                    } }
+                    }
                 }
                 for worker in workers { #expect(await worker.value == nil) }
                 #expect(overlaps.value == 0, "two owners held one direction lock at once")
@@ -142,8 +151,9 @@ extension PollerNetTests {
         // dead connection over, and its first read reports the reset. ECONNABORTED is retried
         // in NetFD.accept, but no test seam injects it. What applies here is pinned: the reset
         // request neither fails accept nor hides the next connection.
-        @Test("TestAcceptIgnoreAbortedConnRequest: a connection reset before accept does not fail accept, and the next one is accepted",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestAcceptIgnoreAbortedConnRequest: a connection reset before accept does not fail accept, and the next one is accepted",
+            arguments: BackendKind.allCases)
         func acceptIgnoreAbortedConnRequest(kind: BackendKind) async throws {
             try await withLocalListener(kind) { poller, listener in
                 let port = listener.localAddress.port!
@@ -166,8 +176,9 @@ extension PollerNetTests {
 
         // #47. Go: 10 accept loops, 100 dials. Here 4 loops and 40 dials, each connection
         // tagged with its number in its first byte.
-        @Test("TestTCPConcurrentAccept: several tasks accepting on one listener accept every connection exactly once, and close ends them all",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestTCPConcurrentAccept: several tasks accepting on one listener accept every connection exactly once, and close ends them all",
+            arguments: BackendKind.allCases)
         func tcpConcurrentAccept(kind: BackendKind) async throws {
             try await withLocalListener(kind) { poller, listener in
                 let accepted = Tags()
@@ -202,8 +213,9 @@ extension PollerNetTests {
         // #29 (TestReadWriteProlongedTimeout, in the shape asked for here): the server echoes
         // byte by byte, pushing its read and write deadlines 300 ms ahead before each call,
         // while the client's round trips, 5 ms apart, go on well past the first deadline.
-        @Test("TestReadWriteProlongedTimeout: deadlines pushed forward before each call while data keeps flowing never fire",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestReadWriteProlongedTimeout: deadlines pushed forward before each call while data keeps flowing never fire",
+            arguments: BackendKind.allCases)
         func readWriteProlongedTimeout(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let server = pair.server
@@ -237,8 +249,9 @@ extension PollerNetTests {
 
         // #28, TCP. Go's 19 timeouts; 3 runs each up to 1 ms, 1 run each above (Go's short
         // mode stops at 500 µs), so that the matrix takes about 1.9 s per backend.
-        @Test("TestVariousDeadlines: every deadline from 1 ns to 1 s fires, the read returns timeout, and not before the deadline",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestVariousDeadlines: every deadline from 1 ns to 1 s fires, the read returns timeout, and not before the deadline",
+            arguments: BackendKind.allCases)
         func variousDeadlines(kind: BackendKind) async throws {
             let timeouts: [Duration] = [
                 .nanoseconds(1), .nanoseconds(2), .nanoseconds(5), .nanoseconds(50), .nanoseconds(100),
@@ -273,8 +286,9 @@ extension PollerNetTests {
         // #44. Go allows shutdown errors on repeated CloseRead/CloseWrite but wants them well
         // formed; the second and third Close of a conn, a listener and a packet conn say
         // "use of closed network connection" (ours: .closed), and so does any I/O after it.
-        @Test("TestCloseError: repeated half-closes are harmless, a second close and every operation after close throw closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestCloseError: repeated half-closes are harmless, a second close and every operation after close throw closed",
+            arguments: BackendKind.allCases)
         func closeError(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -310,8 +324,9 @@ extension PollerNetTests {
         // timeouts; closing the listener must end it with closed, not a timeout. (Go's test
         // also tolerates injected temporary errors; no test seam injects accept errors here,
         // so that part is not ported.)
-        @Test("TestAcceptError: an accept loop with short deadlines sees only timeouts, and closing the listener ends it with closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestAcceptError: an accept loop with short deadlines sees only timeouts, and closing the listener ends it with closed",
+            arguments: BackendKind.allCases)
         func acceptError(kind: BackendKind) async throws {
             try await withLocalListener(kind) { _, listener in
                 let timeouts = Counter()
@@ -337,8 +352,9 @@ extension PollerNetTests {
 
         // #48. Go: 2 conns × 1e4 round trips of 512 bytes (1e2 in short mode). Here 16 conns ×
         // 1000 round trips, each served by its own echo task.
-        @Test("TestTCPStress: many connections each doing many request-echo round trips all get their bytes back intact",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestTCPStress: many connections each doing many request-echo round trips all get their bytes back intact",
+            arguments: BackendKind.allCases)
         func tcpStress(kind: BackendKind) async throws {
             let connections = 16
             let rounds = 1000
@@ -394,8 +410,9 @@ extension PollerNetTests {
         // runs and would resume: loopback delivers a write's bytes before send returns, so
         // neither side waits. After a warm-up (the task allocator's first slab, lazily built
         // metadata), the count pinned is zero, as Go's.
-        @Test("TestTCPReadWriteAllocs: a 128-byte write and a read of it, on the ready path, allocate nothing",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestTCPReadWriteAllocs: a 128-byte write and a read of it, on the ready path, allocate nothing",
+            arguments: BackendKind.allCases)
         func tcpReadWriteAllocs(kind: BackendKind) async throws {
             try await expectAllocations(0, per: 1000, kind: kind) { (client, server, message, reply) async throws(NetError) in
                 try await client.write(message)
@@ -406,12 +423,15 @@ extension PollerNetTests {
         // Not in Go's tests (its Writev caches the iovec slice in the FD): ours allocates the
         // iovec array of each call, one allocation per write(buffers:); the other one counted
         // per round is the array of two buffers the round builds.
-        @Test("TestTCPReadWriteAllocs: a gathered write of two buffers allocates only its iovec array, and the read nothing",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestTCPReadWriteAllocs: a gathered write of two buffers allocates only its iovec array, and the read nothing",
+            arguments: BackendKind.allCases)
         func tcpGatheredWriteAllocs(kind: BackendKind) async throws {
             try await expectAllocations(2000, per: 1000, kind: kind) { (client, server, message, reply) async throws(NetError) in
-                try await client.write(buffers: [UnsafeRawBufferPointer(rebasing: message[..<64]),
-                                                 UnsafeRawBufferPointer(rebasing: message[64...])])
+                try await client.write(buffers: [
+                    UnsafeRawBufferPointer(rebasing: message[..<64]),
+                    UnsafeRawBufferPointer(rebasing: message[64...]),
+                ])
                 try await server.read(exactly: reply)
             }
         }
@@ -420,8 +440,9 @@ extension PollerNetTests {
 
         // Go checks that the writev calls number ceil(chunks / 1024) (its TestHookDidWritev);
         // here 3000 buffers (and some empty ones, skipped) take three sendmsg calls.
-        @Test("TestBuffers_WriteTo: thousands of small buffers arrive intact and in order, 1024 to a system call",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestBuffers_WriteTo: thousands of small buffers arrive intact and in order, 1024 to a system call",
+            arguments: BackendKind.allCases)
         func buffersWriteTo(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let sizes = (0..<3000).map { $0 % 10 == 9 ? 0 : $0 % 13 + 1 }
@@ -440,8 +461,9 @@ extension PollerNetTests {
         // Go's TestWritevError shape, turned to partial writes: with small socket buffers on
         // both ends the kernel takes a few KiB per call, so each call stops in the middle of
         // some buffer and the next one resumes there.
-        @Test("TestBuffers_WriteTo: partial writes with small socket buffers resume across buffer boundaries and lose nothing",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestBuffers_WriteTo: partial writes with small socket buffers resume across buffer boundaries and lose nothing",
+            arguments: BackendKind.allCases)
         func buffersPartialWrites(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try pair.client.setWriteBuffer(4096)
@@ -462,8 +484,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("TestBuffers_WriteTo: a write deadline passing during a gathered write stops it with timeout and reports the bytes sent",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestBuffers_WriteTo: a write deadline passing during a gathered write stops it with timeout and reports the bytes sent",
+            arguments: BackendKind.allCases)
         func buffersWriteDeadline(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 // 64 × 1 MiB (the same MiB each time): more than the socket buffers hold.
@@ -481,8 +504,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("TestWritevError: gathered writes to a peer that has closed fail with EPIPE or a reset instead of hanging",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TestWritevError: gathered writes to a peer that has closed fail with EPIPE or a reset instead of hanging",
+            arguments: BackendKind.allCases)
         func writevError(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try await pair.server.close()
@@ -494,8 +518,9 @@ extension PollerNetTests {
                 for _ in 0..<100 where error == nil {
                     error = await pair.client.writeReportingProgress(buffers: buffers).error
                 }
-                #expect(error == .system(call: "sendmsg", errno: EPIPE) || error == .connectionReset,
-                        "\(String(describing: error))")
+                #expect(
+                    error == .system(call: "sendmsg", errno: EPIPE) || error == .connectionReset,
+                    "\(String(describing: error))")
             }
         }
     }
@@ -519,7 +544,8 @@ private func withLocalListener(
 /// and lazily built metadata). Checks first that the counter counts; skips under a sanitizer.
 private func expectAllocations(
     _ expected: UInt64, per rounds: Int, kind: BackendKind, sourceLocation: SourceLocation = #_sourceLocation,
-    _ round: @escaping @Sendable (Connection, Connection, UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) async throws(NetError) -> Void
+    _ round:
+        @escaping @Sendable (Connection, Connection, UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) async throws(NetError) -> Void
 ) async throws {
     guard alloc_counter_available() else {
         try Test.cancel("allocations are not counted under a sanitizer (it owns malloc)")
@@ -529,7 +555,10 @@ private func expectAllocations(
         let (allocations, error) = await Task(executorPreference: client.executor) { () async -> (UInt64, NetError?) in
             let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 128, alignment: 1)
             let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 128, alignment: 1)
-            defer { message.deallocate(); reply.deallocate() }
+            defer {
+                message.deallocate()
+                reply.deallocate()
+            }
             message.initializeMemory(as: UInt8.self, repeating: 0x5A)
             let start = alloc_counter_thread_count()
             UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 1).deallocate()
@@ -577,7 +606,11 @@ private final class Occupancy: Sendable {
     }
 
     func leave(_ direction: FDMutex.Direction) {
-        if direction == .read { read.subtract(1, ordering: .sequentiallyConsistent) } else { write.subtract(1, ordering: .sequentiallyConsistent) }
+        if direction == .read {
+            read.subtract(1, ordering: .sequentiallyConsistent)
+        } else {
+            write.subtract(1, ordering: .sequentiallyConsistent)
+        }
     }
 }
 

@@ -3,6 +3,7 @@ import Glibc
 import PollerNet
 import Synchronization
 import Testing
+
 @testable import Poller
 
 /// Where a connection's serving task runs, relative to the poller that owns the connection.
@@ -28,8 +29,9 @@ enum ServingPlacement: String, CaseIterable, Sendable, CustomTestStringConvertib
 extension PollerNetTests {
     @Suite("Connections across a poller group")
     struct Groups {
-        @Test("A listener with a group hands accepted connections to its pollers in turn, and each is served on its own poller's thread",
-              arguments: BackendKind.allCases)
+        @Test(
+            "A listener with a group hands accepted connections to its pollers in turn, and each is served on its own poller's thread",
+            arguments: BackendKind.allCases)
         func acceptedConnectionsSpreadAndStay(kind: BackendKind) async throws {
             try await withNetGroup(kind) { group in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, group: group)
@@ -42,15 +44,16 @@ extension PollerNetTests {
                     clients.append(pair.client)
                     owners.append(ObjectIdentifier(pair.server.poller))
                     let server = pair.server
-                    served.append(Task(executorPreference: server.executor) {
-                        // Read, wake-up and resumption: every step on the owner's thread.
-                        let before = cpoller_thread_id() == server.poller.threadID
-                        let got = try await server.read(maxBytes: 1)
-                        let after = cpoller_thread_id() == server.poller.threadID
-                        try await server.write(got)
-                        try await server.close()
-                        return before && after
-                    })
+                    served.append(
+                        Task(executorPreference: server.executor) {
+                            // Read, wake-up and resumption: every step on the owner's thread.
+                            let before = cpoller_thread_id() == server.poller.threadID
+                            let got = try await server.read(maxBytes: 1)
+                            let after = cpoller_thread_id() == server.poller.threadID
+                            try await server.write(got)
+                            try await server.close()
+                            return before && after
+                        })
                 }
                 // In turn: 0, 1, 0, 1 (whichever member comes first).
                 #expect(owners[0] != owners[1] && owners[0] == owners[2] && owners[1] == owners[3])
@@ -64,8 +67,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("listenOnEveryPoller makes one SO_REUSEPORT listener per poller on one port, and each keeps its connections on its poller",
-              arguments: BackendKind.allCases)
+        @Test(
+            "listenOnEveryPoller makes one SO_REUSEPORT listener per poller on one port, and each keeps its connections on its poller",
+            arguments: BackendKind.allCases)
         func listenerPerPoller(kind: BackendKind) async throws {
             try await withNetGroup(kind) { group in
                 let listeners = try await TCPListener.listenOnEveryPoller(host: "127.0.0.1", port: 0, group: group)
@@ -78,8 +82,9 @@ extension PollerNetTests {
                     Task(executorPreference: listener.netFD.poller.executor) { () -> [Bool] in
                         var placed: [Bool] = []
                         while let connection = try? await listener.accept() {
-                            placed.append(connection.poller === listener.netFD.poller
-                                && cpoller_thread_id() == listener.netFD.poller.threadID)
+                            placed.append(
+                                connection.poller === listener.netFD.poller
+                                    && cpoller_thread_id() == listener.netFD.poller.threadID)
                             try? await connection.close()
                         }
                         return placed
@@ -106,8 +111,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("A connection of a group echoes, times out, and is unblocked by close, wherever its task runs",
-              arguments: BackendKind.allCases, ServingPlacement.allCases)
+        @Test(
+            "A connection of a group echoes, times out, and is unblocked by close, wherever its task runs",
+            arguments: BackendKind.allCases, ServingPlacement.allCases)
         func servedAnywhere(kind: BackendKind, placement: ServingPlacement) async throws {
             try await withNetGroup(kind) { group in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, group: group)

@@ -32,11 +32,13 @@ extension PollerNetTests {
             #expect(HTTPParseError.unsupportedVersion.status == 505)
         }
 
-        @Test("a malformed request line is refused with 400", arguments: [
-            "GET  / HTTP/1.1", "GET /a b HTTP/1.1", "GET / HTTP/1.1 ", "G(T / HTTP/1.1", " GET / HTTP/1.1",
-            "GET / http/1.1", "GET / HTTP/1", "GET / HTTP/1.x", "GET\t/ HTTP/1.1", "GET /\u{7F} HTTP/1.1", "GET /",
-            "GET / HTTP/1.1\n",
-        ])
+        @Test(
+            "a malformed request line is refused with 400",
+            arguments: [
+                "GET  / HTTP/1.1", "GET /a b HTTP/1.1", "GET / HTTP/1.1 ", "G(T / HTTP/1.1", " GET / HTTP/1.1",
+                "GET / http/1.1", "GET / HTTP/1", "GET / HTTP/1.x", "GET\t/ HTTP/1.1", "GET /\u{7F} HTTP/1.1", "GET /",
+                "GET / HTTP/1.1\n",
+            ])
         func malformedRequestLine(line: String) {
             let result = parseAll(line + "\r\n\r\n")
             #expect(result.error == .badRequestLine && result.requests.isEmpty, "\(line.debugDescription): \(result)")
@@ -53,9 +55,11 @@ extension PollerNetTests {
 
         // MARK: Header fields
 
-        @Test("a field name must be a token with no whitespace before the colon", arguments: [
-            "Host : a", "Ho st: a", "Host\t: a", ": a", "H(st: a", "Host", "Hóst: a",
-        ])
+        @Test(
+            "a field name must be a token with no whitespace before the colon",
+            arguments: [
+                "Host : a", "Ho st: a", "Host\t: a", ": a", "H(st: a", "Host", "Hóst: a",
+            ])
         func badFieldNames(line: String) {
             let result = parseAll("GET / HTTP/1.1\r\n\(line)\r\n\r\n")
             #expect(result.error == .badHeaderName, "\(line.debugDescription): \(result)")
@@ -69,9 +73,11 @@ extension PollerNetTests {
             #expect(HTTPParseError.obsoleteLineFolding.status == 400)
         }
 
-        @Test("a control byte or bare CR or LF in a field value is refused with 400", arguments: [
-            "X: a\u{0}b", "X: a\rb", "X: a\nb", "X: a\u{7F}", "X: a\u{1B}b",
-        ])
+        @Test(
+            "a control byte or bare CR or LF in a field value is refused with 400",
+            arguments: [
+                "X: a\u{0}b", "X: a\rb", "X: a\nb", "X: a\u{7F}", "X: a\u{1B}b",
+            ])
         func controlBytesInValues(line: String) {
             #expect(parseAll("GET / HTTP/1.1\r\n\(line)\r\n\r\n").error == .badHeaderValue, "\(line.debugDescription)")
         }
@@ -80,9 +86,10 @@ extension PollerNetTests {
         func fieldValues() {
             let bytes = Array("GET / HTTP/1.1\r\nX: \t a\tb c \t\r\nY:\r\nZ: ".utf8) + [0xC3, 0xA9] + Array("\r\n\r\n".utf8)
             let result = parse(bytes)
-            #expect(result.requests.first?.head.fields == [
-                field("X", "a\tb c"), field("Y", ""), HTTPField(name: Array("Z".utf8), value: [0xC3, 0xA9]),
-            ])
+            #expect(
+                result.requests.first?.head.fields == [
+                    field("X", "a\tb c"), field("Y", ""), HTTPField(name: Array("Z".utf8), value: [0xC3, 0xA9]),
+                ])
         }
 
         // MARK: Body framing (RFC 9112 §6)
@@ -99,8 +106,10 @@ extension PollerNetTests {
 
         @Test("Content-Length and Transfer-Encoding together are refused with 400")
         func contentLengthWithTransferEncoding() {
-            for head in ["Content-Length: 5\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 5",
-                         "Content-Length: 0\r\nTransfer-Encoding: gzip"] {
+            for head in [
+                "Content-Length: 5\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 5",
+                "Content-Length: 0\r\nTransfer-Encoding: gzip",
+            ] {
                 #expect(parseAll("POST / HTTP/1.1\r\n\(head)\r\n\r\n0\r\n\r\n").error == .contentLengthWithTransferEncoding, "\(head)")
             }
         }
@@ -113,42 +122,50 @@ extension PollerNetTests {
             #expect(same.error == nil && same.requests.first?.body == Array("ab".utf8))
         }
 
-        @Test("a Content-Length that is not a decimal number is refused with 400", arguments: [
-            "", "-1", "+1", "1.0", "0x10", "1 2", "1,", "abc",
-        ])
+        @Test(
+            "a Content-Length that is not a decimal number is refused with 400",
+            arguments: [
+                "", "-1", "+1", "1.0", "0x10", "1 2", "1,", "abc",
+            ])
         func badContentLength(value: String) {
             #expect(parseAll("POST / HTTP/1.1\r\nContent-Length: \(value)\r\n\r\n").error == .badContentLength, "\(value)")
         }
 
         @Test("a chunked body is decoded with its chunk extensions and trailer fields")
         func chunkedBody() {
-            let result = parseAll("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + "5\r\nhello\r\nA;name=value;flag\r\n, world!!!\r\n1 ; x=\"q\"\r\n.\r\n0\r\nX-Checksum: 1\r\nX-B: 2\r\n\r\n"
-                + "GET / HTTP/1.1\r\n\r\n")
+            let result = parseAll(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "5\r\nhello\r\nA;name=value;flag\r\n, world!!!\r\n1 ; x=\"q\"\r\n.\r\n0\r\nX-Checksum: 1\r\nX-B: 2\r\n\r\n"
+                    + "GET / HTTP/1.1\r\n\r\n")
             #expect(result.error == nil && result.requests.count == 2, "\(result)")
             #expect(result.requests[0].head.body == .chunked)
             #expect(String(decoding: result.requests[0].body, as: UTF8.self) == "hello, world!!!.")
             // Trailers are not header fields.
             #expect(result.requests[0].head.fields == [field("Transfer-Encoding", "chunked")])
             // Upper-case hex and a coding named in any case.
-            let upper = parseAll("POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n1F\r\n" + String(repeating: "x", count: 31)
-                + "\r\n0\r\n\r\n")
+            let upper = parseAll(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n1F\r\n" + String(repeating: "x", count: 31)
+                    + "\r\n0\r\n\r\n")
             #expect(upper.requests.first?.body.count == 31)
         }
 
-        @Test("a malformed chunk is refused with 400", arguments: [
-            "x\r\n", "\r\n", "5\r\nhelloX\r\n", "5\r\nhello\r0\r\n\r\n", "5 \r\nhello\r\n", "5;\u{1}\r\n", "-1\r\n",
-            "5\nhello\r\n", "0\r\nX : y\r\n\r\n", "0\r\n folded\r\n\r\n", "0\r\nX: y\n\r\n",
-        ])
+        @Test(
+            "a malformed chunk is refused with 400",
+            arguments: [
+                "x\r\n", "\r\n", "5\r\nhelloX\r\n", "5\r\nhello\r0\r\n\r\n", "5 \r\nhello\r\n", "5;\u{1}\r\n", "-1\r\n",
+                "5\nhello\r\n", "0\r\nX : y\r\n\r\n", "0\r\n folded\r\n\r\n", "0\r\nX: y\n\r\n",
+            ])
         func malformedChunks(body: String) {
             let result = parseAll("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
             #expect(result.error == .badChunk, "\(body.debugDescription): \(result)")
             #expect(HTTPParseError.badChunk.status == 400)
         }
 
-        @Test("Transfer-Encoding that does not end in chunked is refused with 400", arguments: [
-            "gzip", "chunked, gzip", "chunked, chunked", "chunked\r\nTransfer-Encoding: chunked", "", " , ",
-        ])
+        @Test(
+            "Transfer-Encoding that does not end in chunked is refused with 400",
+            arguments: [
+                "gzip", "chunked, gzip", "chunked, chunked", "chunked\r\nTransfer-Encoding: chunked", "", " , ",
+            ])
         func chunkedNotLast(codings: String) {
             let result = parseAll("POST / HTTP/1.1\r\nTransfer-Encoding: \(codings)\r\n\r\n0\r\n\r\n")
             #expect(result.error == .badTransferEncoding, "\(codings.debugDescription): \(result)")
@@ -186,8 +203,9 @@ extension PollerNetTests {
 
         @Test("pipelined requests in one buffer are parsed in order")
         func pipelining() {
-            let result = parseAll("GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
-                + "PUT /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nGET /4 HTTP/1.0\r\n\r\n")
+            let result = parseAll(
+                "GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+                    + "PUT /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nGET /4 HTTP/1.0\r\n\r\n")
             #expect(result.error == nil && !result.midRequest)
             #expect(result.requests.map { String(decoding: $0.head.target, as: UTF8.self) } == ["/1", "/2", "/3", "/4"])
             #expect(result.requests.map(\.body) == [[], Array("abc".utf8), Array("de".utf8), []])
@@ -195,13 +213,19 @@ extension PollerNetTests {
 
         @Test("Expect: 100-continue is reported for an HTTP/1.1 request with a body")
         func expectContinue() {
-            #expect(parseAll("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue == true)
-            #expect(parseAll("POST / HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-                .requests.first?.head.expectsContinue == true)
+            #expect(
+                parseAll("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue
+                    == true)
+            #expect(
+                parseAll("POST / HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                    .requests.first?.head.expectsContinue == true)
             // No body, HTTP/1.0, or another expectation: nothing to continue.
             #expect(parseAll("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").requests.first?.head.expectsContinue == false)
-            #expect(parseAll("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue == false)
-            #expect(parseAll("POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue == false)
+            #expect(
+                parseAll("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue
+                    == false)
+            #expect(
+                parseAll("POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx").requests.first?.head.expectsContinue == false)
             // The head is reported before any body byte arrives, so the answer can be sent first.
             var parser = HTTPRequestParser()
             let head = Array("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n".utf8)
@@ -236,8 +260,9 @@ extension PollerNetTests {
             let fits = prefix + String(repeating: "v", count: 256 - prefix.utf8.count - 4) + "\r\n\r\n"
             #expect(fits.utf8.count == 256)
             #expect(parseAll(fits, limits: limits).requests.count == 1)
-            #expect(parseAll(prefix + String(repeating: "v", count: 256 - prefix.utf8.count - 3) + "\r\n\r\n", limits: limits).error
-                == .headTooLarge)
+            #expect(
+                parseAll(prefix + String(repeating: "v", count: 256 - prefix.utf8.count - 3) + "\r\n\r\n", limits: limits).error
+                    == .headTooLarge)
             #expect(parseAll(prefix + String(repeating: "v", count: 1000), limits: limits).error == .headTooLarge)
             // Refused at the byte that reaches the limit without ending the head, not later.
             var parser = HTTPRequestParser(limits: limits)
@@ -253,10 +278,14 @@ extension PollerNetTests {
         func tooManyFields() {
             let limits = HTTPLimits(maxHeaderCount: 10)
             #expect(parseAll("GET / HTTP/1.1\r\n" + String(repeating: "X: y\r\n", count: 10) + "\r\n", limits: limits).requests.count == 1)
-            #expect(parseAll("GET / HTTP/1.1\r\n" + String(repeating: "X: y\r\n", count: 11) + "\r\n", limits: limits).error
-                == .tooManyHeaders)
-            #expect(parseAll("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + String(repeating: "X: y\r\n", count: 11)
-                + "\r\n", limits: limits).error == .tooManyHeaders)
+            #expect(
+                parseAll("GET / HTTP/1.1\r\n" + String(repeating: "X: y\r\n", count: 11) + "\r\n", limits: limits).error
+                    == .tooManyHeaders)
+            #expect(
+                parseAll(
+                    "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + String(repeating: "X: y\r\n", count: 11)
+                        + "\r\n", limits: limits
+                ).error == .tooManyHeaders)
             #expect(HTTPParseError.tooManyHeaders.status == 431)
         }
 
@@ -308,10 +337,13 @@ extension PollerNetTests {
                 let whole = parse(bytes, limits: limits)
                 let split = parse(bytes, splits: randomSplits(bytes.count, &random), limits: limits)
                 if !mutated {
-                    #expect(whole.error == nil && !whole.midRequest && whole.requests == expected,
-                            "seed \(seed), round \(round): \(String(decoding: bytes, as: UTF8.self).debugDescription): \(whole)")
+                    #expect(
+                        whole.error == nil && !whole.midRequest && whole.requests == expected,
+                        "seed \(seed), round \(round): \(String(decoding: bytes, as: UTF8.self).debugDescription): \(whole)")
                 }
-                #expect(split == whole, "seed \(seed), round \(round): split parse differs for \(String(decoding: bytes, as: UTF8.self).debugDescription)")
+                #expect(
+                    split == whole,
+                    "seed \(seed), round \(round): split parse differs for \(String(decoding: bytes, as: UTF8.self).debugDescription)")
                 if let error = whole.error { #expect(statuses.contains(error.status), "seed \(seed): \(error)") }
                 if split != whole || (!mutated && whole.requests != expected) { return }  // one report per seed
             }
@@ -319,8 +351,9 @@ extension PollerNetTests {
 
         @Test("a valid request split at every point parses the same as whole")
         func everySplit() {
-            let request = Array(("\r\nPOST /upload?x=1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + "3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").utf8)
+            let request = Array(
+                ("\r\nPOST /upload?x=1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").utf8)
             let whole = parse(request)
             #expect(whole.requests.count == 2 && whole.error == nil)
             for a in 0...request.count {
@@ -413,10 +446,12 @@ private func randomRequests(_ random: inout SeededGenerator) -> ([UInt8], [Parse
     for _ in 0..<Int.random(in: 1...3, using: &random) {
         var head = HTTPRequestHead()
         head.method = ["GET", "POST", "PUT", "DELETE", "PATCH", "X-CUSTOM"].randomElement(using: &random).map { Array($0.utf8) }!
-        head.target = Array("/".utf8) + (0..<Int.random(in: 0...40, using: &random)).map { _ in UInt8.random(in: 0x21...0x7E, using: &random) }
+        head.target =
+            Array("/".utf8) + (0..<Int.random(in: 0...40, using: &random)).map { _ in UInt8.random(in: 0x21...0x7E, using: &random) }
         head.minorVersion = Int.random(in: 0...1, using: &random)
         var body: [UInt8] = []
-        var close = false, keepAlive10 = false
+        var close = false
+        var keepAlive10 = false
         var framing: [UInt8] = []
         var fields: [HTTPField] = []
         for _ in 0..<Int.random(in: 0...5, using: &random) {

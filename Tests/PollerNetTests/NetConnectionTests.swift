@@ -215,7 +215,9 @@ extension PollerNetTests {
 
         // MARK: Detach
 
-        @Test("a detached connection's descriptor is read and written with plain system calls, and the connection reports closed", arguments: BackendKind.allCases)
+        @Test(
+            "a detached connection's descriptor is read and written with plain system calls, and the connection reports closed",
+            arguments: BackendKind.allCases)
         func detachHandsOverDescriptor(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let registered = registeredDescriptors(poller)
@@ -247,7 +249,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a second detach, a detach after close and a close after detach throw closed; a detached connection dropped closes nothing", arguments: BackendKind.allCases)
+        @Test(
+            "a second detach, a detach after close and a close after detach throw closed; a detached connection dropped closes nothing",
+            arguments: BackendKind.allCases)
         func detachTwiceOrAfterClose(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await pair.server.close()

@@ -88,7 +88,9 @@ extension PollerNetTests {
         // MARK: Files the poller cannot watch
 
         // Digest #51.
-        @Test("TestNonpollableDeadline: a regular file takes no deadline (noDeadline) but is read and written with blocking I/O", arguments: BackendKind.allCases)
+        @Test(
+            "TestNonpollableDeadline: a regular file takes no deadline (noDeadline) but is read and written with blocking I/O",
+            arguments: BackendKind.allCases)
         func nonpollableDeadline(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let file = try RawConnection(adopting: temporaryFile(), poller: poller)
@@ -111,7 +113,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a character device epoll refuses (/dev/null) is adopted unwatched and written with blocking I/O", arguments: BackendKind.allCases)
+        @Test(
+            "a character device epoll refuses (/dev/null) is adopted unwatched and written with blocking I/O",
+            arguments: BackendKind.allCases)
         func devNullIsUnwatched(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let fd = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -140,7 +144,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("adopting a descriptor another owner registered with the poller throws EEXIST and leaves it open and working", arguments: BackendKind.allCases)
+        @Test(
+            "adopting a descriptor another owner registered with the poller throws EEXIST and leaves it open and working",
+            arguments: BackendKind.allCases)
         func adoptingRegisteredDescriptor(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let fd = try pipe.readEnd.control { $0 }
@@ -154,7 +160,9 @@ extension PollerNetTests {
 
         // Digest #64. Go spawns a child whose stdin is non-blocking but outside the poller;
         // adopting with `usePoller: false` is that situation without the child process.
-        @Test("TestReadNonblockingFd: a non-blocking descriptor outside the poller reads EAGAIN as an error instead of waiting", arguments: BackendKind.allCases)
+        @Test(
+            "TestReadNonblockingFd: a non-blocking descriptor outside the poller reads EAGAIN as an error instead of waiting",
+            arguments: BackendKind.allCases)
         func readNonblockingFd(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let (r, w) = rawPipe(nonBlocking: true)
@@ -176,7 +184,9 @@ extension PollerNetTests {
         }
 
         // Digest #59 (ByNewFile: the pipe is blocking and stays outside the poller).
-        @Test("TestCloseWithBlockingRead: close of an unwatched end returns at once while a read is blocked in read(2); the writer's close ends the read", arguments: BackendKind.allCases)
+        @Test(
+            "TestCloseWithBlockingRead: close of an unwatched end returns at once while a read is blocked in read(2); the writer's close ends the read",
+            arguments: BackendKind.allCases)
         func closeWithBlockingRead(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let (r, w) = rawPipe()
@@ -198,7 +208,9 @@ extension PollerNetTests {
         // MARK: Pipes with deadlines
 
         // Digest #52 (read half).
-        @Test("TestReadTimeout (pipe): a read deadline in the past or passing times out, even with data waiting; clearing it reads the data", arguments: BackendKind.allCases)
+        @Test(
+            "TestReadTimeout (pipe): a read deadline in the past or passing times out, even with data waiting; clearing it reads the data",
+            arguments: BackendKind.allCases)
         func pipeReadTimeout(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 try await pipe.writeEnd.write(Array("READ TIMEOUT TEST".utf8))
@@ -217,7 +229,9 @@ extension PollerNetTests {
         }
 
         // Digest #52 (write half).
-        @Test("TestWriteTimeout (pipe): writes to a pipe nobody reads time out at the write deadline with their partial count", arguments: BackendKind.allCases)
+        @Test(
+            "TestWriteTimeout (pipe): writes to a pipe nobody reads time out at the write deadline with their partial count",
+            arguments: BackendKind.allCases)
         func pipeWriteTimeout(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 try pipe.writeEnd.setWriteDeadline(.now - .seconds(5))
@@ -236,7 +250,9 @@ extension PollerNetTests {
         }
 
         // Digest #53.
-        @Test("TestReadTimeoutMustNotReturn (pipe): a read whose deadline was juggled and cleared waits, and ends with end of file when the writer closes", arguments: BackendKind.allCases)
+        @Test(
+            "TestReadTimeoutMustNotReturn (pipe): a read whose deadline was juggled and cleared waits, and ends with end of file when the writer closes",
+            arguments: BackendKind.allCases)
         func pipeReadTimeoutMustNotReturn(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let reader = pipe.readEnd
@@ -252,7 +268,9 @@ extension PollerNetTests {
         }
 
         // Digest #54; also: EPIPE, never SIGPIPE.
-        @Test("TestWriteTimeoutMustNotReturn (pipe): a blocked write whose deadline was cleared ends with EPIPE, not SIGPIPE, when the reader closes", arguments: BackendKind.allCases)
+        @Test(
+            "TestWriteTimeoutMustNotReturn (pipe): a blocked write whose deadline was cleared ends with EPIPE, not SIGPIPE, when the reader closes",
+            arguments: BackendKind.allCases)
         func pipeWriteTimeoutMustNotReturn(kind: BackendKind) async throws {
             // SIGPIPE's default action kills the process: a raised SIGPIPE ends this test run.
             let previous = signal(SIGPIPE, SIG_DFL)
@@ -274,7 +292,9 @@ extension PollerNetTests {
         }
 
         // Digest #55: Go's short-mode timeouts (up to 500 µs) plus 1 and 5 ms, one run each.
-        @Test("TestVariousDeadlines (pipe): a reader copying a flooded pipe ends with a timeout at each deadline, and the flooding writer then gets EPIPE", arguments: BackendKind.allCases)
+        @Test(
+            "TestVariousDeadlines (pipe): a reader copying a flooded pipe ends with a timeout at each deadline, and the flooding writer then gets EPIPE",
+            arguments: BackendKind.allCases)
         func pipeVariousDeadlines(kind: BackendKind) async throws {
             let timeouts: [Duration] = [
                 .nanoseconds(1), .nanoseconds(2), .nanoseconds(5), .nanoseconds(50), .nanoseconds(100),
@@ -301,7 +321,9 @@ extension PollerNetTests {
         }
 
         // Digest #57 (read).
-        @Test("TestRacyRead: ten readers of a flooded pipe with 1 ms deadlines see data or timeouts, and reuse their buffers at once", arguments: BackendKind.allCases)
+        @Test(
+            "TestRacyRead: ten readers of a flooded pipe with 1 ms deadlines see data or timeouts, and reuse their buffers at once",
+            arguments: BackendKind.allCases)
         func racyRead(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let reader = pipe.readEnd
@@ -319,7 +341,9 @@ extension PollerNetTests {
         }
 
         // Digest #57 (write).
-        @Test("TestRacyWrite: ten writers to a drained pipe with 1 ms deadlines succeed or time out, and reuse their buffers at once", arguments: BackendKind.allCases)
+        @Test(
+            "TestRacyWrite: ten writers to a drained pipe with 1 ms deadlines succeed or time out, and reuse their buffers at once",
+            arguments: BackendKind.allCases)
         func racyWrite(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let writer = pipe.writeEnd
@@ -340,12 +364,14 @@ extension PollerNetTests {
         }
 
         // Digest #58: Go's TestClosedPipeRaceRead and TestClosedPipeRaceWrite.
-        @Test("TestClosedPipeRace: closing a pipe end wakes the read or write blocked on it with closed",
-              arguments: BackendKind.allCases, [PollMode.read, .write])
+        @Test(
+            "TestClosedPipeRace: closing a pipe end wakes the read or write blocked on it with closed",
+            arguments: BackendKind.allCases, [PollMode.read, .write])
         func closedPipeRace(kind: BackendKind, direction: PollMode) async throws {
             try await withPipe(kind) { poller, pipe in
                 let end = direction == .read ? pipe.readEnd : pipe.writeEnd
-                let blocked = direction == .read
+                let blocked =
+                    direction == .read
                     ? Task { await netError { () async throws(NetError) in _ = try await end.read(maxBytes: 1) } ?? .endOfFile }
                     : startFlooding(end)
                 try await waitUntilParked(poller)
@@ -356,7 +382,9 @@ extension PollerNetTests {
 
         // Digest #61. Go's Fd() switches the file to blocking mode and once hung until the
         // read timed out; `control` changes no mode, and must not wait for the blocked read.
-        @Test("TestFdReadRace: control runs beside a read blocked with a one-minute deadline, which then returns the data written, not a timeout", arguments: BackendKind.allCases)
+        @Test(
+            "TestFdReadRace: control runs beside a read blocked with a one-minute deadline, which then returns the data written, not a timeout",
+            arguments: BackendKind.allCases)
         func fdReadRace(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let reader = pipe.readEnd
@@ -396,7 +424,9 @@ extension PollerNetTests {
         // MARK: Go's RawConn
 
         // Ported from net/rawconn_test.go's TestRawConnReadWrite, on a pipe.
-        @Test("TestRawConnReadWrite: raw read and write closures move bytes, a closure returning false waits for readiness, and an expired deadline fails them before they run", arguments: BackendKind.allCases)
+        @Test(
+            "TestRawConnReadWrite: raw read and write closures move bytes, a closure returning false waits for readiness, and an expired deadline fails them before they run",
+            arguments: BackendKind.allCases)
         func rawConnReadWrite(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let message = Array("RAW CONN TEST".utf8)
@@ -437,13 +467,25 @@ extension PollerNetTests {
                 try pipe.readEnd.setReadDeadline(.now - .seconds(1))
                 try pipe.writeEnd.setWriteDeadline(.now - .seconds(1))
                 var ran = false
-                await expectNetError(.timeout) { () async throws(NetError) in try await pipe.readEnd.read { _ in ran = true; return true } }
-                await expectNetError(.timeout) { () async throws(NetError) in try await pipe.writeEnd.write { _ in ran = true; return true } }
+                await expectNetError(.timeout) { () async throws(NetError) in
+                    try await pipe.readEnd.read { _ in
+                        ran = true
+                        return true
+                    }
+                }
+                await expectNetError(.timeout) { () async throws(NetError) in
+                    try await pipe.writeEnd.write { _ in
+                        ran = true
+                        return true
+                    }
+                }
                 #expect(!ran)
             }
         }
 
-        @Test("cancelling the task of a raw read waiting on a pipe ends it with cancelled, and the pipe stays usable", arguments: BackendKind.allCases)
+        @Test(
+            "cancelling the task of a raw read waiting on a pipe ends it with cancelled, and the pipe stays usable",
+            arguments: BackendKind.allCases)
         func cancelRawRead(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let reader = pipe.readEnd
@@ -469,7 +511,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("control, raw and typed reads and writes, deadlines and a second close all fail with closed after close", arguments: BackendKind.allCases)
+        @Test(
+            "control, raw and typed reads and writes, deadlines and a second close all fail with closed after close",
+            arguments: BackendKind.allCases)
         func operationsAfterClose(kind: BackendKind) async throws {
             try await withPipe(kind) { poller, pipe in
                 let end = pipe.readEnd
@@ -487,7 +531,9 @@ extension PollerNetTests {
 
         // MARK: timerfd and eventfd
 
-        @Test("a timerfd RawConnection: a raw read parks until the timer expires and reads the expiration count", arguments: BackendKind.allCases)
+        @Test(
+            "a timerfd RawConnection: a raw read parks until the timer expires and reads the expiration count",
+            arguments: BackendKind.allCases)
         func timerfdExpiration(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let fd = cpoller_timerfd_create()
@@ -512,7 +558,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a timerfd RawConnection: a read deadline ends the wait on an unarmed timer with a timeout, and a later expiration is still read", arguments: BackendKind.allCases)
+        @Test(
+            "a timerfd RawConnection: a read deadline ends the wait on an unarmed timer with a timeout, and a later expiration is still read",
+            arguments: BackendKind.allCases)
         func timerfdDeadline(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let fd = cpoller_timerfd_create()
@@ -528,7 +576,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("an eventfd RawConnection: a read parked on the counter wakes when another task adds to it, and reads the sum", arguments: BackendKind.allCases)
+        @Test(
+            "an eventfd RawConnection: a read parked on the counter wakes when another task adds to it, and reads the sum",
+            arguments: BackendKind.allCases)
         func eventfdCounter(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let fd = cpoller_eventfd_create()
@@ -549,7 +599,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("an eventfd RawConnection: a write that would overflow the counter waits for a reader, and times out at its write deadline", arguments: BackendKind.allCases)
+        @Test(
+            "an eventfd RawConnection: a write that would overflow the counter waits for a reader, and times out at its write deadline",
+            arguments: BackendKind.allCases)
         func eventfdOverflowWaits(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let fd = cpoller_eventfd_create()

@@ -2,6 +2,7 @@ import Glibc
 import PollerNet
 import Synchronization
 import Testing
+
 @testable import Poller
 
 /// `listener.serve` in a task of its own; the task ends when serve returns.
@@ -51,8 +52,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("serve runs each handler on its connection's poller thread, over every poller of a group",
-              arguments: BackendKind.allCases)
+        @Test(
+            "serve runs each handler on its connection's poller thread, over every poller of a group",
+            arguments: BackendKind.allCases)
         func handlersOnTheirPoller(kind: BackendKind) async throws {
             try await withNetGroup(kind) { group in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, group: group)
@@ -88,8 +90,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("graceful shutdown stops accepting and lets an in-flight handler finish within the grace period",
-              arguments: BackendKind.allCases)
+        @Test(
+            "graceful shutdown stops accepting and lets an in-flight handler finish within the grace period",
+            arguments: BackendKind.allCases)
         func gracefulShutdownLetsHandlersFinish(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -118,8 +121,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("after the grace period a handler's blocked read fails with the closing error and serve returns",
-              arguments: BackendKind.allCases)
+        @Test(
+            "after the grace period a handler's blocked read fails with the closing error and serve returns",
+            arguments: BackendKind.allCases)
         func gracePeriodUnblocksHandlers(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller, group: NetTestGroup.current)
@@ -139,8 +143,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("cancelling the serving task stops accepting and cancels the handlers' blocked reads",
-              arguments: BackendKind.allCases)
+        @Test(
+            "cancelling the serving task stops accepting and cancels the handlers' blocked reads",
+            arguments: BackendKind.allCases)
         func cancellationStopsServing(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -158,8 +163,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a persistent accept error backs off, doubling, is reported, and a shutdown ends the back-off at once",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a persistent accept error backs off, doubling, is reported, and a shutdown ends the back-off at once",
+            arguments: BackendKind.allCases)
         func acceptErrorsBackOff(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -169,10 +175,13 @@ extension PollerNetTests {
                 let delays = Mutex<[Duration]>([])
                 let shutdown = ServingHandle()
                 let serving = Task {
-                    await listener.serve(shutdown: shutdown, onAcceptError: { error, delay in
-                        if error != .system(call: "accept4", errno: EINVAL) { Issue.record("accept error \(error)") }
-                        delays.withLock { $0.append(delay) }
-                    }) { _ in Issue.record("a connection was served") }
+                    await listener.serve(
+                        shutdown: shutdown,
+                        onAcceptError: { error, delay in
+                            if error != .system(call: "accept4", errno: EINVAL) { Issue.record("accept error \(error)") }
+                            delays.withLock { $0.append(delay) }
+                        }
+                    ) { _ in Issue.record("a connection was served") }
                 }
                 // 5 + 10 + ... + 320 ms, then a back-off of 640 ms that the shutdown cuts short.
                 let limit = ContinuousClock.now + .seconds(5)
@@ -185,8 +194,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("serve started with no descriptor free accepts once one is free (it used to fail at once with pipe2: EMFILE)",
-              arguments: BackendKind.allCases)
+        @Test(
+            "serve started with no descriptor free accepts once one is free (it used to fail at once with pipe2: EMFILE)",
+            arguments: BackendKind.allCases)
         func serveStartedOutOfDescriptors(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -203,9 +213,11 @@ extension PollerNetTests {
                 limit.rlim_cur = 0
                 try #require(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
                 let serving = Task {
-                    await listener.serve(shutdown: shutdown, onAcceptError: { error, _ in
-                        errors.withLock { $0.append(error) }
-                    }, handler: echoOneByte)
+                    await listener.serve(
+                        shutdown: shutdown,
+                        onAcceptError: { error, _ in
+                            errors.withLock { $0.append(error) }
+                        }, handler: echoOneByte)
                 }
                 // Blocking waits only while no descriptor is free: Task.sleep's timers may need one.
                 let limitTime = ContinuousClock.now + .seconds(5)
@@ -223,8 +235,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a handle shut down before serve starts makes serve close its listener and return at once",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a handle shut down before serve starts makes serve close its listener and return at once",
+            arguments: BackendKind.allCases)
         func shutDownBeforeServing(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -235,8 +248,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("listener.connections yields accepted connections and ends when the listener is closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "listener.connections yields accepted connections and ends when the listener is closed",
+            arguments: BackendKind.allCases)
         func connectionsSequence(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)

@@ -1,6 +1,7 @@
 import Glibc
 import PollerNet
 import Testing
+
 @testable import Poller
 
 /// A TCP read that comes back short has drained the receive queue, so the next read waits
@@ -11,8 +12,9 @@ import Testing
 extension PollerNetTests {
     @Suite("Reads after a short read")
     struct ShortReads {
-        @Test("a FIN queued behind data is reported by the read after the one that took the data",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a FIN queued behind data is reported by the read after the one that took the data",
+            arguments: BackendKind.allCases)
         func finBehindData(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
@@ -27,8 +29,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a reset queued behind data is reported by the read after the one that took the data",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a reset queued behind data is reported by the read after the one that took the data",
+            arguments: BackendKind.allCases)
         func resetBehindData(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await pair.client.write(Array("abc".utf8))
@@ -63,8 +66,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a read after a short read still fails at an expired deadline with data waiting",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a read after a short read still fails at an expired deadline with data waiting",
+            arguments: BackendKind.allCases)
         func deadlineAfterShortRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await expectShortRead(pair)
@@ -80,8 +84,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a read after a short read wakes with closed when the connection is closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a read after a short read wakes with closed when the connection is closed",
+            arguments: BackendKind.allCases)
         func closeAfterShortRead(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 try await expectShortRead(pair)
@@ -92,8 +97,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("small messages sent one at a time all arrive, each read taking what has come",
-              arguments: BackendKind.allCases)
+        @Test(
+            "small messages sent one at a time all arrive, each read taking what has come",
+            arguments: BackendKind.allCases)
         func manyShortReads(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client

@@ -42,10 +42,14 @@ private func withUnixPair(
     let client = try await Connection.dial(unixPath: path, poller: poller)
     let server = try await accepted
     do { try await body(client, server) } catch {
-        try? await client.close(); try? await server.close(); try? await listener.close()
+        try? await client.close()
+        try? await server.close()
+        try? await listener.close()
         throw error
     }
-    try await client.close(); try await server.close(); try await listener.close()
+    try await client.close()
+    try await server.close()
+    try await listener.close()
 }
 
 extension PollerNetTests {
@@ -53,21 +57,26 @@ extension PollerNetTests {
     struct SocketOptionTests {
         private static let einval = NetError.system(call: "setsockopt", errno: EINVAL)
 
-        @Test("dialled and accepted TCP connections have Go's keep-alive (on, 15 s idle, 15 s interval, 9 probes) and no delay",
-              arguments: BackendKind.allCases)
+        @Test(
+            "dialled and accepted TCP connections have Go's keep-alive (on, 15 s idle, 15 s interval, 9 probes) and no delay",
+            arguments: BackendKind.allCases)
         func keepAliveByDefault(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 for connection in [pair.client, pair.server] {
                     #expect(keepAlive(connection) == [1, 15, 15, 9])
                     #expect(option(connection, Int32(IPPROTO_TCP), TCP_NODELAY) == 1)
                 }
-                #expect(KeepAliveConfig.default == KeepAliveConfig(enabled: true, idle: .seconds(15),
-                                                                    interval: .seconds(15), count: 9))
+                #expect(
+                    KeepAliveConfig.default
+                        == KeepAliveConfig(
+                            enabled: true, idle: .seconds(15),
+                            interval: .seconds(15), count: 9))
             }
         }
 
-        @Test("setKeepAliveConfig sets idle, interval and count, rounds up to whole seconds and leaves nil fields alone",
-              arguments: BackendKind.allCases)
+        @Test(
+            "setKeepAliveConfig sets idle, interval and count, rounds up to whole seconds and leaves nil fields alone",
+            arguments: BackendKind.allCases)
         func keepAliveConfig(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try pair.client.setKeepAliveConfig(KeepAliveConfig(idle: .milliseconds(1500), interval: .seconds(3), count: 4))
@@ -84,27 +93,33 @@ extension PollerNetTests {
             }
         }
 
-        @Test("keep-alive values of zero, negative or beyond the kernel's limit fail with EINVAL",
-              arguments: BackendKind.allCases)
+        @Test(
+            "keep-alive values of zero, negative or beyond the kernel's limit fail with EINVAL",
+            arguments: BackendKind.allCases)
         func keepAliveBadValues(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let c = pair.client
-                for config in [KeepAliveConfig(idle: .zero), KeepAliveConfig(interval: .seconds(-1)),
-                               KeepAliveConfig(count: 0), KeepAliveConfig(count: -3), KeepAliveConfig(enabled: false, idle: .zero)] {
+                for config in [
+                    KeepAliveConfig(idle: .zero), KeepAliveConfig(interval: .seconds(-1)),
+                    KeepAliveConfig(count: 0), KeepAliveConfig(count: -3), KeepAliveConfig(enabled: false, idle: .zero),
+                ] {
                     await expectNetError(Self.einval) { () throws(NetError) in try c.setKeepAliveConfig(config) }
                 }
                 // Checked before anything is set: keep-alive is still on with Go's values.
                 #expect(keepAlive(c) == [1, 15, 15, 9])
-                for config in [KeepAliveConfig(idle: .seconds(Int64.max)), KeepAliveConfig(count: 1_000),
-                               KeepAliveConfig(count: Int.max), KeepAliveConfig(interval: .seconds(40_000))] {
+                for config in [
+                    KeepAliveConfig(idle: .seconds(Int64.max)), KeepAliveConfig(count: 1_000),
+                    KeepAliveConfig(count: Int.max), KeepAliveConfig(interval: .seconds(40_000)),
+                ] {
                     await expectNetError(Self.einval) { () throws(NetError) in try c.setKeepAliveConfig(config) }
                 }
                 await expectNetError(Self.einval) { () throws(NetError) in try c.setKeepAlivePeriod(.zero) }
             }
         }
 
-        @Test("setLinger turns SO_LINGER off, to reset-on-close and to a number of seconds; negative fails with EINVAL",
-              arguments: BackendKind.allCases)
+        @Test(
+            "setLinger turns SO_LINGER off, to reset-on-close and to a number of seconds; negative fails with EINVAL",
+            arguments: BackendKind.allCases)
         func linger(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let c = pair.client
@@ -130,8 +145,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("setReadBuffer and setWriteBuffer set SO_RCVBUF and SO_SNDBUF; a negative size fails with EINVAL",
-              arguments: BackendKind.allCases)
+        @Test(
+            "setReadBuffer and setWriteBuffer set SO_RCVBUF and SO_SNDBUF; a negative size fails with EINVAL",
+            arguments: BackendKind.allCases)
         func buffers(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try pair.client.setReadBuffer(32_768)
@@ -147,8 +163,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("setOption and getOption reach any integer option and report the kernel's errno",
-              arguments: BackendKind.allCases)
+        @Test(
+            "setOption and getOption reach any integer option and report the kernel's errno",
+            arguments: BackendKind.allCases)
         func genericOption(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 try pair.client.setOption(level: SOL_SOCKET, name: SO_PRIORITY, value: 5)
@@ -162,8 +179,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("TCP-only options on a Unix domain connection fail with EOPNOTSUPP; buffers and generic options work",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TCP-only options on a Unix domain connection fail with EOPNOTSUPP; buffers and generic options work",
+            arguments: BackendKind.allCases)
         func unixConnection(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 try await withUnixPair(poller) { client, server in

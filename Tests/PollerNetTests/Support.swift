@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import PollerNet
 import Testing
+
 @testable import Poller
 
 /// Every PollerNet test lives under this one serialized suite: each test counts the process's

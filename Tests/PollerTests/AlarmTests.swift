@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // PollerAlarm: a wake-up on a poller's own timers with no descriptor behind it, what an
@@ -54,8 +55,9 @@ struct AlarmTests {
         }
     }
 
-    @Test("expire returns a parked wait at once, and every later wait until the alarm is armed again",
-          arguments: BackendKind.allCases)
+    @Test(
+        "expire returns a parked wait at once, and every later wait until the alarm is armed again",
+        arguments: BackendKind.allCases)
     func expireReturnsWaitsUntilRearmed(kind: BackendKind) async throws {
         try await withPoller(kind) { poller in
             let alarm = PollerAlarm(poller: poller)
@@ -67,8 +69,9 @@ struct AlarmTests {
         }
     }
 
-    @Test("re-arming a parked alarm later holds its waiter until the later time; earlier returns it sooner",
-          arguments: BackendKind.allCases)
+    @Test(
+        "re-arming a parked alarm later holds its waiter until the later time; earlier returns it sooner",
+        arguments: BackendKind.allCases)
     func rearmingMovesTheWakeUp(kind: BackendKind) async throws {
         try await withPoller(kind) { poller in
             let alarm = PollerAlarm(poller: poller)
@@ -84,8 +87,9 @@ struct AlarmTests {
         }
     }
 
-    @Test("a poller's shutdown returns a parked alarm wait, and every later wait returns at once",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a poller's shutdown returns a parked alarm wait, and every later wait returns at once",
+        arguments: BackendKind.allCases)
     func shutdownReturnsAlarmWaits(kind: BackendKind) async throws {
         let poller = try makePoller(kind)
         let alarm = PollerAlarm(poller: poller)

@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Backend-layer tests: each backend driven directly, as the poller thread drives it, against
@@ -26,8 +27,9 @@ struct BackendTests {
 
     // MARK: Readiness
 
-    @Test("A descriptor's read side is reported readable when its peer writes",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "A descriptor's read side is reported readable when its peer writes",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func readReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withIdleReader(kind, descriptor) { backend, _, ends, token in
             #expect(writeBytes(ends.writer, count: 3) == 3)
@@ -38,8 +40,9 @@ struct BackendTests {
         }
     }
 
-    @Test("A descriptor's write side is reported writable, and again once a full buffer is drained",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "A descriptor's write side is reported writable, and again once a full buffer is drained",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func writeReadiness(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withDescriptors(kind, descriptor) { backend, _, ends, token in
             withRegistration(backend, fd: ends.writer, token: token) {
@@ -67,8 +70,9 @@ struct BackendTests {
         }
     }
 
-    @Test("Edge-triggered: one notification per edge and none while nothing changes",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "Edge-triggered: one notification per edge and none while nothing changes",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func edgeTriggered(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withIdleReader(kind, descriptor) { backend, _, ends, token in
             for round in 1...3 {
@@ -87,8 +91,9 @@ struct BackendTests {
         }
     }
 
-    @Test("Readiness present before registration is reported",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "Readiness present before registration is reported",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func readinessBeforeRegistration(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withDescriptors(kind, descriptor) { backend, _, ends, token in
             #expect(writeBytes(ends.writer, count: 4) == 4)
@@ -101,8 +106,9 @@ struct BackendTests {
         }
     }
 
-    @Test("A peer's close is seen as readable and hangup, and a read returns EOF",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "A peer's close is seen as readable and hangup, and a read returns EOF",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func peerClose(kind: BackendKind, descriptor: DescriptorKind) throws {
         try withIdleReader(kind, descriptor) { backend, fds, ends, token in
             // The peer is closed mid-test; Descriptors closes nothing twice.
@@ -152,8 +158,9 @@ struct BackendTests {
         }
     }
 
-    @Test("A 50 µs timeout returns in well under a millisecond, not rounded to zero or up to a tick",
-          arguments: BackendKind.allCases)
+    @Test(
+        "A 50 µs timeout returns in well under a millisecond, not rounded to zero or up to a tick",
+        arguments: BackendKind.allCases)
     func shortTimeout(kind: BackendKind) throws {
         let results = try onFreshBackend(kind) { backend throws(PollerError) -> [(events: Int, elapsed: Int64)] in
             // The first poll of a ring submits the wake-up channel's request; keep it out of the
@@ -272,8 +279,9 @@ struct BackendTests {
         }
     }
 
-    @Test("Close then reuse of the same fd number never delivers an event to the old registration",
-          arguments: BackendKind.allCases)
+    @Test(
+        "Close then reuse of the same fd number never delivers an event to the old registration",
+        arguments: BackendKind.allCases)
     func fdReuseKeepsRegistrationsApart(kind: BackendKind) throws {
         try withBackend(kind) { backend in
             let fds = Descriptors()
@@ -297,8 +305,9 @@ struct BackendTests {
             var events = collect(backend, budgetNanos: 2 * sec) { events in events.contains { $0.isReadable } }
             events += eventsWithin(backend, 20 * ms)
             #expect(events.contains { $0.pollToken == newToken && $0.isReadable })
-            #expect(events.allSatisfy { $0.pollToken.generation == 2 },
-                    "events for the old registration: \(events.map { describe($0) })")
+            #expect(
+                events.allSatisfy { $0.pollToken.generation == 2 },
+                "events for the old registration: \(events.map { describe($0) })")
             #expect(drain(reused) == 1)
             #expect(backend.deregister(fd: reused, token: newToken) == 0)
         }
@@ -440,8 +449,9 @@ struct BackendTests {
 
     // MARK: Backend selection
 
-    @Test("Forcing io_uring where it is disabled fails clearly, and auto falls back to epoll",
-          arguments: BackendKind.allCases)
+    @Test(
+        "Forcing io_uring where it is disabled fails clearly, and auto falls back to epoll",
+        arguments: BackendKind.allCases)
     func forcedIOUringFailsClearly(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
         // Thread-local: only set-ups on this thread see the failure.
@@ -501,8 +511,9 @@ struct BackendTests {
         }
     }
 
-    @Test("BackendChoice parses epoll, io_uring and auto and rejects other names",
-          arguments: BackendKind.allCases)
+    @Test(
+        "BackendChoice parses epoll, io_uring and auto and rejects other names",
+        arguments: BackendKind.allCases)
     func parsing(kind: BackendKind) throws {
         try skipIfUnavailable(kind)
         #expect(try BackendChoice(parsing: kind.rawValue) == kind.choice)
@@ -595,8 +606,9 @@ private func expectIdleReader(
         let initial = nextEvents(backend)
         #expect(!initial.isEmpty, "a connected socket is writable", sourceLocation: sourceLocation)
         #expect(initial.map(\.pollToken) == [token], sourceLocation: sourceLocation)
-        #expect(initial.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isHangup },
-                sourceLocation: sourceLocation)
+        #expect(
+            initial.allSatisfy { $0.isWritable && !$0.isReadable && !$0.isHangup },
+            sourceLocation: sourceLocation)
     }
 }
 
@@ -680,14 +692,17 @@ private func measureWake(_ backend: any PollerBackend) -> WakeMeasurement {
 /// events, after one write; and the wake was consumed: the next 10 ms wait ran to its end.
 private func expectWakeEndedWait(_ m: WakeMeasurement, sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(m.blocked.events == 0, "a wake is not an event", sourceLocation: sourceLocation)
-    #expect(m.blocked.elapsed >= 45 * ms, "the wait ended before the wake (\(m.blocked.elapsed) ns)",
-            sourceLocation: sourceLocation)
-    #expect(m.blocked.elapsed < 2 * sec, "the wake did not end the wait (\(m.blocked.elapsed) ns)",
-            sourceLocation: sourceLocation)
+    #expect(
+        m.blocked.elapsed >= 45 * ms, "the wait ended before the wake (\(m.blocked.elapsed) ns)",
+        sourceLocation: sourceLocation)
+    #expect(
+        m.blocked.elapsed < 2 * sec, "the wake did not end the wait (\(m.blocked.elapsed) ns)",
+        sourceLocation: sourceLocation)
     #expect(m.writes == 1, sourceLocation: sourceLocation)
     #expect(m.after.events == 0, sourceLocation: sourceLocation)
-    #expect(m.after.elapsed >= 9 * ms, "a consumed wake ended the next wait (\(m.after.elapsed) ns)",
-            sourceLocation: sourceLocation)
+    #expect(
+        m.after.elapsed >= 9 * ms, "a consumed wake ended the next wait (\(m.after.elapsed) ns)",
+        sourceLocation: sourceLocation)
 }
 
 /// Runs `body` on a new thread and returns its result. Timing measurements run there: a

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // Bad input and misuse: every case must end in a documented error (or a documented no-op),
@@ -15,8 +16,9 @@ import Testing
 struct BadInputTests {
     // MARK: Registration
 
-    @Test("registering -1, a closed descriptor, or a number beyond the descriptor limit fails with EBADF",
-          arguments: BackendKind.allCases)
+    @Test(
+        "registering -1, a closed descriptor, or a number beyond the descriptor limit fails with EBADF",
+        arguments: BackendKind.allCases)
     func registerBadDescriptors(kind: BackendKind) async throws {
         try await withLeakCheckedPoller(kind) { poller in
             #expect(registrationError(poller, -1) == .registrationFailed(errno: EBADF))
@@ -72,8 +74,9 @@ struct BadInputTests {
     /// completes the multishot poll at once without IORING_CQE_F_MORE and the backend re-arms
     /// it immediately, forever. The test expects epoll's answer on both backends and, where
     /// the registration is accepted, at least no busy loop.
-    @Test("registering a character device without poll support (/dev/null) fails with EPERM",
-          arguments: BackendKind.allCases)
+    @Test(
+        "registering a character device without poll support (/dev/null) fails with EPERM",
+        arguments: BackendKind.allCases)
     func registerUnpollableDevice(kind: BackendKind) async throws {
         try await withLeakCheckedPoller(kind) { poller in
             let fd = open("/dev/null", O_RDWR | O_NONBLOCK | O_CLOEXEC)
@@ -133,8 +136,9 @@ struct BadInputTests {
     /// epoll answers EEXIST. The io_uring backend arms a second, independent multishot poll
     /// for the same fd instead (see the report): the test accepts that as long as both
     /// registrations then work and clean up.
-    @Test("registering the same descriptor twice fails with EEXIST (epoll); io_uring may accept it, and both then work",
-          arguments: BackendKind.allCases)
+    @Test(
+        "registering the same descriptor twice fails with EEXIST (epoll); io_uring may accept it, and both then work",
+        arguments: BackendKind.allCases)
     func registerTwice(kind: BackendKind) async throws {
         try await withLeakCheckedPoller(kind) { poller in
             let pipe = Pipe()
@@ -173,8 +177,9 @@ struct BadInputTests {
         }
     }
 
-    @Test("registering after shutdown fails with EBADF; a descriptor open at shutdown reports closing and still closes",
-          arguments: BackendKind.allCases)
+    @Test(
+        "registering after shutdown fails with EBADF; a descriptor open at shutdown reports closing and still closes",
+        arguments: BackendKind.allCases)
     func registerAfterShutdown(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
             poller.shutdown()
@@ -198,17 +203,21 @@ struct BadInputTests {
         #expect(PollMode(goMode: Int(UInt8(ascii: "r")) + Int(UInt8(ascii: "w"))) == .readWrite)
     }
 
-    @Test("a wait for read+write or for no valid direction fails with invalidMode without parking; a reset for an invalid mode too",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a wait for read+write or for no valid direction fails with invalidMode without parking; a reset for an invalid mode too",
+        arguments: BackendKind.allCases)
     func invalidModes(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
-            let bad: [PollMode] = [.readWrite, PollMode(rawValue: 0), PollMode(rawValue: 4), PollMode(rawValue: 5),
-                                   PollMode(rawValue: 0xFF)]
+            let bad: [PollMode] = [
+                .readWrite, PollMode(rawValue: 0), PollMode(rawValue: 4), PollMode(rawValue: 5),
+                PollMode(rawValue: 0xFF),
+            ]
             for mode in bad {
                 let error = await poller.wait(pd.slot, generation: pd.generation, mode: mode, cancellable: true)
                 #expect(error == .invalidMode, "wait \(mode)")
-                let uncancellable = await poller.wait(pd.slot, generation: pd.generation, mode: mode,
-                                                      cancellable: false)
+                let uncancellable = await poller.wait(
+                    pd.slot, generation: pd.generation, mode: mode,
+                    cancellable: false)
                 #expect(uncancellable == .invalidMode, "uncancellable wait \(mode)")
                 #expect(await pd.outcome(mode) == .failed(.invalidMode), "wait(for: \(mode))")
                 #expect(pd.blockingResult(mode) == .invalidMode, "waitBlocking \(mode)")
@@ -229,8 +238,9 @@ struct BadInputTests {
 
     // MARK: Deadlines
 
-    @Test("a Go deadline of Int64.max nanoseconds is the far future: a wait stays pending until unblocked",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a Go deadline of Int64.max nanoseconds is the far future: a wait stays pending until unblocked",
+        arguments: BackendKind.allCases)
     func deadlineInt64Max(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
             pd.setDeadline(goRelative: .max, for: .readWrite)
@@ -248,8 +258,9 @@ struct BadInputTests {
         }
     }
 
-    @Test("a Go deadline of Int64.min nanoseconds has already expired: a wait times out at once, for that direction only",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a Go deadline of Int64.min nanoseconds has already expired: a wait times out at once, for that direction only",
+        arguments: BackendKind.allCases)
     func deadlineInt64Min(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
             pd.setDeadline(goRelative: .min, for: .read)
@@ -266,12 +277,15 @@ struct BadInputTests {
         }
     }
 
-    @Test("a zero or negative Duration expires the deadline at once, for both directions by default",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a zero or negative Duration expires the deadline at once, for both directions by default",
+        arguments: BackendKind.allCases)
     func negativeDurations(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
-            let durations: [Duration] = [.seconds(-5), .zero, .nanoseconds(-1), .seconds(Int64.min),
-                                         .seconds(-1) + .nanoseconds(1)]
+            let durations: [Duration] = [
+                .seconds(-5), .zero, .nanoseconds(-1), .seconds(Int64.min),
+                .seconds(-1) + .nanoseconds(1),
+            ]
             for duration in durations {
                 pd.setDeadline(nil)
                 #expect(pd.resetResult(.readWrite) == nil)
@@ -284,8 +298,9 @@ struct BadInputTests {
         }
     }
 
-    @Test("a ContinuousClock instant in the past (or now) expires the deadline at once, even for a blocked waiter",
-          arguments: BackendKind.allCases)
+    @Test(
+        "a ContinuousClock instant in the past (or now) expires the deadline at once, even for a blocked waiter",
+        arguments: BackendKind.allCases)
     func pastInstant(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
             pd.setDeadline(ContinuousClock.now - .seconds(3600), for: .read)
@@ -304,8 +319,9 @@ struct BadInputTests {
 
     // MARK: Stale handles and close
 
-    @Test("after close, a stale handle's wait and reset fail with closing and its setDeadline, unblock and close do nothing, also once the slot is reused",
-          arguments: BackendKind.allCases)
+    @Test(
+        "after close, a stale handle's wait and reset fail with closing and its setDeadline, unblock and close do nothing, also once the slot is reused",
+        arguments: BackendKind.allCases)
     func staleHandleAfterClose(kind: BackendKind) async throws {
         try await withLeakCheckedPoller(kind) { poller in
             let old = makePipeFDs()
@@ -383,8 +399,9 @@ struct BadInputTests {
         }
     }
 
-    @Test("waitBlocking from a task on the poller's executor fails with wouldBlockPollerThread, for every direction and state",
-          arguments: BackendKind.allCases)
+    @Test(
+        "waitBlocking from a task on the poller's executor fails with wouldBlockPollerThread, for every direction and state",
+        arguments: BackendKind.allCases)
     func waitBlockingOnPollerThread(kind: BackendKind) async throws {
         try await withLeakCheckedPipe(kind) { poller, pipe, pd in
             let task = Task(executorPreference: poller.executor) {

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // Go's pollSetDeadline and the deadline timers (go-netpoll.md §2.8, §2.9, §5.6 items 68–70,
@@ -8,8 +9,9 @@ import Testing
 
 extension NetpollSuites {
     @Suite("Deadlines") struct DeadlineTests {
-        @Test("a positive relative deadline times out a blocked wait once it has passed, for its direction only",
-              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        @Test(
+            "a positive relative deadline times out a blocked wait once it has passed, for its direction only",
+            arguments: BackendKind.allCases, DescriptorKind.allCases)
         func relativeDeadline(kind: BackendKind, descriptor: DescriptorKind) async throws {
             try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let start = ContinuousClock.now
@@ -24,8 +26,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a zero relative duration expires the deadline (it does not mean no deadline); Go's d = 0 clears it",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a zero relative duration expires the deadline (it does not mean no deadline); Go's d = 0 clears it",
+            arguments: BackendKind.allCases)
         func zeroMeansNow(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .zero, for: .read)
@@ -42,7 +45,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        @Test(
+            "clearing the deadline while a waiter is blocked keeps it waiting for I/O", arguments: BackendKind.allCases,
+            DescriptorKind.allCases)
         func clearWhileBlocked(kind: BackendKind, descriptor: DescriptorKind) async throws {
             try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 pd.setDeadline(in: .milliseconds(60), for: .read)
@@ -75,8 +80,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a deadline pushed later on every read leaves its timer in place, and the timer fires at the last deadline",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a deadline pushed later on every read leaves its timer in place, and the timer fires at the last deadline",
+            arguments: BackendKind.allCases)
         func deadlinePushedLaterIsLazy(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let earliest = { poller.timers.withLockAnnotated { $0.heap.earliest } }
@@ -123,8 +129,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("after the combined timer fires both directions time out; clearing only write leaves read expired and makes write wait",
-              arguments: BackendKind.allCases)
+        @Test(
+            "after the combined timer fires both directions time out; clearing only write leaves read expired and makes write wait",
+            arguments: BackendKind.allCases)
         func combinedTimerExpiresBoth(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 pd.setDeadline(in: .milliseconds(20), for: .readWrite)
@@ -145,11 +152,14 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a changed deadline invalidates the old timer: the waiter does not wake at the old time",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a changed deadline invalidates the old timer: the waiter does not wake at the old time",
+            arguments: BackendKind.allCases)
         func movedDeadline(kind: BackendKind) async throws {
-            try await withDeadlineChange(kind, from: .milliseconds(40), after: .milliseconds(5),
-                                         tooSlowTo: "move the deadline") { poller, pd, start, waiter in
+            try await withDeadlineChange(
+                kind, from: .milliseconds(40), after: .milliseconds(5),
+                tooSlowTo: "move the deadline"
+            ) { poller, pd, start, waiter in
                 pd.setDeadline(in: .milliseconds(400), for: .read)
                 let movedAfter = ContinuousClock.now - start
                 #expect(poller.armedTimerCount == 1, "the moved deadline left two timers")
@@ -166,11 +176,14 @@ extension NetpollSuites {
             }
         }
 
-        @Test("extending the deadline while a waiter is blocked keeps it waiting until the new deadline",
-              arguments: BackendKind.allCases)
+        @Test(
+            "extending the deadline while a waiter is blocked keeps it waiting until the new deadline",
+            arguments: BackendKind.allCases)
         func extendedDeadline(kind: BackendKind) async throws {
-            try await withDeadlineChange(kind, from: .milliseconds(50), after: .milliseconds(20),
-                                         tooSlowTo: "extend the deadline") { poller, pd, start, waiter in
+            try await withDeadlineChange(
+                kind, from: .milliseconds(50), after: .milliseconds(20),
+                tooSlowTo: "extend the deadline"
+            ) { poller, pd, start, waiter in
                 let extendedAt = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(200), for: .read)
                 let checked = extendedAt - start < .milliseconds(40)
@@ -244,8 +257,9 @@ extension NetpollSuites {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
-                #expect(await becomesTrue { poller.timers.withLock { $0.sleepUntil } == .max },
-                        "the poller did not go to sleep without a timeout")
+                #expect(
+                    await becomesTrue { poller.timers.withLock { $0.sleepUntil } == .max },
+                    "the poller did not go to sleep without a timeout")
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(10), for: .read)
                 #expect(await waiter.outcome() == .failed(.timeout))
@@ -266,10 +280,11 @@ extension NetpollSuites {
                 farPD.setDeadline(in: .seconds(30), for: .read)
                 let waiter = startWait(nearPD, .read)
                 #expect(await waitersParked(poller, 1))
-                #expect(await becomesTrue {
-                    let until = poller.timers.withLock { $0.sleepUntil }
-                    return until != .min && until != .max
-                }, "the poller did not go to sleep until the far timer")
+                #expect(
+                    await becomesTrue {
+                        let until = poller.timers.withLock { $0.sleepUntil }
+                        return until != .min && until != .max
+                    }, "the poller did not go to sleep until the far timer")
                 let start = ContinuousClock.now
                 nearPD.setDeadline(in: .milliseconds(10), for: .read)
                 #expect(await waiter.outcome() == .failed(.timeout))
@@ -285,8 +300,9 @@ extension NetpollSuites {
         // Digest #70; §6 bug 7. Go's pollWait loops when its netpollblock returns false and
         // netpollcheckerr then finds no error. The waiter runs on an executor whose jobs are
         // held, so the deadline can be extended between its wake-up and its next step.
-        @Test("A wait woken by its deadline keeps waiting when the deadline is extended before the waiter runs again",
-              arguments: BackendKind.allCases)
+        @Test(
+            "A wait woken by its deadline keeps waiting when the deadline is extended before the waiter runs again",
+            arguments: BackendKind.allCases)
         func deadlineExtendedBeforeWaiterRuns(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let executor = GatedExecutor()
@@ -295,8 +311,9 @@ extension NetpollSuites {
                 let waiter = startWait(pd, .read, on: executor)
                 #expect(await waitersParked(poller, 1))
                 executor.hold()
-                #expect(await becomesTrue { poller.parkedWaiterCount == 0 && executor.heldJobs > 0 },
-                        "the deadline never woke the waiter")
+                #expect(
+                    await becomesTrue { poller.parkedWaiterCount == 0 && executor.heldJobs > 0 },
+                    "the deadline never woke the waiter")
                 pd.setDeadline(in: .seconds(30), for: .read)
                 executor.release()
                 #expect(await waitersParked(poller, 1), "the waiter did not wait again after its deadline was extended")

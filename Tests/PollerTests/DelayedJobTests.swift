@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Poller
 
 // The heap behind Task.sleep under the installed default executor (DelayedJobHeap) and the

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @testable import Poller
 
 @Suite("Errno names in messages")

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // Go's eventErr rule and stale error events, with the events handed to the descriptor's slot
@@ -11,12 +12,14 @@ extension NetpollSuites {
     @Suite("Error events")
     struct EventErrorTests {
         // Digest #72; §6 bug 15 (Go #30426, #30624, #38618).
-        @Test("An exact EPOLLERR fails reads with notPollable and not writes; any later event clears it, and EPOLLERR with EPOLLIN never sets it",
-              arguments: BackendKind.allCases)
+        @Test(
+            "An exact EPOLLERR fails reads with notPollable and not writes; any later event clears it, and EPOLLERR with EPOLLIN never sets it",
+            arguments: BackendKind.allCases)
         func eventErrorSetAndCleared(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let token = PollToken(slot: pd.slot.index, generation: pd.generation)
-                let error = KernelReadiness.error, input = KernelReadiness.input
+                let error = KernelReadiness.error
+                let input = KernelReadiness.input
                 for (masks, expected) in [
                     ([error], PollError.notPollable), ([error, input], nil), ([error | input], nil),
                     ([error, KernelReadiness.output], nil), ([input, error], .notPollable),
@@ -31,11 +34,13 @@ extension NetpollSuites {
         }
 
         // Digest #71 (last point); §6 bug 4 (Go #59545).
-        @Test("A stale EPOLLERR or EPOLLIN for the previous registration of a slot neither fails nor wakes the new registration's reader",
-              arguments: BackendKind.allCases)
+        @Test(
+            "A stale EPOLLERR or EPOLLIN for the previous registration of a slot neither fails nor wakes the new registration's reader",
+            arguments: BackendKind.allCases)
         func staleErrorEventIgnored(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
-                let old = OwnedPipe(), new = OwnedPipe()
+                let old = OwnedPipe()
+                let new = OwnedPipe()
                 let previous = try poller.register(old.readFD)
                 let staleToken = PollToken(slot: previous.slot.index, generation: previous.generation)
                 previous.finish()

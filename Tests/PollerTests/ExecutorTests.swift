@@ -2,14 +2,16 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // The poller thread as a task executor, cancellation, and blocking waits on plain threads.
 
 extension NetpollSuites {
     @Suite("Executor, cancellation and blocking waits") struct ExecutorTests {
-        @Test("a task preferring the poller's executor runs on the poller thread and resumes there after a wait",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a task preferring the poller's executor runs on the poller thread and resumes there after a wait",
+            arguments: BackendKind.allCases)
         func runsOnPollerThread(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task(executorPreference: poller.executor) { () -> (UInt64, UInt64, WaitOutcome) in
@@ -70,8 +72,9 @@ extension NetpollSuites {
             return (pingResult?.0 ?? -1, pongResult ?? -1, pingResult?.1 ?? [])
         }
 
-        @Test("two tasks on the poller's executor complete 10,000 round trips through two pipes",
-              arguments: BackendKind.allCases)
+        @Test(
+            "two tasks on the poller's executor complete 10,000 round trips through two pipes",
+            arguments: BackendKind.allCases)
         func pingPongOnExecutor(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let start = ContinuousClock.now
@@ -83,8 +86,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("tasks on other executors are woken too: 2,000 round trips between plain tasks, and between a poller task and a plain task",
-              arguments: BackendKind.allCases)
+        @Test(
+            "tasks on other executors are woken too: 2,000 round trips between plain tasks, and between a poller task and a plain task",
+            arguments: BackendKind.allCases)
         func pingPongElsewhere(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let plain = try await pingPong(poller, rounds: 2_000, pingOn: nil, pongOn: nil)
@@ -94,8 +98,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("cancelling a task blocked in wait ends it with cancelled promptly and leaves the descriptor usable",
-              arguments: BackendKind.allCases)
+        @Test(
+            "cancelling a task blocked in wait ends it with cancelled promptly and leaves the descriptor usable",
+            arguments: BackendKind.allCases)
         func cancellation(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let waiter = startWait(pd, .read)
@@ -111,8 +116,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a wait started in an already-cancelled task returns cancelled without parking",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a wait started in an already-cancelled task returns cancelled without parking",
+            arguments: BackendKind.allCases)
         func alreadyCancelled(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let task = Task { () -> WaitOutcome in
@@ -142,8 +148,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("waitBlocking returns timeout when the deadline passes, and closing when unblocked",
-              arguments: BackendKind.allCases)
+        @Test(
+            "waitBlocking returns timeout when the deadline passes, and closing when unblocked",
+            arguments: BackendKind.allCases)
         func blockingWaitErrors(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let result = SharedBox<PollError??>(nil)

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // The runtime_poll* surface (go-netpoll.md §2): exact numeric codes and modes. Every function
@@ -23,8 +24,9 @@ extension NetpollSuites {
             #expect(Set([pollErrDoubleWait, pollErrInvalidArgument, pollErrCancelled]).isDisjoint(with: [0, 1, 2, 3]))
         }
 
-        @Test("modes are 'r' 114, 'w' 119 and 'r'+'w' 233; anything else is an invalid argument",
-              arguments: BackendKind.allCases)
+        @Test(
+            "modes are 'r' 114, 'w' 119 and 'r'+'w' 233; anything else is an invalid argument",
+            arguments: BackendKind.allCases)
         func modes(kind: BackendKind) async throws {
             #expect(PollMode(goMode: 114) == .read)
             #expect(PollMode(goMode: 119) == .write)
@@ -49,8 +51,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("runtime_pollReset and runtime_pollWait return 0 on readiness, 2 on an expired deadline, 1 after unblock",
-              arguments: BackendKind.allCases)
+        @Test(
+            "runtime_pollReset and runtime_pollWait return 0 on readiness, 2 on an expired deadline, 1 after unblock",
+            arguments: BackendKind.allCases)
         func resetAndWaitCodes(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 #expect(runtime_pollReset(pd, 114) == pollNoError)
@@ -72,8 +75,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a blocked runtime_pollWait returns 2 when its deadline passes and 1 when unblocked",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a blocked runtime_pollWait returns 2 when its deadline passes and 1 when unblocked",
+            arguments: BackendKind.allCases)
         func blockedWaitCodes(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollSetDeadline(pd, 20_000_000, 114)
@@ -110,8 +114,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("runtime_pollWait returns pollErrNotPollable for reads after an exact EPOLLERR, 0 for writes",
-              arguments: BackendKind.allCases)
+        @Test(
+            "runtime_pollWait returns pollErrNotPollable for reads after an exact EPOLLERR, 0 for writes",
+            arguments: BackendKind.allCases)
         func notPollableCode(kind: BackendKind) async throws {
             try await withFullPipeWriter(kind) { poller, pd, closeReader in
                 closeReader()
@@ -122,8 +127,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("runtime_pollClose without runtime_pollUnblock is refused and leaves the descriptor registered",
-              arguments: BackendKind.allCases)
+        @Test(
+            "runtime_pollClose without runtime_pollUnblock is refused and leaves the descriptor registered",
+            arguments: BackendKind.allCases)
         func closeWithoutUnblock(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 runtime_pollClose(pd)

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Poller
 
 // The group's executor (what installAsDefaultExecutor installs), driven in this process as a
@@ -6,8 +7,9 @@ import Testing
 
 @Suite("The group's executor")
 struct GroupExecutorTests {
-    @Test("A task on the group's executor sleeps on a poller's timer heap and wakes on a poller thread",
-          arguments: BackendKind.allCases)
+    @Test(
+        "A task on the group's executor sleeps on a poller's timer heap and wakes on a poller thread",
+        arguments: BackendKind.allCases)
     func sleepWakesOnAPollerThread(kind: BackendKind) async throws {
         try skipIfUnavailable(kind)
         let group = try PollerGroup(threads: 2, backend: kind.choice)
@@ -26,8 +28,9 @@ struct GroupExecutorTests {
         #expect(delayedJobCount(group) == 0)
     }
 
-    @Test("A sleep pending at shutdown still ends on time, on the platform's executor: never early, never stranded",
-          arguments: BackendKind.allCases)
+    @Test(
+        "A sleep pending at shutdown still ends on time, on the platform's executor: never early, never stranded",
+        arguments: BackendKind.allCases)
     func pendingSleepOutlivesShutdown(kind: BackendKind) async throws {
         try skipIfUnavailable(kind)
         let group = try PollerGroup(threads: 2, backend: kind.choice)
@@ -46,8 +49,9 @@ struct GroupExecutorTests {
 }
 
 extension GroupExecutorTests {
-    @Test("Installing the default executor from a poller thread is refused with a clear error, and changes nothing",
-          arguments: BackendKind.allCases)
+    @Test(
+        "Installing the default executor from a poller thread is refused with a clear error, and changes nothing",
+        arguments: BackendKind.allCases)
     func installFromAPollerThreadIsRefused(kind: BackendKind) async throws {
         try await withPoller(kind) { poller in
             let refused = await Task(executorPreference: poller.executor) { () -> PollerError? in
@@ -69,4 +73,3 @@ extension GroupExecutorTests {
 private func delayedJobCount(_ group: PollerGroup) -> Int {
     group.pollers.reduce(0) { n, poller in n + poller.timers.withLock { $0.delayedJobs.count } }
 }
-

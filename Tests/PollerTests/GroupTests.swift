@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 /// The number of threads in this process (entries in /proc/self/task).
@@ -39,8 +40,9 @@ private func withGroup<R>(
 // Serialized: the thread and descriptor counts are the process's.
 @Suite("Poller groups", .serialized)
 struct GroupTests {
-    @Test("A group starts one poller per CPU it may run on, each on its own thread, all on one backend",
-          arguments: BackendKind.allCases)
+    @Test(
+        "A group starts one poller per CPU it may run on, each on its own thread, all on one backend",
+        arguments: BackendKind.allCases)
     func oneThreadPerCPU(kind: BackendKind) async throws {
         try await withGroup(kind, threads: nil) { group in
             #expect(group.count == PollerGroup.availableCPUs)
@@ -89,36 +91,37 @@ struct GroupTests {
         }
     }
 
-    @Test("A group whose member cannot start fails as a whole: no thread and no descriptor is left",
-          arguments: BackendKind.allCases)
+    @Test(
+        "A group whose member cannot start fails as a whole: no thread and no descriptor is left",
+        arguments: BackendKind.allCases)
     func memberFailureFailsTheGroup(kind: BackendKind) async throws {
         try skipIfUnavailable(kind)
         try requireTwoCPUs()
         let threadsBefore = threadCount()
         try await checkingDescriptorLeaks {
-        var options = Poller.Options()
-        options.threadName = "group-test"
-        options.hooks.beforeBackendSetup = { name in
-            guard name == "group-test-1" else { return nil }
-            switch kind {
-            case .ioUring:
-                // The real refusal, on this member's thread only: its ring set-up sees EPERM.
-                cpoller_uring_inject_setup_failure(EPERM)
-                return nil
-            case .epoll:
-                return .system(call: "epoll_create1", errno: EMFILE)
+            var options = Poller.Options()
+            options.threadName = "group-test"
+            options.hooks.beforeBackendSetup = { name in
+                guard name == "group-test-1" else { return nil }
+                switch kind {
+                case .ioUring:
+                    // The real refusal, on this member's thread only: its ring set-up sees EPERM.
+                    cpoller_uring_inject_setup_failure(EPERM)
+                    return nil
+                case .epoll:
+                    return .system(call: "epoll_create1", errno: EMFILE)
+                }
             }
-        }
-        do {
-            let group = try PollerGroup(threads: 2, backend: kind.choice, options: options)
-            group.shutdown()
-            Issue.record("the group started although member 1 could not")
-        } catch {
-            switch kind {
-            case .ioUring: #expect("\(error)".contains("EPERM"), "\(error)")
-            case .epoll: #expect(error as? PollerError == .system(call: "epoll_create1", errno: EMFILE))
+            do {
+                let group = try PollerGroup(threads: 2, backend: kind.choice, options: options)
+                group.shutdown()
+                Issue.record("the group started although member 1 could not")
+            } catch {
+                switch kind {
+                case .ioUring: #expect("\(error)".contains("EPERM"), "\(error)")
+                case .epoll: #expect(error as? PollerError == .system(call: "epoll_create1", errno: EMFILE))
+                }
             }
-        }
         }
         // The failed member's thread and the started member's thread were both joined.
         #expect(await threadsSettle(atOrBelow: threadsBefore), "threads were left running")
@@ -153,24 +156,28 @@ struct GroupTests {
         }
     }
 
-    @Test("On a member's thread the group hands out that member, and Poller.current names it",
-          arguments: BackendKind.allCases)
+    @Test(
+        "On a member's thread the group hands out that member, and Poller.current names it",
+        arguments: BackendKind.allCases)
     func currentMemberIsPreferred(kind: BackendKind) async throws {
         try requireTwoCPUs()
         try await withGroup(kind) { group in
             #expect(Poller.current == nil, "a test thread is no poller's")
             for member in group.pollers {
                 let placed = await Task(executorPreference: member.executor) {
-                    (Poller.current === member, (0..<4).allSatisfy { _ in group.poller() === member },
-                     cpoller_thread_id() == member.threadID)
+                    (
+                        Poller.current === member, (0..<4).allSatisfy { _ in group.poller() === member },
+                        cpoller_thread_id() == member.threadID
+                    )
                 }.value
                 #expect(placed.0 && placed.1 && placed.2, "\(placed)")
             }
         }
     }
 
-    @Test("A descriptor's wake-up resumes a task on its own poller's thread, for every member",
-          arguments: BackendKind.allCases, DescriptorKind.allCases)
+    @Test(
+        "A descriptor's wake-up resumes a task on its own poller's thread, for every member",
+        arguments: BackendKind.allCases, DescriptorKind.allCases)
     func wakeUpStaysOnTheOwningMember(kind: BackendKind, descriptor: DescriptorKind) async throws {
         try requireTwoCPUs()
         try await withGroup(kind) { group in
@@ -193,7 +200,8 @@ struct GroupTests {
         }
     }
 
-    @Test("The shared Poller and runtime_pollOpen spread descriptors across the shared group, and Go's descriptor check covers every member")
+    @Test(
+        "The shared Poller and runtime_pollOpen spread descriptors across the shared group, and Go's descriptor check covers every member")
     func sharedPollerSpreads() throws {
         let group = try PollerGroup.shared()
         let handedOut = try (0..<(2 * group.count)).map { _ in ObjectIdentifier(try Poller.shared()) }
@@ -203,7 +211,10 @@ struct GroupTests {
         // Hashed numbers: 8 per member makes "all on one member" a 2^-15 chance for 2 members.
         for _ in 0..<(8 * group.count) {
             let (pd, errno) = runtime_pollOpen(fds.pipe().read)
-            guard let pd else { Issue.record("runtime_pollOpen failed: \(errno)"); return }
+            guard let pd else {
+                Issue.record("runtime_pollOpen failed: \(errno)")
+                return
+            }
             #expect(group.contains(pd.poller))
             owners.append(ObjectIdentifier(pd.poller))
             runtime_pollUnblock(pd)

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // A randomized, seeded model test of the runtime_poll*-level API (register, wait, reset,
@@ -32,8 +33,9 @@ import Testing
 
 @Suite("Model", .serialized)
 struct ModelTests {
-    @Test("random operation sequences agree with a reference model of Go's pollDesc states",
-          arguments: BackendKind.allCases)
+    @Test(
+        "random operation sequences agree with a reference model of Go's pollDesc states",
+        arguments: BackendKind.allCases)
     func randomSequences(kind: BackendKind) async throws {
         let config = ModelConfig.fromEnvironment()
         let start = ContinuousClock.now
@@ -284,15 +286,19 @@ private struct ModelRunner {
             """, sourceLocation: sourceLocation)
     }
 
-    mutating func expect<T: Equatable>(_ actual: T, _ expected: T, _ what: String,
-                                       sourceLocation: SourceLocation = #_sourceLocation) {
+    mutating func expect<T: Equatable>(
+        _ actual: T, _ expected: T, _ what: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         if actual != expected {
             mismatch("\(what): expected \(expected), got \(actual)", sourceLocation: sourceLocation)
         }
     }
 
-    mutating func expect(_ actual: PollError?, _ expected: PollError?, _ what: String,
-                         sourceLocation: SourceLocation = #_sourceLocation) {
+    mutating func expect(
+        _ actual: PollError?, _ expected: PollError?, _ what: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         if actual != expected {
             mismatch("\(what): expected \(caseName(expected)), got \(caseName(actual))", sourceLocation: sourceLocation)
         }
@@ -376,7 +382,8 @@ private struct ModelRunner {
 
     mutating func reset(_ t: Int, _ d: Draw) {
         let valid = d.mode % 12 != 11
-        let mode = valid ? pick([PollMode.read, .write, .readWrite], d.mode) : pick([PollMode(rawValue: 0), PollMode(rawValue: 4)], d.extra)
+        let mode =
+            valid ? pick([PollMode.read, .write, .readWrite], d.mode) : pick([PollMode(rawValue: 0), PollMode(rawValue: 4)], d.extra)
         let expected: PollError? = valid ? live[t].pendingError(mode) : .invalidMode
         let viaGo = d.variant % 2 == 0
         count(expected == nil ? "reset ok" : "reset error")
@@ -418,11 +425,12 @@ private struct ModelRunner {
                     mismatch("runtime_pollWait(\(mode)) blocked; expected \(immediate) at once")
                     return
                 }
-                let expectedCode: Int = switch immediate {
-                case .ready: pollNoError
-                case .failed(let error): error.goCode
-                case .hung: -1
-                }
+                let expectedCode: Int =
+                    switch immediate {
+                    case .ready: pollNoError
+                    case .failed(let error): error.goCode
+                    case .hung: -1
+                    }
                 expect(result, expectedCode, "runtime_pollWait(\(mode))")
             } else {
                 log("wait \(mode) on fd \(m.readFD), expecting \(immediate) at once")
@@ -496,7 +504,12 @@ private struct ModelRunner {
         }
 
         // The event that ends the wait.
-        enum Ending { case write, expire(PollMode), shortDeadline(PollMode, Duration), unblock, cancel }
+        enum Ending {
+            case write
+            case expire(PollMode)
+            case shortDeadline(PollMode, Duration)
+            case unblock, cancel
+        }
         var endings: [Ending] = []
         if mode == .read && !live[t].hasData { endings += Array(repeating: .write, count: 6) }
         endings += Array(repeating: .expire(pick([mode, .readWrite], d.variant)), count: 4)

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // Go's pollDesc state machine (go-netpoll.md §1, §2.4–2.6, §2.11, §5.6 items 65–67, 71, 72),
@@ -10,8 +11,9 @@ extension NetpollSuites {
     @Suite("Netpoll semantics") struct NetpollSemanticsTests {
         // MARK: Latched readiness (T4 from nil, T2)
 
-        @Test("readiness with no waiter is latched and consumed by the next wait, which returns without parking; a second wait blocks until a new edge",
-              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        @Test(
+            "readiness with no waiter is latched and consumed by the next wait, which returns without parking; a second wait blocks until a new edge",
+            arguments: BackendKind.allCases, DescriptorKind.allCases)
         func latchedReadiness(kind: BackendKind, descriptor: DescriptorKind) async throws {
             try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 #expect(!pd.isLatched(.read))
@@ -31,8 +33,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("readiness present at registration is reported: a fresh socket's write wait returns at once",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readiness present at registration is reported: a fresh socket's write wait returns at once",
+            arguments: BackendKind.allCases)
         func readyAtRegistration(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let sockets = SocketPair()
@@ -61,8 +64,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("an expired deadline fails the wait at once even with readiness latched, and keeps the latch",
-              arguments: BackendKind.allCases)
+        @Test(
+            "an expired deadline fails the wait at once even with readiness latched, and keeps the latch",
+            arguments: BackendKind.allCases)
         func expiredDeadlineBeatsReadiness(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
@@ -83,8 +87,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("an error event that is exactly EPOLLERR fails reads with notPollable and leaves writes ready",
-              arguments: BackendKind.allCases)
+        @Test(
+            "an error event that is exactly EPOLLERR fails reads with notPollable and leaves writes ready",
+            arguments: BackendKind.allCases)
         func errorEventIsReadOnly(kind: BackendKind) async throws {
             try await withFullPipeWriter(kind) { poller, pd, closeReader in
                 closeReader()
@@ -97,8 +102,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("an EPOLLERR event wakes a blocked writer with readiness, not an error",
-              arguments: BackendKind.allCases)
+        @Test(
+            "an EPOLLERR event wakes a blocked writer with readiness, not an error",
+            arguments: BackendKind.allCases)
         func errorEventWakesWriter(kind: BackendKind) async throws {
             try await withFullPipeWriter(kind) { poller, pd, closeReader in
                 let writer = startWait(pd, .write)
@@ -112,8 +118,9 @@ extension NetpollSuites {
 
         // MARK: One waiter per direction
 
-        @Test("a second wait on a direction that has a waiter gets doubleWait; the first still completes on readiness",
-              arguments: BackendKind.allCases, DescriptorKind.allCases)
+        @Test(
+            "a second wait on a direction that has a waiter gets doubleWait; the first still completes on readiness",
+            arguments: BackendKind.allCases, DescriptorKind.allCases)
         func doubleWait(kind: BackendKind, descriptor: DescriptorKind) async throws {
             try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 let first = startWait(pd, .read)
@@ -148,8 +155,9 @@ extension NetpollSuites {
 
         // MARK: Unblock and close (pollUnblock, pollClose)
 
-        @Test("unblock wakes a blocked reader and writer with closing; later waits and resets fail at once; a second unblock is harmless",
-              arguments: BackendKind.allCases)
+        @Test(
+            "unblock wakes a blocked reader and writer with closing; later waits and resets fail at once; a second unblock is harmless",
+            arguments: BackendKind.allCases)
         func unblockWakesEveryone(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let pipe = Pipe()
@@ -174,8 +182,9 @@ extension NetpollSuites {
 
         // Close without unblock: BadInputTests.closeWithoutUnblock (with a descriptor-leak check).
 
-        @Test("close while a waiter is still parked is refused, and succeeds once it has returned",
-              arguments: BackendKind.allCases)
+        @Test(
+            "close while a waiter is still parked is refused, and succeeds once it has returned",
+            arguments: BackendKind.allCases)
         func closeWithParkedWaiter(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let pipe = Pipe()
@@ -219,40 +228,50 @@ extension NetpollSuites {
             }
         }
 
-        @Test("a deadline armed by the previous user of a slot does not fire on the new registration",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a deadline armed by the previous user of a slot does not fire on the new registration",
+            arguments: BackendKind.allCases)
         func staleTimerAfterReuse(kind: BackendKind) async throws {
-            try await withReusedSlot(kind, beforeClose: { a, _ in
-                a.setDeadline(in: .milliseconds(20), for: .readWrite)
-            }) { poller, a, b, second in
-                let waiter = startWait(b, .read)
-                try await Task.sleep(for: .milliseconds(100))
-                #expect(!waiter.isFinished, "the old registration's deadline woke the new one")
-                #expect(b.resetResult(.write) == nil)
-                b.unblock()
-                #expect(await waiter.outcome() == .failed(.closing))
-                #expect(b.closeResult() == nil)
-            }
+            try await withReusedSlot(
+                kind,
+                beforeClose: { a, _ in
+                    a.setDeadline(in: .milliseconds(20), for: .readWrite)
+                },
+                then: { poller, a, b, second in
+                    let waiter = startWait(b, .read)
+                    try await Task.sleep(for: .milliseconds(100))
+                    #expect(!waiter.isFinished, "the old registration's deadline woke the new one")
+                    #expect(b.resetResult(.write) == nil)
+                    b.unblock()
+                    #expect(await waiter.outcome() == .failed(.closing))
+                    #expect(b.closeResult() == nil)
+                })
         }
 
-        @Test("readiness of a closed registration does not reach the new registration in its slot",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readiness of a closed registration does not reach the new registration in its slot",
+            arguments: BackendKind.allCases)
         func staleEventAfterReuse(kind: BackendKind) async throws {
-            try await withReusedSlot(kind, beforeClose: { _, first in
-                writeBytes(first.writeFD)
-            }) { poller, a, b, second in
-                let waiter = startWait(b, .read)
-                try await Task.sleep(for: .milliseconds(50))
-                #expect(!waiter.isFinished, "the closed registration's readiness woke the new one")
-                writeBytes(second.writeFD)
-                #expect(await waiter.outcome() == .ready)
-                b.finish()
-            }
+            try await withReusedSlot(
+                kind,
+                beforeClose: { _, first in
+                    writeBytes(first.writeFD)
+                },
+                then: { poller, a, b, second in
+                    let waiter = startWait(b, .read)
+                    try await Task.sleep(for: .milliseconds(50))
+                    #expect(!waiter.isFinished, "the closed registration's readiness woke the new one")
+                    writeBytes(second.writeFD)
+                    #expect(await waiter.outcome() == .ready)
+                    b.finish()
+                })
         }
 
         // MARK: pollReset
 
-        @Test("reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases, DescriptorKind.allCases)
+        @Test(
+            "reset forgets latched readiness, so the next wait blocks until a new edge", arguments: BackendKind.allCases,
+            DescriptorKind.allCases)
         func resetClearsLatch(kind: BackendKind, descriptor: DescriptorKind) async throws {
             try await withRegisteredReader(kind, descriptor) { poller, ends, pd in
                 writeBytes(ends.writer)
@@ -267,8 +286,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("reset reports the pending error in Go's order, per direction, and keeps latched readiness when it does",
-              arguments: BackendKind.allCases)
+        @Test(
+            "reset reports the pending error in Go's order, per direction, and keeps latched readiness when it does",
+            arguments: BackendKind.allCases)
         func resetReportsErrors(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 writeBytes(pipe.writeFD)
@@ -289,8 +309,9 @@ extension NetpollSuites {
 
         // MARK: An idle poller sleeps
 
-        @Test("an idle poller makes no wake-ups while a waiter is parked and no deadline is set",
-              arguments: BackendKind.allCases)
+        @Test(
+            "an idle poller makes no wake-ups while a waiter is parked and no deadline is set",
+            arguments: BackendKind.allCases)
         func idleMeansIdle(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let tid = await pollerTID(poller)
@@ -320,7 +341,7 @@ extension NetpollSuites {
 private func withReusedSlot(
     _ kind: BackendKind, reused: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
     beforeClose: (PollDescriptor, OwnedPipe) -> Void = { _, _ in },
-    _ body: (Poller, _ a: PollDescriptor, _ b: PollDescriptor, _ second: OwnedPipe) async throws -> Void
+    then body: (Poller, _ a: PollDescriptor, _ b: PollDescriptor, _ second: OwnedPipe) async throws -> Void
 ) async throws {
     try await withPoller(kind, sourceLocation: sourceLocation) { poller in
         let first = OwnedPipe()

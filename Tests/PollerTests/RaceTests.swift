@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Races between a starting or parked wait and readiness, deadlines, unblock and close
@@ -36,8 +37,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("readiness racing a very short deadline ends the wait with ready or timeout, never a hang",
-              arguments: BackendKind.allCases)
+        @Test(
+            "readiness racing a very short deadline ends the wait with ready or timeout, never a hang",
+            arguments: BackendKind.allCases)
         func readinessVersusDeadline(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 var ready = 0
@@ -86,8 +88,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("unblock and close racing a starting wait: the wait gets closing; close succeeds, at worst after the waiter returns",
-              arguments: BackendKind.allCases)
+        @Test(
+            "unblock and close racing a starting wait: the wait gets closing; close succeeds, at worst after the waiter returns",
+            arguments: BackendKind.allCases)
         func closeVersusWait(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let pipe = Pipe()
@@ -138,8 +141,9 @@ extension NetpollSuites {
                     }
                     // Whoever won, the deadline is no longer expired: a waiter still parked
                     // must stay parked until readiness.
-                    #expect(pd.slot.state.withLock { $0.pendingError(.read) } == nil,
-                            "iteration \(i): the read deadline is still expired after it was changed")
+                    #expect(
+                        pd.slot.state.withLock { $0.pendingError(.read) } == nil,
+                        "iteration \(i): the read deadline is still expired after it was changed")
                     writeBytes(pipe.writeFD)
                     let outcome = await waiter.outcome()
                     guard outcome == .ready || outcome == .failed(.timeout) else {
@@ -153,8 +157,9 @@ extension NetpollSuites {
             }
         }
 
-        @Test("64 tasks waiting on 64 descriptors all complete when every descriptor becomes ready",
-              arguments: BackendKind.allCases)
+        @Test(
+            "64 tasks waiting on 64 descriptors all complete when every descriptor becomes ready",
+            arguments: BackendKind.allCases)
         func manyWaiters(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let count = 64

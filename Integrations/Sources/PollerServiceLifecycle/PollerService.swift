@@ -63,9 +63,11 @@ public struct PollerService: Service {
                         await listener.serve(
                             gracePeriod: gracePeriod, shutdown: shutdown,
                             onAcceptError: { error, delay in
-                                logger.warning("accept failed", metadata: [
-                                    "error": "\(error)", "retry_in": "\(delay)",
-                                ])
+                                logger.warning(
+                                    "accept failed",
+                                    metadata: [
+                                        "error": "\(error)", "retry_in": "\(delay)",
+                                    ])
                             }
                         ) { connection in
                             var connectionLogger = logger

@@ -1,5 +1,5 @@
-import PollerNet
 import Poller
+import PollerNet
 import SystemPackage
 
 // swift-system's types at PollerNet's edges: an errno as `Errno`, a descriptor as

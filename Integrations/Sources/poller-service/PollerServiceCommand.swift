@@ -37,7 +37,7 @@ struct PollerServiceCommand: AsyncParsableCommand {
         guard (try? BackendChoice(parsing: backend)) != nil else { throw ValidationError("--backend: epoll, io_uring or auto") }
     }
 
-// README begin
+    // README begin
     func run() async throws {
         var logger = Logger(label: "poller-service")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -55,7 +55,7 @@ struct PollerServiceCommand: AsyncParsableCommand {
         let services = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await services.run()
     }
-// README end
+    // README end
 }
 
 /// The echo handler's limits, and the count of connections served.

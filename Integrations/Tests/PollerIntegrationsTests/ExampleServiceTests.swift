@@ -6,8 +6,9 @@ import Testing
 /// The example service, run as a process the way its README section says.
 @Suite("poller-service, the example service")
 struct ExampleServiceTests {
-    @Test("poller-service echoes, closes an idle connection after --idle-timeout, and exits 0 on SIGTERM once stopped",
-          arguments: backends)
+    @Test(
+        "poller-service echoes, closes an idle connection after --idle-timeout, and exits 0 on SIGTERM once stopped",
+        arguments: backends)
     func servesAndStops(backend: BackendChoice) async throws {
         try await withPoller(backend) { poller in  // skips io_uring where it cannot run
             let service = try ServiceProcess.start(["--port", "0", "--idle-timeout", "0.3", "--backend", "\(backend)"])

@@ -19,8 +19,9 @@ private func startGroup(
 
 @Suite("PollerService under swift-service-lifecycle")
 struct PollerServiceTests {
-    @Test("a graceful shutdown stops accepting and lets the handler in flight finish before run returns",
-          arguments: backends)
+    @Test(
+        "a graceful shutdown stops accepting and lets the handler in flight finish before run returns",
+        arguments: backends)
     func gracefulShutdownLetsHandlersFinish(backend: BackendChoice) async throws {
         try await withPoller(backend) { poller in
             let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -45,8 +46,9 @@ struct PollerServiceTests {
         }
     }
 
-    @Test("cancelling the service group's task ends handlers blocked in a read, and run returns",
-          arguments: backends)
+    @Test(
+        "cancelling the service group's task ends handlers blocked in a read, and run returns",
+        arguments: backends)
     func cancellationEndsBlockedHandlers(backend: BackendChoice) async throws {
         try await withPoller(backend) { poller in
             let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)

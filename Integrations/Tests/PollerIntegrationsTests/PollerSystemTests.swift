@@ -16,8 +16,9 @@ struct PollerSystemTests {
         #expect(NetError.closed.systemErrno == nil)
     }
 
-    @Test("a detached connection's descriptor comes out as an open FileDescriptor the caller owns",
-          arguments: backends)
+    @Test(
+        "a detached connection's descriptor comes out as an open FileDescriptor the caller owns",
+        arguments: backends)
     func detachGivesFileDescriptor(backend: BackendChoice) async throws {
         try await withPoller(backend) { poller in
             let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)

@@ -54,7 +54,8 @@ final class URingBackend: PollerBackend {
     /// connections (docs: uring-ring-flags). Its price is the ownership rule above, and that
     /// a cancelled poll completes only when the owner runs its task work (`runTaskWork`).
     /// SUBMIT_ALL: a request that fails at submission does not stop the ones queued after it.
-    static let setupFlags = UInt32(CPOLLER_URING_SETUP_SINGLE_ISSUER) | UInt32(CPOLLER_URING_SETUP_DEFER_TASKRUN)
+    static let setupFlags =
+        UInt32(CPOLLER_URING_SETUP_SINGLE_ISSUER) | UInt32(CPOLLER_URING_SETUP_DEFER_TASKRUN)
         | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
@@ -436,13 +437,15 @@ final class URingBackend: PollerBackend {
         if r == 0 {
             r = submitQueued()
             if r != 0 {
-                faults.report("io_uring submission (cancel)", errno: r,
-                              "the cancel goes out with the next wait; until then the file stays open")
+                faults.report(
+                    "io_uring submission (cancel)", errno: r,
+                    "the cancel goes out with the next wait; until then the file stays open")
             }
         } else {
             owner.cancels.append(token)
-            faults.report("io_uring submission (cancel)", errno: r,
-                          "the cancel is retried before every wait; until then the file stays open")
+            faults.report(
+                "io_uring submission (cancel)", errno: r,
+                "the cancel is retried before every wait; until then the file stays open")
         }
         // Even after a failed submit: completions and task work already due are run.
         runTaskWork()

@@ -19,11 +19,13 @@ extension PollerNetTests {
         static let limit = 64
         static let floodSize = 150
 
-        @Test("poller-echo under a 64-descriptor limit died with SIGILL when flooded with 150 connections: it must stay up and echo again once the flood closes",
-              arguments: BackendKind.allCases)
+        @Test(
+            "poller-echo under a 64-descriptor limit died with SIGILL when flooded with 150 connections: it must stay up and echo again once the flood closes",
+            arguments: BackendKind.allCases)
         func echoServerSurvivesDescriptorFlood(kind: BackendKind) async throws {
             guard let binary = EchoServerProcess.binaryPath() else {
-                Issue.record("poller-echo is not built next to the test bundle (\(EchoServerProcess.buildDirectory)); run swift build --build-tests")
+                Issue.record(
+                    "poller-echo is not built next to the test bundle (\(EchoServerProcess.buildDirectory)); run swift build --build-tests")
                 return
             }
             try await withNetPoller(kind) { poller in
@@ -71,12 +73,14 @@ extension PollerNetTests {
 
                 // And it still stops cleanly.
                 let status = server.terminate(within: .seconds(10))
-                #expect(status == 0, "poller-echo did not stop cleanly on SIGTERM: \(server.exitDescription); stderr:\n\(server.stderrTail())")
+                #expect(
+                    status == 0, "poller-echo did not stop cleanly on SIGTERM: \(server.exitDescription); stderr:\n\(server.stderrTail())")
             }
         }
 
-        @Test("a listener at its descriptor limit let accepted connections fill the table: it must shed them with tooManyOpenFiles, keep its headroom free, and serve again once descriptors free up",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a listener at its descriptor limit let accepted connections fill the table: it must shed them with tooManyOpenFiles, keep its headroom free, and serve again once descriptors free up",
+            arguments: BackendKind.allCases)
         func listenerShedsToKeepHeadroom(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -282,9 +286,9 @@ private final class EchoServerProcess {
         // "poller-echo: listening on 127.0.0.1:PORT (backend ...)"
         let words = text.split(separator: " ")
         guard let on = words.firstIndex(of: "on"), on + 1 < words.count,
-              case let address = words[on + 1],
-              let colon = address.lastIndex(of: ":"),
-              let port = UInt16(address[address.index(after: colon)...])
+            case let address = words[on + 1],
+            let colon = address.lastIndex(of: ":"),
+            let port = UInt16(address[address.index(after: colon)...])
         else { throw ProcessError("no port in \(text)") }
         return port
     }

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+
 @_spi(Benchmarks) @testable import Poller
 @testable import PollerNet
 
@@ -24,8 +25,9 @@ extension PollerNetTests {
         }
 
         // Digest §6 bug 3 (Go #14548, #19289 for connect).
-        @Test("Readiness taken as truth: a spurious readiness wakes a blocked read, write and accept; each retries its system call, gets EAGAIN and waits again",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Readiness taken as truth: a spurious readiness wakes a blocked read, write and accept; each retries its system call, gets EAGAIN and waits again",
+            arguments: BackendKind.allCases)
         func spuriousReadiness(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -47,8 +49,9 @@ extension PollerNetTests {
         }
 
         // Digest §6 bug 10.
-        @Test("Descriptor reused mid-operation: while a read still holds a reference, close keeps the number open, so a descriptor opened meanwhile never gets it, and the read ends with closed",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Descriptor reused mid-operation: while a read still holds a reference, close keeps the number open, so a descriptor opened meanwhile never gets it, and the read ends with closed",
+            arguments: BackendKind.allCases)
         func numberHeldUntilLastReference(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -56,8 +59,10 @@ extension PollerNetTests {
                 // The first read holds the read lock, parked; the second holds a reference on
                 // its way to the lock queue.
                 let readers = try await closeWhileOperationHeldBeforeQueue(client, .read) {
-                    (try await startBlockedRead(client, poller),
-                     Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 16) } })
+                    (
+                        try await startBlockedRead(client, poller),
+                        Task { await netError { () async throws(NetError) in try await client.read(maxBytes: 16) } }
+                    )
                 } whileClosing: { closeReturned in
                     #expect(fcntl(fd, F_GETFD) != -1, "the number was closed under an operation holding it")
                     var opened: [Int32] = []
@@ -77,8 +82,9 @@ extension PollerNetTests {
 
         // Digest §6 bug 20 and Go test #38 (TestAcceptIgnoreAbortedConnRequest, Go #6163, #6987),
         // with the errors injected, as Go does.
-        @Test("Accept's transient errors: ECONNABORTED and EINTR from accept4 are retried, and the pending connection is accepted",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Accept's transient errors: ECONNABORTED and EINTR from accept4 are retried, and the pending connection is accepted",
+            arguments: BackendKind.allCases)
         func acceptRetriesTransientErrors(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let listenerFD = pair.listener.netFD.fd
@@ -100,8 +106,9 @@ extension PollerNetTests {
         }
 
         // Digest §6 bug 14, at the net layer (the poller's wait: PollerTests).
-        @Test("EINTR: a write interrupted before it wrote anything is retried, and every byte arrives",
-              arguments: BackendKind.allCases)
+        @Test(
+            "EINTR: a write interrupted before it wrote anything is retried, and every byte arrives",
+            arguments: BackendKind.allCases)
         func interruptedWriteRetried(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let (result, calls) = await writeWithInjectedCalls(pair) { call, _ in

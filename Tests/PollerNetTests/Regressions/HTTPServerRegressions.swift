@@ -12,9 +12,11 @@ extension PollerNetTests {
         func pipelining(backend: BackendKind) throws {
             try withHTTPClient(backend, []) { client in
                 // Three requests whose answers differ: plain, HTTP/1.0 keep-alive, close; a body between.
-                client.sendAllowingClose(Array(("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
-                    + "POST /2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nbody"
-                    + "GET /3 HTTP/1.1\r\nConnection: close\r\n\r\n").utf8))
+                client.sendAllowingClose(
+                    Array(
+                        ("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                            + "POST /2 HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nbody"
+                            + "GET /3 HTTP/1.1\r\nConnection: close\r\n\r\n").utf8))
                 let reply = String(decoding: client.readUntilClosed(), as: UTF8.self)
                 let answers = reply.split(separator: "HTTP/1.1 ", omittingEmptySubsequences: true)
                 #expect(answers.count == 3, "reply: \(reply)")
@@ -25,12 +27,14 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a chunked upload sent in pieces is read and answered and the connection stays open",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a chunked upload sent in pieces is read and answered and the connection stays open",
+            arguments: BackendKind.allCases)
         func chunkedUpload(backend: BackendKind) throws {
             try withHTTPClient(backend, ["--max-body-bytes", "4096"]) { client in
                 // The chunk data holds a request's bytes: it must be discarded, not answered.
-                let upload = "POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                let upload =
+                    "POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                     + "13;name=x\r\nGET /x HTTP/1.1\r\n\r\n\r\n" + "400\r\n" + String(repeating: "z", count: 1024) + "\r\n"
                     + "0\r\nX-Trailer: done\r\n\r\n"
                 for piece in chunks(Array(upload.utf8), size: 97) {
@@ -56,8 +60,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("over-limit requests get 431, 414 or 413 and conflicting framing 400, then close",
-              arguments: BackendKind.allCases)
+        @Test(
+            "over-limit requests get 431, 414 or 413 and conflicting framing 400, then close",
+            arguments: BackendKind.allCases)
         func limitAnswers(backend: BackendKind) throws {
             let server = try ServerProcess.start(.http, backend: backend, ["--max-header-bytes", "2048", "--max-body-bytes", "100"])
             defer { server.stop() }
@@ -75,8 +80,9 @@ extension PollerNetTests {
                 defer { client.close() }
                 client.sendAllowingClose(Array((request + next).utf8))
                 let answer = String(decoding: client.readUntilClosed(), as: UTF8.self)
-                #expect(answer.hasPrefix("HTTP/1.1 \(status) ") && answer.contains("Connection: close") && !answer.contains("200 OK"),
-                        "\(request.prefix(60).debugDescription): \(answer)")
+                #expect(
+                    answer.hasPrefix("HTTP/1.1 \(status) ") && answer.contains("Connection: close") && !answer.contains("200 OK"),
+                    "\(request.prefix(60).debugDescription): \(answer)")
             }
         }
     }

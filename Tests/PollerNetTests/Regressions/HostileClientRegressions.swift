@@ -48,8 +48,9 @@ extension PollerNetTests {
             #expect(elapsed < .seconds(5))
         }
 
-        @Test("a finished request's read deadline does not close the connection while it waits for the next",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a finished request's read deadline does not close the connection while it waits for the next",
+            arguments: BackendKind.allCases)
         func requestDeadlineEndsWithTheRequest(backend: BackendKind) throws {
             // With the idle timeout off, the per-request deadline of a request that arrived in
             // two reads must be cleared once it is answered, or it would close the idle
@@ -123,9 +124,10 @@ extension PollerNetTests {
             let body = "GET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n"
             let client = try Client(port: server.port)
             defer { client.close() }
-            client.sendAllowingClose(Array(
-                ("POST / HTTP/1.1\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
-                    + "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").utf8))
+            client.sendAllowingClose(
+                Array(
+                    ("POST / HTTP/1.1\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
+                        + "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").utf8))
             let reply = String(decoding: client.readUntilClosed(), as: UTF8.self)
             #expect(reply.ranges(of: "HTTP/1.1 200 OK").count == 2, "reply: \(reply)")
             #expect(!reply.contains("HTTP/1.1 4"))
@@ -143,9 +145,11 @@ extension PollerNetTests {
             #expect(slowReply.ranges(of: "HTTP/1.1 200 OK").count == 2, "reply: \(slowReply)")
 
             // Bodies it will not read are refused and the connection closed.
-            for (head, status) in [("POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", "413"),
-                                   ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
-                                   ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400")] {
+            for (head, status) in [
+                ("POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", "413"),
+                ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
+                ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
+            ] {
                 let refused = try Client(port: server.port)
                 defer { refused.close() }
                 refused.sendAllowingClose(Array((head + "GET / HTTP/1.1\r\n\r\n").utf8))
@@ -192,8 +196,9 @@ extension PollerNetTests {
 
         // MARK: Connection cap
 
-        @Test("connections beyond the cap are shed and served again once below it",
-              arguments: ServerKind.allCases, BackendKind.allCases)
+        @Test(
+            "connections beyond the cap are shed and served again once below it",
+            arguments: ServerKind.allCases, BackendKind.allCases)
         func connectionCap(server kind: ServerKind, backend: BackendKind) throws {
             let server = try ServerProcess.start(kind, backend: backend, ["--max-connections", "2"])
             defer { server.stop() }
@@ -216,8 +221,9 @@ extension PollerNetTests {
 
         // MARK: Accept errors
 
-        @Test("an accept error does not stop accepting and is not logged in a loop",
-              arguments: ServerKind.allCases, BackendKind.allCases)
+        @Test(
+            "an accept error does not stop accepting and is not logged in a loop",
+            arguments: ServerKind.allCases, BackendKind.allCases)
         func persistentAcceptError(server kind: ServerKind, backend: BackendKind) throws {
             // Injected from outside: the test takes a duplicate of the server's listening
             // socket (pidfd_getfd; the server is our child) and shuts it down, so every
@@ -250,8 +256,9 @@ extension PollerNetTests {
             #expect(server.isRunning, "the server exited")
         }
 
-        @Test("running out of descriptors neither stops accepting nor floods the log",
-              arguments: ServerKind.allCases, BackendKind.allCases)
+        @Test(
+            "running out of descriptors neither stops accepting nor floods the log",
+            arguments: ServerKind.allCases, BackendKind.allCases)
         func outOfDescriptors(server kind: ServerKind, backend: BackendKind) throws {
             let server = try ServerProcess.start(kind, backend: backend, [])
             defer { server.stop() }
@@ -384,8 +391,9 @@ final class ServerProcess {
                 if dir.hasSuffix("/.build") || dir.isEmpty { break }
             }
         }
-        throw TestFailure("\(name) not found beside the test bundle (\(candidates)); "
-            + "build every product first: swift build --build-tests")
+        throw TestFailure(
+            "\(name) not found beside the test bundle (\(candidates)); "
+                + "build every product first: swift build --build-tests")
     }
 
     /// Starts `kind` on 127.0.0.1:0 with `backend` and `arguments`; waits (≤ 10 s) for its
@@ -450,7 +458,8 @@ final class ServerProcess {
     private static func spawn(named name: String, _ arguments: [String]) throws -> (pid_t, String, String) {
         let path = try binary(named: name)
         let tag = "/tmp/poller-hostile-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let outPath = tag + ".out", errPath = tag + ".err"
+        let outPath = tag + ".out"
+        let errPath = tag + ".err"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -536,7 +545,7 @@ final class ServerProcess {
         typealias PidfdOpen = @convention(c) (pid_t, UInt32) -> Int32
         typealias PidfdGetfd = @convention(c) (Int32, Int32, UInt32) -> Int32
         guard let openSymbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pidfd_open"),
-              let getfdSymbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pidfd_getfd")
+            let getfdSymbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pidfd_getfd")
         else {
             try Test.cancel("pidfd_open/pidfd_getfd not in this C library")
         }
@@ -553,7 +562,7 @@ final class ServerProcess {
             var listening: Int32 = 0
             var length = socklen_t(MemoryLayout<Int32>.size)
             if getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0, listening == 1,
-               (try? localPort(fd)) == port
+                (try? localPort(fd)) == port
             {
                 return fd
             }
@@ -642,9 +651,13 @@ final class Client {
     func peerClosed(waitingMs: Int) -> Bool {
         let limit = ContinuousClock.now + .milliseconds(waitingMs)
         while true {
-            var p = pollfd(fd: fd, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)
-            let remaining = max(0, Int((limit - ContinuousClock.now).components.seconds * 1000
-                + (limit - ContinuousClock.now).components.attoseconds / 1_000_000_000_000_000))
+            let pollReadHangup: Int16 = 0x2000  // POLLRDHUP
+            var p = pollfd(fd: fd, events: pollReadHangup, revents: 0)
+            let remaining = max(
+                0,
+                Int(
+                    (limit - ContinuousClock.now).components.seconds * 1000
+                        + (limit - ContinuousClock.now).components.attoseconds / 1_000_000_000_000_000))
             let r = poll(&p, 1, Int32(min(remaining, 1000)))
             if r > 0 && p.revents & Int16(0x2000 | POLLHUP | POLLERR) != 0 { return true }
             if ContinuousClock.now >= limit { return false }

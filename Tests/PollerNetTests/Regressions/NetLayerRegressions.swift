@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 @testable import PollerNet
 
@@ -13,8 +14,9 @@ extension PollerNetTests {
     struct NetLayerRegressions {
         // MARK: 3. close() waits for the last reference
 
-        @Test("close returns, closes the descriptor and frees its slot when the last reference is dropped by a writer that had not yet queued for the write lock",
-              arguments: BackendKind.allCases)
+        @Test(
+            "close returns, closes the descriptor and frees its slot when the last reference is dropped by a writer that had not yet queued for the write lock",
+            arguments: BackendKind.allCases)
         func closeResumedByUnqueuedWriter(kind: BackendKind) async throws {
             try await withTCPPair(kind) { poller, pair in
                 let client = pair.client
@@ -35,8 +37,9 @@ extension PollerNetTests {
 
         // MARK: 9. SIGPIPE from write(2) on non-socket descriptors
 
-        @Test("a write to a pipe whose reader has closed returns EPIPE instead of killing the process with SIGPIPE",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a write to a pipe whose reader has closed returns EPIPE instead of killing the process with SIGPIPE",
+            arguments: BackendKind.allCases)
         func pipeWriteAfterReaderClosed(kind: BackendKind) async throws {
             // SIGPIPE's default action kills the process: without the fix this test run dies
             // here instead of failing politely.
@@ -92,8 +95,9 @@ extension PollerNetTests {
 
         // MARK: 10. Reads of nothing after close; writes claiming too much
 
-        @Test("read(maxBytes: 0) on a closed connection throws closed, as a read into an empty buffer does, and returns an empty array while open",
-              arguments: BackendKind.allCases)
+        @Test(
+            "read(maxBytes: 0) on a closed connection throws closed, as a read into an empty buffer does, and returns an empty array while open",
+            arguments: BackendKind.allCases)
         func emptyReadAfterClose(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 let client = pair.client
@@ -108,8 +112,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a write call claiming more bytes than it was given fails the write with EIO and never counts past the buffer",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a write call claiming more bytes than it was given fails the write with EIO and never counts past the buffer",
+            arguments: BackendKind.allCases)
         func writeClaimingTooMuch(kind: BackendKind) async throws {
             try await withTCPPair(kind) { _, pair in
                 // The first call takes one byte; the second claims five more than it was given.
@@ -154,8 +159,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("a second concurrent TerminationSignal.wait is rejected with EBUSY, and the first still returns on SIGTERM",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a second concurrent TerminationSignal.wait is rejected with EBUSY, and the first still returns on SIGTERM",
+            arguments: BackendKind.allCases)
         func terminationSecondWaiter(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 TerminationSignal.uninstallForTesting()
@@ -180,8 +186,9 @@ extension PollerNetTests {
             }
         }
 
-        @Test("TerminationSignal.wait reports errors as they are: not installed, cancelled, poller shut down",
-              arguments: BackendKind.allCases)
+        @Test(
+            "TerminationSignal.wait reports errors as they are: not installed, cancelled, poller shut down",
+            arguments: BackendKind.allCases)
         func terminationWaitErrors(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
                 TerminationSignal.uninstallForTesting()
@@ -315,10 +322,11 @@ func closeWhileOperationHeldBeforeQueue<T: Sendable>(
             defer { closeReturned.set() }
             return await netError { () async throws(NetError) in try await connection.close() }
         }
-        #expect(await waitUntil {
-            let s = fdMutex.snapshot
-            return s.closing && s.closeWaiting && s.references == 1
-        }, "close never came to wait for the held operation's reference: \(fdMutex.snapshot)")
+        #expect(
+            await waitUntil {
+                let s = fdMutex.snapshot
+                return s.closing && s.closeWaiting && s.references == 1
+            }, "close never came to wait for the held operation's reference: \(fdMutex.snapshot)")
         await whileClosing(closeReturned)
         release.open()
         // The only time bound: to report a hang instead of hanging.

@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Regressions from issue 11 in the backends and the loop's handling of what they return:
@@ -53,8 +54,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("An idle poller holding only a far-future deadline (and a parked waiter) uses almost no CPU",
-          arguments: BackendKind.allCases, FarDeadline.allCases)
+    @Test(
+        "An idle poller holding only a far-future deadline (and a parked waiter) uses almost no CPU",
+        arguments: BackendKind.allCases, FarDeadline.allCases)
     func farFutureDeadlineDoesNotSpin(kind: BackendKind, way: FarDeadline) async throws {
         try await withPoller(kind) { poller in
             let pair = SocketPair()
@@ -90,7 +92,9 @@ struct BackendRegressions {
     // MARK: Item 5: failing waits
 
     // Epoll only: epoll_pwait2 is an epoll system call; io_uring's wait has no such fallback.
-    @Test("Where epoll_pwait2 is refused with EPERM (a seccomp profile), the poller falls back to epoll_wait for good and still delivers events")
+    @Test(
+        "Where epoll_pwait2 is refused with EPERM (a seccomp profile), the poller falls back to epoll_wait for good and still delivers events"
+    )
     func pwait2RefusedFallsBack() async throws {
         defer { EpollBackend.WaitCall.forceMilliseconds(false) }  // let later pollers find epoll_pwait2 again
         try await withPoller(.epoll) { poller in
@@ -110,8 +114,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("A wait that keeps failing is reported once and backs off: the poller thread stays near idle, jobs still run, and events flow again once it succeeds",
-          arguments: BackendKind.allCases, [EBADF, EINVAL, EFAULT])
+    @Test(
+        "A wait that keeps failing is reported once and backs off: the poller thread stays near idle, jobs still run, and events flow again once it succeeds",
+        arguments: BackendKind.allCases, [EBADF, EINVAL, EFAULT])
     func failingWaitBacksOff(kind: BackendKind, error: Int32) async throws {
         try await withRegisteredPipe(kind) { poller, pipe, pd in
             let waiter = startWait(pd, .read)
@@ -149,8 +154,9 @@ struct BackendRegressions {
     // io_uring only: epoll's registration and removal are single system calls whose errors
     // are returned as they are; only the ring queues requests whose submission can fail later.
 
-    @Test("io_uring: a registration whose poll cannot be queued (queue full, submission refused) fails with registrationFailed instead of never firing",
-          arguments: [EBUSY, EAGAIN, ENOMEM])
+    @Test(
+        "io_uring: a registration whose poll cannot be queued (queue full, submission refused) fails with registrationFailed instead of never firing",
+        arguments: [EBUSY, EAGAIN, ENOMEM])
     func unqueueablePollFailsRegistration(error: Int32) async throws {
         try await withPoller(.ioUring) { poller in
             let pair = SocketPair()
@@ -169,8 +175,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("io_uring: a full submission queue and transient submission failures are retried, and the registration reports readiness",
-          arguments: [EBUSY, EAGAIN, ENOMEM])
+    @Test(
+        "io_uring: a full submission queue and transient submission failures are retried, and the registration reports readiness",
+        arguments: [EBUSY, EAGAIN, ENOMEM])
     func transientSubmitFailuresAreRetried(error: Int32) async throws {
         try await withPoller(.ioUring) { poller in
             let pair = SocketPair()
@@ -184,7 +191,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("io_uring: a poll request the kernel fails wakes readers and writers, and is re-armed, so a writer that then gets EAGAIN is woken by the next writable edge")
+    @Test(
+        "io_uring: a poll request the kernel fails wakes readers and writers, and is re-armed, so a writer that then gets EAGAIN is woken by the next writable edge"
+    )
     func failedPollIsRearmed() async throws {
         try await withPoller(.ioUring) { poller in
             let pair = SocketPair()
@@ -216,8 +225,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("io_uring: a deregistration whose cancel submission is refused at first still cancels the poll before close returns, so the peer sees EOF at once",
-          arguments: [EBUSY, EAGAIN, ENOMEM])
+    @Test(
+        "io_uring: a deregistration whose cancel submission is refused at first still cancels the poll before close returns, so the peer sees EOF at once",
+        arguments: [EBUSY, EAGAIN, ENOMEM])
     func refusedCancelStillCancels(error: Int32) async throws {
         try await withPoller(.ioUring) { poller in
             let fds = makeSocketPairFDs()
@@ -240,7 +250,9 @@ struct BackendRegressions {
         }
     }
 
-    @Test("io_uring: the wake-up channel's poll is re-armed when it ends, and while it cannot be (no submission-queue entry) jobs and wake-ups still reach the poller")
+    @Test(
+        "io_uring: the wake-up channel's poll is re-armed when it ends, and while it cannot be (no submission-queue entry) jobs and wake-ups still reach the poller"
+    )
     func wakePollIsRearmed() async throws {
         try await withPoller(.ioUring) { poller in
             let backend = try #require(poller.backend as? URingBackend)

@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Regressions for the bugs of the digest (go-netpoll.md §6) that Go guards only in code, at
@@ -12,8 +13,9 @@ extension NetpollSuites {
     @Suite("Regressions: bugs Go guards only in code (poller)")
     struct GuardedInCodeRegressions {
         // Digest §6 bug 5 (Go #72900, #67056).
-        @Test("Wake-tag aliasing: no registration's token is the wake-up channel's, even in slot 0 across the generation wrap; wake-ups leave a slot-0 waiter parked and its readiness is delivered",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Wake-tag aliasing: no registration's token is the wake-up channel's, even in slot 0 across the generation wrap; wake-ups leave a slot-0 waiter parked and its readiness is delivered",
+            arguments: BackendKind.allCases)
         func wakeTagAliasing(kind: BackendKind) async throws {
             let last: UInt32 = (1 << 31) - 1
             #expect(PollToken.nextGeneration(after: last) == 1, "the generation wraps to 0, the wake-up's tag")
@@ -45,8 +47,9 @@ extension NetpollSuites {
         }
 
         // Digest §6 bug 9 (Go #35532): the slot's lock and the timer heap's lock.
-        @Test("Lock order: deadlines set from a plain thread and from tasks while their timers fire on many descriptors, with waits in both directions, never deadlock",
-              arguments: BackendKind.allCases)
+        @Test(
+            "Lock order: deadlines set from a plain thread and from tasks while their timers fire on many descriptors, with waits in both directions, never deadlock",
+            arguments: BackendKind.allCases)
         func lockOrder(kind: BackendKind) async throws {
             try await withPoller(kind) { poller in
                 let pipes = (0..<8).map { _ in OwnedPipe() }
@@ -93,8 +96,9 @@ extension NetpollSuites {
         }
 
         // Digest §6 bug 14.
-        @Test("EINTR: a backend wait ended by EINTR is not a failure (no back-off, no report); a deadline still fires on time and readiness is still delivered",
-              arguments: BackendKind.allCases)
+        @Test(
+            "EINTR: a backend wait ended by EINTR is not a failure (no back-off, no report); a deadline still fires on time and readiness is still delivered",
+            arguments: BackendKind.allCases)
         func interruptedWait(kind: BackendKind) async throws {
             try await withRegisteredPipe(kind) { poller, pipe, pd in
                 let backend = poller.backend

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // The epoll backend's millisecond path: epoll_wait, used for good once epoll_pwait2 is missing
@@ -41,7 +42,12 @@ struct MillisecondFallbackTests {
                 let start = cpoller_now_ns()
                 let n = EpollBackend.WaitCall.wait(backend.epollFD, events, timeoutNanos: 50 * Self.us)
                 let end = cpoller_now_ns()
-                if n == -EINTR { interrupted += 1 } else { #expect(n == 0); elapsed.append(end - start) }
+                if n == -EINTR {
+                    interrupted += 1
+                } else {
+                    #expect(n == 0)
+                    elapsed.append(end - start)
+                }
             }
             try #require(elapsed.count == 5, "epoll_wait was interrupted \(interrupted) times")
             elapsed.sort()

@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Regressions in stopping a poller (issue 11, item 6). Each test is named after the bug it pins.
@@ -15,8 +16,9 @@ extension NetpollSuites {
     @Suite("Regressions: shutdown") struct ShutdownRegressions {
         /// Bug: a second `shutdown()` from a task on the poller's executor parked the poller
         /// thread on its own exit, so the loop never ended and the task never returned.
-        @Test("a second shutdown from a task on the poller's executor returns instead of parking the poller thread",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a second shutdown from a task on the poller's executor returns instead of parking the poller thread",
+            arguments: BackendKind.allCases)
         func secondShutdownOnExecutorReturns(kind: BackendKind) async throws {
             let poller = try makePoller(kind)
             let task = Task(executorPreference: poller.executor) { () -> Bool in
@@ -34,8 +36,9 @@ extension NetpollSuites {
 
         /// Bug: a shutdown started on the poller thread returned without joining the thread,
         /// and nothing else joined it: every such poller left its thread's stack mapped.
-        @Test("a shutdown started on the poller's executor releases the poller thread's stack",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a shutdown started on the poller's executor releases the poller thread's stack",
+            arguments: BackendKind.allCases)
         func shutdownOnExecutorReleasesThread(kind: BackendKind) async throws {
             try skipIfUnavailable(kind)
             let count = 48
@@ -47,15 +50,17 @@ extension NetpollSuites {
             let stack = defaultThreadStackSize()
             // Unjoined, each ended thread keeps its whole stack: count x stack (384 MiB with
             // 8 MiB stacks). Released, glibc caches at most ~40 MiB of stacks.
-            #expect(underTest - control < count * stack / 2,
-                    "address space grew \(underTest >> 20) MiB (control \(control >> 20) MiB, stack \(stack >> 20) MiB)")
+            #expect(
+                underTest - control < count * stack / 2,
+                "address space grew \(underTest >> 20) MiB (control \(control >> 20) MiB, stack \(stack >> 20) MiB)")
         }
 
         /// Bug: `register` racing `shutdown` could open its slot just after shutdown had
         /// unblocked every open slot, and still reach the backend before it was closed: it
         /// returned a descriptor no poller served, and a wait on it parked forever.
-        @Test("a register racing shutdown fails or is unblocked, never left without a poller",
-              arguments: BackendKind.allCases)
+        @Test(
+            "a register racing shutdown fails or is unblocked, never left without a poller",
+            arguments: BackendKind.allCases)
         func registerRacingShutdown(kind: BackendKind) async throws {
             try skipIfUnavailable(kind)
             let inRegister = ParkerBox()

@@ -35,7 +35,8 @@ final class GatedExecutor: TaskExecutor, Sendable {
 
     private func run() {
         while true {
-            let job: UnownedJob? = held.load(ordering: .sequentiallyConsistent)
+            let job: UnownedJob? =
+                held.load(ordering: .sequentiallyConsistent)
                 ? nil : jobs.withLock { $0.isEmpty ? nil : $0.removeFirst() }
             if let job {
                 job.runSynchronously(on: asUnownedTaskExecutor())

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 // Descriptor-leak checks for suites that run beside others: a count taken before is compared
@@ -29,8 +30,9 @@ func checkingDescriptorLeaks(
     }
     if after > before {
         let new = Set(openDescriptorList()).subtracting(beforeList).sorted()
-        Issue.record("descriptor leak: \(before) open before, \(after) after; new: \(new)",
-                     sourceLocation: sourceLocation)
+        Issue.record(
+            "descriptor leak: \(before) open before, \(after) after; new: \(new)",
+            sourceLocation: sourceLocation)
     }
 }
 

@@ -2,6 +2,7 @@ import CPoller
 import Glibc
 import Synchronization
 import Testing
+
 @testable import Poller
 
 // Helpers for the netpoll semantics suites (NetpollSemanticsTests, DeadlineTests, RaceTests,
@@ -289,7 +290,8 @@ func contextSwitches(tid: Int32) -> Int? {
     let text = String(decoding: buffer[0..<n], as: UTF8.self)
     var total = 0
     var found = 0
-    for line in text.split(separator: "\n") where line.hasPrefix("voluntary_ctxt_switches:")
+    for line in text.split(separator: "\n")
+    where line.hasPrefix("voluntary_ctxt_switches:")
         || line.hasPrefix("nonvoluntary_ctxt_switches:")
     {
         guard let value = Int(String(line.drop(while: { $0 != ":" }).dropFirst().filter(\.isNumber))) else {

@@ -1,6 +1,7 @@
 import CPoller
 import Glibc
 import Testing
+
 @testable import Poller
 
 /// Whether io_uring works for this process, and if not, why (computed once).
@@ -67,8 +68,10 @@ func withPoller<R>(
     if testThreads > 1 {
         try skipIfUnavailable(kind)
         try requireTwoCPUs()
-        pollers = try PollerGroup(threads: testThreads, backend: kind.choice,
-                                  options: testOptions(forcePipeWake: forcePipeWake)).pollers
+        pollers = try PollerGroup(
+            threads: testThreads, backend: kind.choice,
+            options: testOptions(forcePipeWake: forcePipeWake)
+        ).pollers
     } else {
         pollers = [try makePoller(kind, forcePipeWake: forcePipeWake)]
     }
@@ -261,10 +264,12 @@ final class ThreadBody {
 func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
     let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
     var thread: UInt64 = 0
-    let err = cpoller_thread_start(&thread, { context in
-        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
-        return nil
-    }, context)
+    let err = cpoller_thread_start(
+        &thread,
+        { context in
+            Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
+            return nil
+        }, context)
     precondition(err == 0, "pthread_create: errno \(err)")
     return thread
 }

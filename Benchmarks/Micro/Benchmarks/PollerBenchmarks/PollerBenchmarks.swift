@@ -26,9 +26,15 @@ let benchmarks: @Sendable () -> Void = {
             guard let poller = try? Poller(backend: backend) else { return }
             defer { poller.shutdown() }
             let (r, w) = makePipe()
-            defer { close(r); close(w) }
+            defer {
+                close(r)
+                close(w)
+            }
             let pd = try poller.register(r)
-            defer { pd.unblock(); try? pd.close() }
+            defer {
+                pd.unblock()
+                try? pd.close()
+            }
             benchmark.startMeasurement()
             for _ in benchmark.scaledIterations {
                 pd._latchReadinessForBenchmark(.read)
@@ -45,7 +51,12 @@ let benchmarks: @Sendable () -> Void = {
             defer { for fd in [aR, aW, bR, bW] { close(fd) } }
             let pa = try poller.register(aR)
             let pb = try poller.register(bR)
-            defer { for pd in [pa, pb] { pd.unblock(); try? pd.close() } }
+            defer {
+                for pd in [pa, pb] {
+                    pd.unblock()
+                    try? pd.close()
+                }
+            }
             let n = benchmark.scaledIterations.count
             benchmark.startMeasurement()
             let echo = Task(executorPreference: poller.executor) {
@@ -82,7 +93,10 @@ let benchmarks: @Sendable () -> Void = {
             guard let poller = try? Poller(backend: backend) else { return }
             defer { poller.shutdown() }
             let (r, w) = makePipe()
-            defer { close(r); close(w) }
+            defer {
+                close(r)
+                close(w)
+            }
             benchmark.startMeasurement()
             for _ in benchmark.scaledIterations {
                 let pd = try poller.register(r)
@@ -103,7 +117,12 @@ let benchmarks: @Sendable () -> Void = {
             pd.setDeadline(in: .seconds(3600 + Int64((i * 7) % 3600)), for: .write)
             pds.append(pd)
         }
-        defer { for pd in pds { pd.unblock(); try? pd.close() } }
+        defer {
+            for pd in pds {
+                pd.unblock()
+                try? pd.close()
+            }
+        }
         var i = 0
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
