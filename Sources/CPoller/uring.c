@@ -24,6 +24,8 @@ void cpoller_uring_inject_setup_failure(int err) { (void)err; }
 #if defined(CPOLLER_IOURING)
 
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <liburing.h>
 
@@ -32,7 +34,9 @@ _Static_assert(CPOLLER_URING_SETUP_SUBMIT_ALL == IORING_SETUP_SUBMIT_ALL &&
                    CPOLLER_URING_SETUP_DEFER_TASKRUN == IORING_SETUP_DEFER_TASKRUN &&
                    CPOLLER_URING_SQ_CQ_OVERFLOW == IORING_SQ_CQ_OVERFLOW &&
                    CPOLLER_URING_SQ_TASKRUN == IORING_SQ_TASKRUN &&
-                   CPOLLER_URING_CQE_F_MORE == IORING_CQE_F_MORE,
+                   CPOLLER_URING_CQE_F_MORE == IORING_CQE_F_MORE &&
+                   CPOLLER_URING_CQE_F_BUFFER == IORING_CQE_F_BUFFER &&
+                   CPOLLER_URING_CQE_BUFFER_SHIFT == IORING_CQE_BUFFER_SHIFT,
                "cpoller.h's io_uring constants differ from the kernel's");
 
 struct cpoller_uring {
@@ -193,6 +197,119 @@ int cpoller_uring_probe(unsigned flags) {
     return result;
 }
 
+
+// MARK: Completion receive
+
+struct cpoller_uring_buffers {
+    struct io_uring_buf_ring *br;  // the ring the kernel takes buffers from (page-aligned)
+    size_t ring_bytes;
+    unsigned char *memory;  // count * size bytes
+    unsigned count, size;
+};
+
+cpoller_uring_buffers *cpoller_uring_buffers_create(cpoller_uring *u, unsigned count, unsigned size,
+                                                    unsigned group, int *err) {
+    if (count == 0 || count > 32768 || (count & (count - 1)) || size == 0) {
+        *err = EINVAL;
+        return NULL;
+    }
+    cpoller_uring_buffers *b = calloc(1, sizeof *b);
+    if (!b) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    b->count = count, b->size = size;
+    b->ring_bytes = (size_t)count * sizeof(struct io_uring_buf);
+    b->br = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    b->memory = malloc((size_t)count * size);
+    if (b->br == MAP_FAILED || !b->memory) {
+        if (b->br != MAP_FAILED) munmap(b->br, b->ring_bytes);
+        free(b->memory);
+        free(b);
+        *err = ENOMEM;
+        return NULL;
+    }
+    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)b->br, .ring_entries = count, .bgid = (uint16_t)group};
+    int r = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    if (r < 0) {
+        munmap(b->br, b->ring_bytes);
+        free(b->memory);
+        free(b);
+        *err = -r;
+        return NULL;
+    }
+    io_uring_buf_ring_init(b->br);
+    for (unsigned i = 0; i < count; i++) {
+        io_uring_buf_ring_add(b->br, b->memory + (size_t)i * size, size, (unsigned short)i, io_uring_buf_ring_mask(count),
+                              (int)i);
+    }
+    io_uring_buf_ring_advance(b->br, (int)count);
+    *err = 0;
+    return b;
+}
+
+unsigned char *cpoller_uring_buffers_base(const cpoller_uring_buffers *b) { return b->memory; }
+
+void cpoller_uring_buffers_recycle(cpoller_uring_buffers *b, unsigned short id) {
+    io_uring_buf_ring_add(b->br, b->memory + (size_t)id * b->size, b->size, id, io_uring_buf_ring_mask(b->count), 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+void cpoller_uring_buffers_free(cpoller_uring_buffers *b) {
+    if (!b) return;
+    munmap(b->br, b->ring_bytes);
+    free(b->memory);
+    free(b);
+}
+
+int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned group, uint64_t token) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = (uint16_t)group;
+    io_uring_sqe_set_data64(sqe, token);
+    return 0;
+}
+
+int cpoller_uring_probe_recv(unsigned flags) {
+    cpoller_uring u;
+    int r = setup(&u.ring, 8, 16, flags);
+    if (r < 0) return -r;
+    int err = 0;
+    cpoller_uring_buffers *b = cpoller_uring_buffers_create(&u, 2, 64, 0, &err);
+    if (!b) {
+        io_uring_queue_exit(&u.ring);
+        return err;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+        int e = errno;
+        io_uring_queue_exit(&u.ring);
+        cpoller_uring_buffers_free(b);
+        return e;
+    }
+    int result = EOPNOTSUPP;
+    cpoller_uring_arm_recv(&u, sv[0], 0, 1);
+    if (io_uring_submit(&u.ring) == 1 && write(sv[1], "x", 1) == 1) {
+        struct io_uring_cqe *cqe = NULL;
+        struct __kernel_timespec ts = {.tv_sec = 1, .tv_nsec = 0};
+        r = io_uring_wait_cqe_timeout(&u.ring, &cqe, &ts);
+        if (r < 0) {
+            result = -r;
+        } else if (cqe->res == 1 && (cqe->flags & IORING_CQE_F_BUFFER) && (cqe->flags & IORING_CQE_F_MORE)) {
+            result = 0;  // a buffer was selected and the recv stays armed
+        } else if (cqe->res < 0 && cqe->res != -EINVAL) {
+            result = -cqe->res;
+        }
+    }
+    close(sv[0]);
+    close(sv[1]);
+    io_uring_queue_exit(&u.ring);
+    cpoller_uring_buffers_free(b);
+    return result;
+}
+
 #else  // io_uring not compiled in (the IOUring trait is off)
 
 int cpoller_uring_compiled(void) { return 0; }
@@ -212,6 +329,16 @@ uint32_t cpoller_uring_sq_flags(const cpoller_uring *u) { (void)u; return 0; }
 int cpoller_uring_submit(cpoller_uring *u) { (void)u; return -ENOSYS; }
 int cpoller_uring_enter(cpoller_uring *u, int64_t t) { (void)u; (void)t; return -ENOSYS; }
 int cpoller_uring_reap(cpoller_uring *u, cpoller_event *e, int c) { (void)u; (void)e; (void)c; return 0; }
+cpoller_uring_buffers *cpoller_uring_buffers_create(cpoller_uring *u, unsigned c, unsigned s, unsigned g, int *err) {
+    (void)u; (void)c; (void)s; (void)g;
+    *err = ENOSYS;
+    return NULL;
+}
+unsigned char *cpoller_uring_buffers_base(const cpoller_uring_buffers *b) { (void)b; return NULL; }
+void cpoller_uring_buffers_recycle(cpoller_uring_buffers *b, unsigned short id) { (void)b; (void)id; }
+void cpoller_uring_buffers_free(cpoller_uring_buffers *b) { (void)b; }
+int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned g, uint64_t t) { (void)u; (void)fd; (void)g; (void)t; return -ENOSYS; }
+int cpoller_uring_probe_recv(unsigned flags) { (void)flags; return ENOSYS; }
 int cpoller_uring_probe(unsigned flags) {
     (void)flags;
     int injected = injected_setup_error;

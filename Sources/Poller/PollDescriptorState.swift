@@ -94,6 +94,8 @@ struct SlotState {
     var writeSemaphore = Semaphore.empty
     /// Identifies each park, so a late cancellation cannot take a later waiter.
     var nextWaiterID: UInt64 = 0
+    /// io_uring completion receive: bytes received and not yet read (RingReceive.swift).
+    var received = ReceiveQueue()
 
     func isCurrent(_ generation: UInt32) -> Bool { isOpen && self.generation == generation }
 
@@ -127,6 +129,8 @@ struct SlotState {
         writeTimerArmed = false
         readSemaphore = .empty
         writeSemaphore = .empty
+        // Empty already: close discarded the queue.
+        received.discard(into: nil)
         return generation
     }
 

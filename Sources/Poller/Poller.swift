@@ -61,7 +61,7 @@ public final class Poller: Sendable {
         let (start, thread, backend) = try PollerThreadStart.launch(kind: kind, options: options)
         self.backend = backend
         backendKind = kind
-        backendReason = reason
+        backendReason = "\(reason); \(backend.receiveSummary)"
         runQueue = RunQueue(backend: backend)
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
@@ -148,15 +148,24 @@ public final class Poller: Sendable {
     /// with `.closing`. Idempotent (Go throws on a second unblock).
     func unblock(_ slot: DescriptorSlot, generation: UInt32) {
         var woken: [(Waiter, WakeReason)] = []
+        var stopWaiter: UnsafeContinuation<Void, Never>? = nil
         slot.state.withLockAnnotated { s in
             if s.unblock(generation: generation, woken: &woken) { cancelTimers(slot) }
+            // A detach waiting for its stopped recv (RingReceive.swift) is released too.
+            if s.isCurrent(generation) { swap(&stopWaiter, &s.received.stopWaiter) }
         }
         resume(&woken)
+        stopWaiter?.resume()
     }
 
     /// Go's pollClose: deregister and recycle. Requires a prior unblock and no parked waiter.
     func close(_ slot: DescriptorSlot, generation: UInt32) throws(PollError) {
-        let fd = try slot.state.withLockAnnotated { s throws(PollError) -> Int32 in try s.close(generation: generation) }
+        let fd = try slot.state.withLockAnnotated { s throws(PollError) -> Int32 in
+            let fd = try s.close(generation: generation)
+            // Unread bytes go with the registration; their buffers go back to the kernel.
+            if s.received.isOn { s.received.discard(into: backend.receiveBuffers) }
+            return fd
+        }
         // Deregister before the caller closes fd: a DEL on a closed (maybe reused) number
         // could hit someone else's registration.
         _ = backend.deregister(fd: fd, token: PollToken(slot: slot.index, generation: generation))

@@ -58,6 +58,10 @@ extension Poller {
         slots.removeAll(keepingCapacity: true)
         indices.withUnsafeBufferPointer { table.resolve($0, into: &slots) }
         for (i, event) in events.enumerated() {
+            if event.isReceived {
+                dispatchReceive(event, slot: slots[i], woken: &woken)
+                continue
+            }
             guard let slot = slots[i] else { continue }
             slot.state.withLockAnnotated { s in s.noteEvent(event, woken: &woken) }
         }

@@ -77,6 +77,8 @@ extension Poller {
         var forcePipeWake = false
         var autoPrefersIOUring = BackendChoice.autoPrefersIOUring
         var threadName = "poller"
+        /// io_uring's completion receive (`POLLER_URING_RECV=off` turns it off).
+        var receive = URingBackend.ReceiveSettings.fromEnvironment()
         #if DEBUG
         var hooks = TestHooks()
         #endif
@@ -144,7 +146,7 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
         #if DEBUG
         if let error = start.options.hooks.beforeBackendSetup?(start.options.threadName) { throw error }
         #endif
-        backend = try start.kind.makeBackend(forcePipeWake: start.options.forcePipeWake)
+        backend = try start.kind.makeBackend(forcePipeWake: start.options.forcePipeWake, receive: start.options.receive)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }
         start.created.unpark()

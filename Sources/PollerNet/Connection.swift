@@ -66,6 +66,7 @@ public final class Connection: NetConnection, DeadlineSetting {
             try? SocketOptions.setKeepAlive(fd, .default)
             netFD.declareShortReadsDrain()
         }
+        netFD.allowRingReceive()
         self.netFD = netFD
         self.localAddress = local
         self.remoteAddress = remote
@@ -193,9 +194,17 @@ public final class Connection: NetConnection, DeadlineSetting {
     /// // e.g. SwiftNIO: try await ClientBootstrap(group: group).withConnectedSocket(fd) { … }
     /// ```
     ///
+    /// On a poller that reads through io_uring completion receive
+    /// (``Poller/receivesThroughCompletions``), the kernel may already have moved bytes out
+    /// of the socket into the poller's buffers for this connection. `detach()` first stops
+    /// that (and waits until every byte it took is queued); if bytes are queued and unread,
+    /// it throws `.system(call: "detach", errno: EBUSY)` and changes nothing: read them, then
+    /// detach again. So no byte is ever left behind.
+    ///
     /// - Returns: the descriptor, open and no longer registered.
     /// - Throws: ``NetError/closed`` after ``close()`` or a previous `detach()` (the
-    ///   descriptor is then not the caller's).
+    ///   descriptor is then not the caller's); `.system(call: "detach", errno: EBUSY)` while
+    ///   received bytes wait to be read (the connection stays open and usable).
     public func detach() async throws(NetError) -> Int32 {
         try await netFD.detach()
     }

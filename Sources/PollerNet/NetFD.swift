@@ -41,6 +41,10 @@ public final class NetFD: Sendable {
     private let shortReadsDrain = Atomic<Bool>(false)
     /// See ``observesTaskCancellation``.
     private let cancellationObserved = Atomic<Bool>(true)
+    /// io_uring completion receive for this descriptor (``RingReceive``): a connected stream
+    /// socket allows it; the first read starts it where the poller can. Changed only with the
+    /// read lock held (or before the descriptor is shared).
+    let ringReceive = Atomic<UInt8>(RingReceive.off)
     /// Work to do after `close(2)` (a Unix listener unlinks its path).
     private let afterClose: (@Sendable () -> Void)?
 
@@ -119,6 +123,20 @@ public final class NetFD: Sendable {
     /// stop at every change of sender; so it is set only for TCP.
     func declareShortReadsDrain() { shortReadsDrain.store(true, ordering: .relaxed) }
 
+    /// The states of ``ringReceive``.
+    enum RingReceive {
+        /// Reads by recv(2) on readiness (epoll, no kernel support, not a connected stream).
+        static let off: UInt8 = 0
+        /// A connected stream socket: the first read tries to start completion receive.
+        static let allowed: UInt8 = 1
+        /// Reads take what multishot recv queued (NetFDIO.swift, `readReceived`).
+        static let on: UInt8 = 2
+    }
+
+    /// Lets reads go through io_uring completion receive where the poller can (a connected
+    /// stream socket; before the descriptor is shared).
+    func allowRingReceive() { ringReceive.store(RingReceive.allowed, ordering: .relaxed) }
+
     /// Whether task cancellation ends a read, write or accept blocked in the poller (true, the
     /// default: it throws ``NetError/cancelled``). Set it to false for Go's model, where only
     /// ``close()`` and deadlines interrupt a blocked operation: each wait then installs no
@@ -166,6 +184,15 @@ public final class NetFD: Sendable {
     ///
     /// - Throws: ``NetError/closed`` if close or detach was already called.
     func detach() async throws(NetError) -> Int32 {
+        if ringReceive.load(ordering: .relaxed) == RingReceive.on {
+            // Bytes io_uring received for this descriptor and nobody has read would stay
+            // behind in the poller: stop the recv (every completion it made is queued when
+            // this returns) and refuse, unchanged, if any are left (see Connection.detach()).
+            if await pollDescriptor.stopReceiving() > 0 {
+                pollDescriptor.restartReceiving()
+                throw .system(call: "detach", errno: EBUSY)
+            }
+        }
         guard fdMutex.beginClose() else { throw .closed }
         pollDescriptor.unblock()
         await fdMutex.awaitLastReference()

@@ -45,6 +45,14 @@ extension NetFD {
             return 0
         }
         let count = isStream ? min(buffer.count, maxChunk) : buffer.count
+        var ring = ringReceive.load(ordering: .relaxed)
+        if ring == RingReceive.allowed {
+            ring = pollDescriptor.startReceiving() ? RingReceive.on : RingReceive.off
+            ringReceive.store(ring, ordering: .relaxed)
+        }
+        if ring == RingReceive.on {
+            return try await readReceived(into: UnsafeMutableRawBufferPointer(start: base, count: count))
+        }
         if previousReadDrained {
             // The last read ended short, so the queue was empty then, and every arrival since
             // has latched readiness (no reset has run since the one before that read): wait
@@ -72,6 +80,39 @@ extension NetFD {
             case EINTR: continue
             case EAGAIN, EWOULDBLOCK: try await waitReady(.read, call: "read")
             default: throw NetError.fromErrno(e, call: "read")
+            }
+        }
+    }
+
+    /// ``read(into:)`` through io_uring completion receive, with the read lock held: take what
+    /// the multishot recv queued, else wait for its next completion (deadlines, cancellation
+    /// and close end the wait as for readiness; bytes that arrive meanwhile stay queued for
+    /// the next read). After the recv ran out of buffers, read the socket directly until it
+    /// says EAGAIN, then resume the recv and wait.
+    nonisolated(nonsending) func readReceived(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
+        try prepare(.read)
+        while true {
+            switch pollDescriptor.takeReceived(into: buffer) {
+            case .bytes(let n):
+                return n
+            case .endOfFile:
+                throw .endOfFile
+            case .failed(let e):
+                throw NetError.fromErrno(e, call: "recv")
+            case .empty:
+                try await waitReady(.read, call: "read")
+            case .starved:
+                let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+                if n > 0 { return n }
+                if n == 0 { throw .endOfFile }
+                let e = errno
+                switch e {
+                case EINTR: continue
+                case EAGAIN, EWOULDBLOCK:
+                    pollDescriptor.resumeReceiving()
+                    try await waitReady(.read, call: "read")
+                default: throw NetError.fromErrno(e, call: "recv")
+                }
             }
         }
     }

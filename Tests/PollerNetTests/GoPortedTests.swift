@@ -494,8 +494,10 @@ extension PollerNetTests {
                 defer { chunk.deallocate() }
                 chunk.initializeMemory(as: UInt8.self, repeating: 7)
                 let buffers = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(chunk), count: 64)
-                try pair.client.setWriteDeadline(in: .milliseconds(100))
+                // The clock starts before the deadline is set: the deadline counts from then,
+                // so starting it after made the elapsed time a hair under 100 ms at times.
                 let start = ContinuousClock.now
+                try pair.client.setWriteDeadline(in: .milliseconds(100))
                 let result = await pair.client.writeReportingProgress(buffers: buffers)
                 #expect(result.error == .timeout)
                 #expect(result.bytesWritten > 0 && result.bytesWritten < 64 << 20, "\(result.bytesWritten) bytes")

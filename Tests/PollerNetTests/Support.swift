@@ -103,6 +103,8 @@ private func withFreshPollers(
     let registered = pollers.reduce(0) { $0 + $1.openDescriptorCount }
     #expect(parked == 0, "a waiter was left parked", sourceLocation: sourceLocation)
     #expect(registered == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    let buffers = pollers.reduce(0) { $0 + ($1.receiveBuffersInUse ?? 0) }
+    #expect(buffers == 0, "a receive buffer was not given back to the ring", sourceLocation: sourceLocation)
     for poller in pollers { poller.shutdown() }
     var after = openFDCount()
     let limit = ContinuousClock.now + .seconds(1)

@@ -40,6 +40,7 @@ enum {
     CPOLLER_EV_ENDED = 1u << 3,
     CPOLLER_EV_HANGUP = 1u << 4,
     CPOLLER_EV_PRIORITY = 1u << 5,
+    CPOLLER_EV_RECEIVED = 1u << 6,
 };
 
 typedef struct cpoller_event {
@@ -126,6 +127,38 @@ int cpoller_uring_reap(cpoller_uring *ring, cpoller_event *events, int cap);
 int cpoller_uring_probe(unsigned flags);
 // 1 when the package was built with the IOUring trait (liburing linked), else 0.
 int cpoller_uring_compiled(void);
+
+// MARK: io_uring completion receive (multishot recv from a provided-buffer ring)
+
+// Bit 62 of user_data marks a multishot recv; the poll for the same registration carries the
+// token without it. (Tokens keep bits 62 and 63 clear.)
+static const uint64_t CPOLLER_URING_RECV_BIT = (uint64_t)1 << 62;
+// The raw IORING_CQE_F_BUFFER bit of cqe_flags (a buffer id is in the upper 16 bits), and the
+// shift to that id.
+enum { CPOLLER_URING_CQE_F_BUFFER = 1u << 0, CPOLLER_URING_CQE_BUFFER_SHIFT = 16 };
+
+typedef struct cpoller_uring_buffers cpoller_uring_buffers;
+// Registers a provided-buffer ring of `count` buffers (a power of two, at most 32768) of `size`
+// bytes each as buffer group `group` of `ring`, every buffer given to the kernel. The memory
+// outlives the ring: free it with cpoller_uring_buffers_free after the ring is destroyed (or
+// after cpoller_uring_buffers_unregister). Returns NULL and a positive errno in *err (EINVAL:
+// the kernel has no buffer rings, Linux < 5.19).
+cpoller_uring_buffers *cpoller_uring_buffers_create(cpoller_uring *ring, unsigned count, unsigned size,
+                                                    unsigned group, int *err);
+// The first byte of buffer 0; buffer `id` starts at base + id * size.
+unsigned char *cpoller_uring_buffers_base(const cpoller_uring_buffers *buffers);
+// Gives buffer `id` back to the kernel. Producers must be serialised by the caller (any
+// thread; the kernel reads the ring tail with acquire semantics).
+void cpoller_uring_buffers_recycle(cpoller_uring_buffers *buffers, unsigned short id);
+void cpoller_uring_buffers_free(cpoller_uring_buffers *buffers);
+// Queues one multishot recv on fd selecting buffers from `group`, user_data = token (which
+// should carry CPOLLER_URING_RECV_BIT). Returns 0, or -EBUSY when the submission queue is full.
+int cpoller_uring_arm_recv(cpoller_uring *ring, int fd, unsigned group, uint64_t token);
+// Whether completion receive works here: a ring set up with `flags` can register a
+// provided-buffer ring, and a multishot recv on a socket pair completes with a selected
+// buffer and stays armed. Returns 0 or a positive errno (EINVAL: no buffer rings;
+// EOPNOTSUPP: no multishot recv, Linux < 6.0).
+int cpoller_uring_probe_recv(unsigned flags);
 
 // MARK: Wake-up channel (Go's netpollBreak)
 

@@ -33,9 +33,28 @@ import Glibc
 //   kernelFD    The epoll or io_uring descriptor: what the C layer's fault points are keyed by.
 //   faults      Every fault the backend survived, reported once per kind (FaultLog).
 //   waitBackoff The back-off of failing waits, with its failure count (WaitBackoff).
+//
+// Completion receive (io_uring only; epoll has none):
+//   receiveBuffers  The provided-buffer ring recv completions take their buffers from, or nil
+//               when this backend does not receive through completions (epoll; an io_uring
+//               kernel without buffer rings or multishot recv; turned off).
+//   armReceive  Arm a multishot recv for a registered fd, tagged token | RECV_BIT: its
+//               completions come back from `poll` flagged RECEIVED (never as readiness), and
+//               `deregister` cancels it with the poll. Used to start receiving and to resume
+//               after the recv ended for want of buffers (-ENOBUFS). Any thread; does not
+//               wait (a recv that cannot be queued now is retried before the next wait).
+//   cancelReceive  Stop the recv of `token` without deregistering: its last completion comes
+//               back flagged RECEIVED | ENDED (every completion after which no other comes for
+//               that recv carries ENDED; a recv ended with data and re-armed does not). Any
+//               thread; does not wait.
+//   receiveSummary  One phrase for `Poller.backendReason`: what does the reads.
 protocol PollerBackend: AnyObject, Sendable {
     var wakeChannel: WakeChannel { get }
     func register(fd: Int32, token: PollToken) -> Int32
+    var receiveBuffers: ReceiveBufferRing? { get }
+    func armReceive(fd: Int32, token: PollToken)
+    func cancelReceive(token: PollToken)
+    var receiveSummary: String { get }
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int
     func wake()
@@ -56,8 +75,9 @@ extension PollerBackend {
 /// A 64-bit registration token: the descriptor slot in the low 32 bits and the slot's
 /// generation in the high 32 bits.
 ///
-/// Generations start at 1 and stay below 2^31, so a user token is never 0 (reserved for the
-/// wake-up channel), never has bit 63 set (reserved for io_uring control requests) and is
+/// Generations start at 1 and stay below 2^30, so a user token is never 0 (reserved for the
+/// wake-up channel), never has bit 63 set (reserved for io_uring control requests) nor bit 62
+/// (io_uring's multishot recv of the same registration carries the token with it) and is
 /// never UINT64_MAX (liburing's internal timeout marker). A slot's generation changes when its
 /// descriptor is closed, so an event still in flight for the old registration no longer
 /// matches even if the kernel hands the same fd number to a new registration.
@@ -67,7 +87,7 @@ struct PollToken: Hashable, Sendable {
     init(raw: UInt64) { self.raw = raw }
 
     init(slot: UInt32, generation: UInt32) {
-        precondition(generation > 0 && generation < 1 << 31, "generation out of range")
+        precondition(generation > 0 && generation < 1 << 30, "generation out of range")
         raw = UInt64(generation) << 32 | UInt64(slot)
     }
 
@@ -77,9 +97,9 @@ struct PollToken: Hashable, Sendable {
     /// The wake-up channel's token.
     static let wake = PollToken(raw: 0)
 
-    /// The generation after `generation`, wrapping within 1..<2^31.
+    /// The generation after `generation`, wrapping within 1..<2^30.
     static func nextGeneration(after generation: UInt32) -> UInt32 {
-        generation >= (1 << 31) - 1 ? 1 : generation + 1
+        generation >= (1 << 30) - 1 ? 1 : generation + 1
     }
 }
 
@@ -111,6 +131,8 @@ enum KernelReadiness {
 ///             no longer proves the receive queue empty.
 ///   ENDED     io_uring only, never seen by the core: the multishot poll behind the token has
 ///             ended (no IORING_CQE_F_MORE); the backend re-arms it if the registration is live.
+///   RECEIVED  io_uring completion receive only: a recv completion (see `isReceived`), never
+///             readiness; with ENDED when that recv is over (nothing more comes from it).
 extension cpoller_event {
     var pollToken: PollToken { PollToken(raw: token) }
     var isReadable: Bool { flags & UInt32(CPOLLER_EV_READABLE) != 0 }
@@ -121,6 +143,14 @@ extension cpoller_event {
     /// Urgent (out-of-band) data is queued.
     var isPriority: Bool { flags & UInt32(CPOLLER_EV_PRIORITY) != 0 }
     var isEnded: Bool { flags & UInt32(CPOLLER_EV_ENDED) != 0 }
+    /// A multishot recv completed (io_uring completion receive): `res` bytes (0: end of file;
+    /// < 0: -errno, -ENOBUFS when the buffer ring was empty) in the buffer `bufferID` names.
+    var isReceived: Bool { flags & UInt32(CPOLLER_EV_RECEIVED) != 0 }
+    /// The provided buffer a recv completion filled, if it names one.
+    var bufferID: UInt16? {
+        cqe_flags & UInt32(CPOLLER_URING_CQE_F_BUFFER) != 0
+            ? UInt16(truncatingIfNeeded: cqe_flags >> UInt32(CPOLLER_URING_CQE_BUFFER_SHIFT)) : nil
+    }
 
     /// The neutral bits for a readiness mask the kernel reported (`KernelReadiness` bits, from
     /// epoll or from an io_uring poll): the one place the hang-up and error rule is written.

@@ -5,7 +5,8 @@ import Glibc
 public enum BackendKind: String, Sendable, CaseIterable, CustomStringConvertible {
     /// Edge-triggered epoll (Go's netpoll_epoll.go).
     case epoll
-    /// Multishot POLL_ADD on an io_uring (readiness only; the I/O itself stays read/write).
+    /// An io_uring: multishot POLL_ADD for readiness, and (where the kernel has multishot recv
+    /// and provided-buffer rings) connections' reads through multishot recv.
     case ioUring = "io_uring"
 
     public var description: String { rawValue }
@@ -20,10 +21,12 @@ extension BackendKind {
     /// channel a self-pipe instead of an eventfd (``Poller/Options/forcePipeWake``). Throws
     /// ``PollerError/backendUnavailable(_:reason:)`` when io_uring cannot be set up here, and
     /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
-    func makeBackend(forcePipeWake: Bool = false) throws(PollerError) -> any PollerBackend {
+    func makeBackend(
+        forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment()
+    ) throws(PollerError) -> any PollerBackend {
         switch self {
         case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
-        case .ioUring: try URingBackend(forcePipeWake: forcePipeWake)
+        case .ioUring: try URingBackend(forcePipeWake: forcePipeWake, receive: receive)
         }
     }
 }

@@ -47,6 +47,11 @@ final class EpollBackend: PollerBackend {
     /// Every descriptor's one registration: edge-triggered, for `KernelReadiness.interest`.
     static let registration = KernelReadiness.interest | EPOLLET.rawValue
 
+    var receiveBuffers: ReceiveBufferRing? { nil }
+    var receiveSummary: String { "reads by recv(2) on readiness" }
+    func armReceive(fd: Int32, token: PollToken) {}
+    func cancelReceive(token: PollToken) {}
+
     func register(fd: Int32, token: PollToken) -> Int32 {
         closed.withLockAnnotated { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, Self.registration, token.raw) }
     }

@@ -33,6 +33,12 @@ import Synchronization
 ///   is retried after reaping and a short back-off (at most ~15 ms in all), then reported.
 /// - Removal is by token, never by fd number. A cancel that cannot be queued is retried before
 ///   every wait until it is.
+/// - Completion receive (when `receiveBuffers` is set): a registration in `receiving` has a
+///   multishot recv armed (tagged token | RECV_BIT), or queued, or due in `owner.receiveArms`,
+///   or ended (-ENOBUFS: the core's reader resumes it; end of file or an error: for good).
+///   Removal cancels it with the poll. A recv that ends with data is re-armed at once. Every
+///   completion that names a buffer counts it out of the ring (`taken`); one that carries no
+///   bytes gives it back here; the core owns the rest (ReceiveBufferRing.swift).
 final class URingBackend: PollerBackend {
     let wakeChannel: WakeChannel
     let ringFD: Int32
@@ -47,6 +53,27 @@ final class URingBackend: PollerBackend {
     nonisolated(unsafe) let ring: OpaquePointer
     let faults = FaultLog()
     let waitBackoff = WaitBackoff(call: "io_uring_enter (wait)")
+    let receiveBuffers: ReceiveBufferRing?
+    let receiveSummary: String
+
+    /// Completion receive's set-up: on unless turned off (`POLLER_URING_RECV=off`, or a test),
+    /// with the buffer ring's geometry.
+    struct ReceiveSettings: Sendable {
+        var enabled = true
+        var bufferCount = ReceiveBufferRing.defaultCount
+        var bufferSize = ReceiveBufferRing.defaultSize
+
+        /// The environment variable that turns completion receive off: `off` or `0`.
+        static let environmentVariable = "POLLER_URING_RECV"
+
+        static func fromEnvironment() -> ReceiveSettings {
+            var settings = ReceiveSettings()
+            if let value = getenv(environmentVariable), ["off", "0", "no"].contains(String(cString: value).lowercased()) {
+                settings.enabled = false
+            }
+            return settings
+        }
+    }
 
     /// The ring's set-up flags. SINGLE_ISSUER | DEFER_TASKRUN: measured here, a readiness ring
     /// without DEFER_TASKRUN (or COOP_TASKRUN) costs twice the CPU per round trip, and
@@ -59,11 +86,12 @@ final class URingBackend: PollerBackend {
         | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
-        enum Kind { case arm, remove }
+        enum Kind { case arm, remove, armReceive, cancelReceive }
         var kind: Kind
         var fd: Int32
         var token: PollToken
-        var done: CommandDone
+        /// Nil for `armReceive` and `cancelReceive`, whose callers do not wait.
+        var done: CommandDone?
     }
 
     /// A command's hand-off: the owner stores the result, then unparks the caller. A command
@@ -84,6 +112,8 @@ final class URingBackend: PollerBackend {
         /// The descriptors in `live`, so a second registration of one fails with EEXIST as
         /// epoll's does.
         var liveFDs: Set<Int32> = []
+        /// The registrations in `live` that receive through a multishot recv.
+        var receiving: Set<PollToken> = []
         var isShutdown = false
         /// Multishot polls re-armed after the kernel ended them. For tests.
         var rearms = 0
@@ -106,14 +136,22 @@ final class URingBackend: PollerBackend {
         var cancels: [PollToken] = []
         /// Completion-queue overflows seen (IORING_SQ_CQ_OVERFLOW set after a drain).
         var overflows: UInt64 = 0
+        /// Multishot recvs that could not be queued yet.
+        var receiveArms: [PollToken] = []
+        /// Recvs the kernel ended with data and that were armed again. For tests.
+        var receiveRearms = 0
+        /// Recvs cancelled before they could be queued: their ENDED completion, made up, goes
+        /// out with the next poll.
+        var receiveEndsDue: [PollToken] = []
     }
 
     private nonisolated(unsafe) var owner = OwnerState()
 
     /// Creates the ring on the calling thread, which becomes its owner.
-    init(forcePipeWake: Bool = false, submissionEntries: UInt32 = 512, completionEntries: UInt32 = 16384)
-        throws(PollerError)
-    {
+    init(
+        forcePipeWake: Bool = false, receive: ReceiveSettings = .fromEnvironment(), submissionEntries: UInt32 = 512,
+        completionEntries: UInt32 = 16384
+    ) throws(PollerError) {
         var err: Int32 = 0
         guard let ring = cpoller_uring_create(submissionEntries, completionEntries, Self.setupFlags, &err) else {
             throw .backendUnavailable(.ioUring, reason: URingBackend.describeSetupFailure(errno: err))
@@ -138,6 +176,7 @@ final class URingBackend: PollerBackend {
             cpoller_uring_destroy(ring)
             throw .system(call: "io_uring poll (wake)", errno: -r)
         }
+        (receiveBuffers, receiveSummary) = Self.setUpReceive(ring, receive)
         probeEpollFD = probe
         self.ring = ring
         ringFD = cpoller_uring_fd(ring)
@@ -145,6 +184,34 @@ final class URingBackend: PollerBackend {
         ownerThread = cpoller_thread_id()
         state = Mutex(State())
     }
+
+    /// The provided-buffer ring for completion receive, or nil and why not.
+    private static func setUpReceive(_ ring: OpaquePointer, _ settings: ReceiveSettings) -> (ReceiveBufferRing?, String) {
+        guard settings.enabled else {
+            return (nil, "reads by recv(2) on readiness (completion receive turned off: \(ReceiveSettings.environmentVariable))")
+        }
+        let probe = receiveProbe
+        guard probe == 0 else {
+            let why =
+                probe == EINVAL
+                ? "the kernel has no provided-buffer rings (Linux 5.19)"
+                : probe == EOPNOTSUPP ? "the kernel has no multishot recv (Linux 6.0)" : ErrnoName.describe(probe)
+            return (nil, "reads by recv(2) on readiness (completion receive unavailable: \(why))")
+        }
+        do {
+            let buffers = try ReceiveBufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSize)
+            return (
+                buffers,
+                "reads through multishot recv and a provided-buffer ring (\(settings.bufferCount) × \(settings.bufferSize) bytes)"
+            )
+        } catch {
+            return (nil, "reads by recv(2) on readiness (completion receive unavailable: \(error))")
+        }
+    }
+
+    /// Whether multishot recv with provided-buffer rings works here: 0 or the errno saying why
+    /// not. Probed once per process, on a ring of its own.
+    static let receiveProbe: Int32 = cpoller_uring_probe_recv(setupFlags)
 
     /// Whether io_uring readiness works for this process, and if not, why.
     static func probe() -> Result<Void, PollerError> {
@@ -210,6 +277,7 @@ final class URingBackend: PollerBackend {
             let found = state.withLockAnnotated { s -> Bool in
                 guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
                 s.liveFDs.remove(fd)
+                if !s.receiving.isEmpty { s.receiving.remove(token) }
                 return true
             }
             return found ? removePoll(token) : 0
@@ -218,6 +286,7 @@ final class URingBackend: PollerBackend {
         let queued = state.withLockAnnotated { s in
             guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
             s.liveFDs.remove(fd)
+            if !s.receiving.isEmpty { s.receiving.remove(token) }
             s.commands.append(Command(kind: .remove, fd: fd, token: token, done: done))
             return true
         }
@@ -229,10 +298,70 @@ final class URingBackend: PollerBackend {
         return done.result.load(ordering: .sequentiallyConsistent)
     }
 
+    func armReceive(fd: Int32, token: PollToken) {
+        guard receiveBuffers != nil else { return }
+        if onOwnerThread {
+            let live = state.withLockAnnotated { s in
+                guard s.live[token] != nil, !s.isShutdown else { return false }
+                s.receiving.insert(token)
+                return true
+            }
+            if live { armReceiveNow(token) }
+            return
+        }
+        let queued = state.withLockAnnotated { s in
+            guard s.live[token] != nil, !s.isShutdown else { return false }
+            s.receiving.insert(token)
+            s.commands.append(Command(kind: .armReceive, fd: fd, token: token, done: nil))
+            return true
+        }
+        if queued { wake() }
+    }
+
+    func cancelReceive(token: PollToken) {
+        guard receiveBuffers != nil else { return }
+        let queued = state.withLockAnnotated { s in
+            // Out of `receiving` first: a recv ending with data is no longer re-armed.
+            guard s.receiving.remove(token) != nil, !s.isShutdown else { return false }
+            if !onOwnerThread { s.commands.append(Command(kind: .cancelReceive, fd: -1, token: token, done: nil)) }
+            return true
+        }
+        guard queued else { return }
+        if onOwnerThread { cancelReceiveNow(token) } else { wake() }
+    }
+
+    /// Cancels the recv of `token`, or, if it was never queued, makes up its ended completion.
+    /// Owner thread.
+    private func cancelReceiveNow(_ token: PollToken) {
+        if let index = owner.receiveArms.firstIndex(of: token) {
+            owner.receiveArms.remove(at: index)
+            owner.receiveEndsDue.append(token)
+            return
+        }
+        let recv = PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)
+        if queueRequest({ cpoller_uring_queue_cancel(ring, recv.raw) }) != 0 { owner.cancels.append(recv) }
+    }
+
+    /// Queues the multishot recv of `token` if it is still live and receiving, else (when the
+    /// queue is full) schedules it for the next wait. Owner thread.
+    private func armReceiveNow(_ token: PollToken) {
+        let fd: Int32? = state.withLockAnnotated { s in s.receiving.contains(token) ? s.live[token] : nil }
+        guard let fd else { return }
+        let r = queueRequest {
+            cpoller_uring_arm_recv(ring, fd, ReceiveBufferRing.group, token.raw | CPOLLER_URING_RECV_BIT)
+        }
+        if r != 0 {
+            faults.report("io_uring submission (recv)", errno: r, "retrying before the next wait")
+            owner.receiveArms.append(token)
+        }
+    }
+
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
         applyCommands()
         var timeout = timeoutNanos
-        if !owner.trouble.isEmpty || !owner.cancels.isEmpty { timeout = retryDue(timeout) }
+        if !owner.receiveArms.isEmpty { retryReceiveArms() }
+        if !owner.receiveEndsDue.isEmpty { timeout = 0 }
+        if !owner.trouble.isEmpty || !owner.cancels.isEmpty || !owner.receiveArms.isEmpty { timeout = retryDue(timeout) }
         let r = cpoller_uring_enter(ring, timeout)
         let enterErrno: Int32 = r < 0 ? -r : 0
         // A wake-up the ring could not see (its poll is not armed): consume it here; the loop
@@ -246,16 +375,41 @@ final class URingBackend: PollerBackend {
             waitBackoff.failed(errno: enterErrno, timeoutNanos: timeout, wakeChannel: wakeChannel, log: faults)
             return 0
         }
-        let n = reap(into: events)
+        var n = reap(into: events)
+        if !owner.receiveEndsDue.isEmpty { n = appendReceiveEnds(to: events, after: n) }
         var seen = 0
         var kept = 0
         var ended: [PollToken] = []
         var failed: [(PollToken, Int32)] = []
+        var receiveEnded = 0
         for i in 0..<n {
             var event = events[i]
             // A cancel that failed (-ENOENT, -EALREADY): the poll was gone already.
             if event.token & CPOLLER_URING_CONTROL_BIT != 0 { continue }
             seen += 1
+            if event.token & CPOLLER_URING_RECV_BIT != 0 {
+                event.token &= ~CPOLLER_URING_RECV_BIT
+                if let id = event.bufferID, let buffers = receiveBuffers {
+                    buffers.taken()
+                    // No bytes in it (end of file, an error): back to the kernel at once.
+                    if event.res <= 0 { buffers.recycle(id) }
+                }
+                event.flags = UInt32(CPOLLER_EV_RECEIVED)
+                if event.cqe_flags & UInt32(CPOLLER_URING_CQE_F_MORE) == 0 {
+                    let token = event.pollToken
+                    if event.res > 0 && state.withLockAnnotated({ $0.receiving.contains(token) }) {
+                        // Ended with data (the completion queue overflowed, say): the stream
+                        // goes on, and so does the recv.
+                        owner.receiveArms.append(token)
+                        receiveEnded += 1
+                    } else {
+                        event.flags |= UInt32(CPOLLER_EV_ENDED)
+                    }
+                }
+                events[kept] = event
+                kept += 1
+                continue
+            }
             event.flags = Self.flags(completion: event)
             if event.token == PollToken.wake.raw {
                 wakeChannel.drain()
@@ -290,6 +444,10 @@ final class URingBackend: PollerBackend {
         }
         waitBackoff.succeeded()
         if !ended.isEmpty || !failed.isEmpty { rearm(ended: ended, failed: failed) }
+        if receiveEnded > 0 {
+            owner.receiveRearms += receiveEnded
+            retryReceiveArms()
+        }
         return kept
     }
 
@@ -397,6 +555,24 @@ final class URingBackend: PollerBackend {
         owner.trouble[token] = Trouble(failures: failures, rearmAt: now + Self.rearmPause(failures, token))
     }
 
+    /// Adds the made-up ended completions of recvs cancelled before they were queued (as many
+    /// as fit; the rest go out with the next poll). Owner thread.
+    private func appendReceiveEnds(to events: UnsafeMutableBufferPointer<cpoller_event>, after n: Int) -> Int {
+        var n = n
+        while n < events.count, let token = owner.receiveEndsDue.popLast() {
+            events[n] = cpoller_event(token: token.raw | CPOLLER_URING_RECV_BIT, flags: 0, res: -ECANCELED, cqe_flags: 0)
+            n += 1
+        }
+        return n
+    }
+
+    /// Queues the recvs waiting in `owner.receiveArms` (those that fail stay there). Owner thread.
+    private func retryReceiveArms() {
+        let tokens = owner.receiveArms
+        owner.receiveArms.removeAll(keepingCapacity: true)
+        for token in tokens { armReceiveNow(token) }
+    }
+
     /// Retries what is due (re-arms, cancels) and bounds `timeout` by the next retry. Owner
     /// thread, before a wait.
     private func retryDue(_ timeout: Int64) -> Int64 {
@@ -407,8 +583,9 @@ final class URingBackend: PollerBackend {
         for (token, trouble) in owner.trouble {
             if let at = trouble.rearmAt, at <= now { rearmNow(token, now: now) }
         }
-        // A pending cancel is retried every 10 ms at least (it holds a file open meanwhile).
-        var next: Int64 = owner.cancels.isEmpty ? .max : now + 10_000_000
+        // A pending cancel is retried every 10 ms at least (it holds a file open meanwhile), and
+        // so is a recv that could not be queued (its reader waits for it).
+        var next: Int64 = owner.cancels.isEmpty && owner.receiveArms.isEmpty ? .max : now + 10_000_000
         for trouble in owner.trouble.values { if let at = trouble.rearmAt { next = min(next, at) } }
         guard next != .max else { return timeout }
         let left = max(next - now, 0)
@@ -433,6 +610,11 @@ final class URingBackend: PollerBackend {
     /// close(2) then really closes the file and the peer sees it at once. Owner thread.
     private func removePoll(_ token: PollToken) -> Int32 {
         owner.trouble[token] = nil
+        if receiveBuffers != nil {
+            // Its recv, if it has one (a cancel that finds none completes with -ENOENT, unseen).
+            let recv = PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)
+            if queueRequest({ cpoller_uring_queue_cancel(ring, recv.raw) }) != 0 { owner.cancels.append(recv) }
+        }
         var r = queueRequest { cpoller_uring_queue_cancel(ring, token.raw) }
         if r == 0 {
             r = submitQueued()
@@ -497,9 +679,13 @@ final class URingBackend: PollerBackend {
         for command in commands {
             switch command.kind {
             case .arm:
-                command.done.finish(armNew(fd: command.fd, token: command.token))
+                command.done?.finish(armNew(fd: command.fd, token: command.token))
             case .remove:
-                command.done.finish(removePoll(command.token))
+                command.done?.finish(removePoll(command.token))
+            case .armReceive:
+                armReceiveNow(command.token)
+            case .cancelReceive:
+                cancelReceiveNow(command.token)
             }
         }
     }
@@ -525,6 +711,8 @@ final class URingBackend: PollerBackend {
     var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
     /// Completion-queue overflows seen so far. Owner thread only.
     var overflowCount: UInt64 { owner.overflows }
+    /// Recvs re-armed after the kernel ended them with data. Owner thread only.
+    var receiveRearmCount: Int { owner.receiveRearms }
     #endif
 
     // MARK: Descriptors
@@ -541,7 +729,7 @@ final class URingBackend: PollerBackend {
         }
         // Destroying the ring cancels every poll; release anyone waiting for a command (an
         // unapplied registration fails with EBADF).
-        for command in waiting { command.done.parker.unpark() }
+        for command in waiting { command.done?.parker.unpark() }
         wakeChannel.close()
         _ = Glibc.close(probeEpollFD)
         cpoller_uring_destroy(ring)

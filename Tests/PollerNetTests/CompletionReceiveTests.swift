@@ -1,0 +1,269 @@
+import Glibc
+import PollerNet
+import Testing
+
+@testable import Poller
+
+// io_uring completion receive (RingReceive.swift, ReceiveBufferRing.swift): a connection's
+// bytes arrive as multishot recv completions into provided buffers and wait in its slot. Every
+// test here runs on each read path: epoll, io_uring with completion receive turned off (the
+// forced-off probe), io_uring with it on, and io_uring with a ring of four 256-byte buffers,
+// so that the recv keeps running out (-ENOBUFS) and reads fall back to recv(2).
+
+/// How a test's poller reads its connections.
+enum ReadPath: String, CaseIterable, CustomStringConvertible, Sendable {
+    case epoll
+    case uringReadiness = "io_uring, completion receive off"
+    case uringCompletion = "io_uring, completion receive"
+    case uringStarved = "io_uring, completion receive from a 4-buffer ring"
+
+    var description: String { rawValue }
+
+    var options: Poller.Options {
+        var options = Poller.Options()
+        switch self {
+        case .epoll, .uringCompletion: break
+        case .uringReadiness: options.receive.enabled = false
+        case .uringStarved:
+            options.receive.bufferCount = 4
+            options.receive.bufferSize = 256
+        }
+        return options
+    }
+
+    var expectsCompletions: Bool { self == .uringCompletion || self == .uringStarved }
+}
+
+/// A fresh poller reading the `path` way, checked afterwards as `withNetPoller` checks: no
+/// waiter parked, no descriptor registered, every receive buffer back in the ring, no
+/// descriptor leaked. Skips the io_uring paths where io_uring (or, for the completion paths,
+/// multishot recv) cannot run here.
+func withReadPath(
+    _ path: ReadPath, sourceLocation: SourceLocation = #_sourceLocation, _ body: (Poller) async throws -> Void
+) async throws {
+    if path != .epoll, let reason = ioUringUnavailableReason { try Test.cancel("io_uring unavailable: \(reason)") }
+    if path.expectsCompletions, URingBackend.receiveProbe != 0 {
+        try Test.cancel("multishot recv unavailable: \(ErrnoName.describe(URingBackend.receiveProbe))")
+    }
+    await fdCountSteady()
+    let before = await settledFDCount()
+    let poller = try Poller(backend: path == .epoll ? .epoll : .ioUring, options: path.options)
+    do {
+        try await body(poller)
+    } catch {
+        poller.shutdown()
+        throw error
+    }
+    #expect(poller.parkedWaiterCount == 0, "a waiter was left parked", sourceLocation: sourceLocation)
+    #expect(poller.openDescriptorCount == 0, "a descriptor was left registered", sourceLocation: sourceLocation)
+    #expect((poller.receiveBuffersInUse ?? 0) == 0, "a receive buffer was not given back", sourceLocation: sourceLocation)
+    poller.shutdown()
+    var after = openFDCount()
+    let limit = ContinuousClock.now + .seconds(1)
+    while after != before && ContinuousClock.now < limit {
+        await sleep(ms: 5)
+        after = openFDCount()
+    }
+    #expect(after == before, "descriptor count changed", sourceLocation: sourceLocation)
+}
+
+/// `withReadPath` with a connected pair on that poller, closed afterwards.
+func withReadPathPair(
+    _ path: ReadPath, sourceLocation: SourceLocation = #_sourceLocation, _ body: (Poller, TCPPair) async throws -> Void
+) async throws {
+    try await withReadPath(path, sourceLocation: sourceLocation) { poller in
+        let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+        let pair = try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)
+        try await using(pair, closedBy: { await $0.close() }) { try await body(poller, $0) }
+    }
+}
+
+/// Reads from `connection` into `into` until it holds `count` bytes.
+func readExactly(_ connection: Connection, _ count: Int, chunk: Int = 7000, into bytes: inout [UInt8]) async throws {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
+    defer { buffer.deallocate() }
+    while bytes.count < count {
+        let n = try await connection.read(into: buffer)
+        bytes.append(contentsOf: buffer[0..<n])
+    }
+}
+
+extension PollerNetTests {
+    @Suite("Completion receive: io_uring reads through multishot recv and provided buffers")
+    struct CompletionReceiveTests {
+        @Test("The poller says which read path runs, and why, in its backend reason", arguments: ReadPath.allCases)
+        func backendReasonNamesTheReadPath(path: ReadPath) async throws {
+            try await withReadPath(path) { poller in
+                #expect(poller.receivesThroughCompletions == path.expectsCompletions)
+                let expected =
+                    switch path {
+                    case .epoll: "reads by recv(2) on readiness"
+                    case .uringReadiness: "completion receive turned off"
+                    case .uringCompletion, .uringStarved: "reads through multishot recv"
+                    }
+                #expect(poller.backendReason.contains(expected), "\(poller.backendReason)")
+            }
+        }
+
+        @Test("Four MiB sent in one go arrive intact and in order", arguments: ReadPath.allCases)
+        func bulkArrivesIntact(path: ReadPath) async throws {
+            try await withReadPathPair(path) { _, pair in
+                let sent = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 13) }
+                let writer = Task { try await pair.client.write(sent) }
+                var received: [UInt8] = []
+                try await readExactly(pair.server, sent.count, into: &received)
+                try await writer.value
+                #expect(received.count == sent.count && checksum(received) == checksum(sent))
+            }
+        }
+
+        @Test("End of file after the last byte, and again on every later read", arguments: ReadPath.allCases)
+        func endOfFileIsSticky(path: ReadPath) async throws {
+            try await withReadPathPair(path) { _, pair in
+                let sent = [UInt8](repeating: 7, count: 3000)
+                try await pair.client.write(sent)
+                try await pair.client.close()
+                var received: [UInt8] = []
+                try await readExactly(pair.server, sent.count, chunk: 1000, into: &received)
+                #expect(received == sent)
+                for _ in 0..<3 {
+                    await expectNetError(.endOfFile) { () async throws(NetError) in try await pair.server.read(maxBytes: 10) }
+                }
+            }
+        }
+
+        @Test(
+            "A read deadline firing as the bytes arrive loses none and duplicates none (1000 iterations)",
+            arguments: ReadPath.allCases)
+        func deadlineRacingArrivalLosesNothing(path: ReadPath) async throws {
+            try await withReadPathPair(path) { _, pair in
+                let count = 1000
+                var received: [UInt8] = []
+                var timeouts = 0
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+                defer { buffer.deallocate() }
+                for i in 0..<count {
+                    try await pair.client.write([UInt8(truncatingIfNeeded: i)])
+                    try pair.server.setReadDeadline(in: .microseconds(Int64.random(in: 0...60)))
+                    do throws(NetError) {
+                        let n = try await pair.server.read(into: buffer)
+                        received.append(contentsOf: buffer[0..<n])
+                    } catch .timeout {
+                        timeouts += 1
+                    }
+                }
+                try pair.server.setReadDeadline(nil)
+                try await readExactly(pair.server, count, into: &received)
+                #expect(received == (0..<count).map { UInt8(truncatingIfNeeded: $0) })
+                #expect(timeouts > 0, "no deadline fired: the race was not exercised")
+            }
+        }
+
+        @Test("A cancelled read leaves the bytes that arrive after it to the next read", arguments: ReadPath.allCases)
+        func cancelledReadLosesNothing(path: ReadPath) async throws {
+            try await withReadPathPair(path) { poller, pair in
+                let reader = try await startBlockedRead(pair.server, poller)
+                reader.cancel()
+                #expect(await reader.value == .cancelled)
+                try await pair.client.write([1, 2, 3])
+                var received: [UInt8] = []
+                try await readExactly(pair.server, 3, into: &received)
+                #expect(received == [1, 2, 3])
+            }
+        }
+
+        @Test("A peer that resets with bytes in flight: the read ends with connectionReset", arguments: ReadPath.allCases)
+        func resetWithBytesInFlight(path: ReadPath) async throws {
+            try await withReadPathPair(path) { poller, pair in
+                let reader = try await startBlockedRead(pair.server, poller)
+                setLingerZero(try pair.client.deadlineDescriptor().fd)
+                try await pair.client.write([UInt8](repeating: 1, count: 100))
+                try await pair.client.close()
+                // The blocked read may take the bytes that came before the reset.
+                var error = await reader.value
+                let limit = ContinuousClock.now + .seconds(2)
+                while error == nil && ContinuousClock.now < limit {
+                    error = await netError { () async throws(NetError) in try await pair.server.read(maxBytes: 1000) }
+                }
+                #expect(error == .connectionReset)
+            }
+        }
+
+        @Test("Closing a connection with unread bytes queued gives their buffers back", arguments: ReadPath.allCases)
+        func closeWithUnreadBytes(path: ReadPath) async throws {
+            try await withReadPath(path) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                for _ in 0..<50 {
+                    let pair = try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)
+                    try await pair.client.write([UInt8](repeating: 2, count: 5000))
+                    _ = try await pair.server.read(maxBytes: 10)  // starts the recv; the rest stays queued
+                    try await pair.server.close()
+                    try await pair.client.close()
+                }
+                try await listener.close()
+            }
+        }
+
+        @Test(
+            "Many connections sending at once through a ring too small for them: every byte arrives",
+            arguments: ReadPath.allCases)
+        func manyConnectionsExhaustTheRing(path: ReadPath) async throws {
+            try await withReadPath(path) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                var pairs: [TCPPair] = []
+                for _ in 0..<200 { pairs.append(try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)) }
+                let message = (0..<3000).map { UInt8(truncatingIfNeeded: $0) }
+                // Every server side starts its recv first, so the bytes race for the buffers.
+                let results = await withTaskGroup(of: Bool.self) { group in
+                    for pair in pairs {
+                        group.addTask {
+                            do {
+                                var received: [UInt8] = []
+                                try await readExactly(pair.server, message.count, chunk: 512, into: &received)
+                                return received == message
+                            } catch {
+                                return false
+                            }
+                        }
+                    }
+                    for pair in pairs { try? await pair.client.write(message) }
+                    var all: [Bool] = []
+                    for await ok in group { all.append(ok) }
+                    return all
+                }
+                #expect(results.count == pairs.count && results.allSatisfy { $0 })
+                for pair in pairs { try await pair.client.close(); try await pair.server.close() }
+                try await listener.close()
+            }
+        }
+
+        @Test(
+            "Detach loses no byte: refused while received bytes wait unread, then the descriptor carries the rest",
+            arguments: ReadPath.allCases)
+        func detachLosesNoByte(path: ReadPath) async throws {
+            try await withReadPathPair(path) { _, pair in
+                try await pair.client.write([9, 10, 11])
+                #expect(try await pair.server.read(maxBytes: 1) == [9])
+                if path.expectsCompletions {
+                    // The two other bytes came with the same completion and wait in the queue.
+                    await expectNetError(.system(call: "detach", errno: EBUSY)) { () async throws(NetError) in
+                        try await pair.server.detach()
+                    }
+                    #expect(try await pair.server.read(maxBytes: 2) == [10, 11])
+                } else {
+                    #expect(try await pair.server.read(maxBytes: 2) == [10, 11])
+                }
+                // Nothing queued now: the detach goes through, and the recv it stopped takes
+                // nothing the peer sends later; the descriptor gets it all.
+                let fd = try await pair.server.detach()
+                defer { Glibc.close(fd) }
+                try await pair.client.write([12, 13])
+                var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                #expect(poll(&ready, 1, 2000) == 1)
+                var bytes = [UInt8](repeating: 0, count: 8)
+                let n = recv(fd, &bytes, bytes.count, 0)
+                #expect(n == 2 && bytes[0..<2] == [12, 13])
+            }
+        }
+    }
+}
