@@ -190,7 +190,7 @@ public final class RawConnection: NetConnection, DeadlineSetting {
 
     /// Writes every byte of `buffer`, waiting for space as needed, and says how far it got:
     /// Go's `(n, err)`. A pipe whose every reader has closed gives
-    /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)``).
+    /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)-(UnsafeRawBufferPointer)``).
     nonisolated(nonsending) public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         switch core {
         case .polled(let netFD): await netFD.write(buffer)
