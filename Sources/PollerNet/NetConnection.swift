@@ -73,8 +73,8 @@ public protocol NetConnection: Sendable {
     nonisolated(nonsending) func write(buffers: [UnsafeRawBufferPointer]) async throws(NetError)
 
     /// Writes every byte of `bytes` (a `RawSpan`: a borrowed view of an array's or a
-    /// buffer's bytes, or of part of them). ``Connection`` writes straight from the span; the
-    /// default copies the bytes once into a buffer and calls
+    /// buffer's bytes, or of part of them). ``Connection`` and ``RawConnection`` write straight
+    /// from the span; the default copies the bytes once into a buffer and calls
     /// ``write(_:)-(UnsafeRawBufferPointer)``, since a pointer out of a span must not be kept
     /// across that call's suspensions.
     ///

@@ -64,16 +64,38 @@ extension PollerNetTests {
         }
 
         @Test(
-            "A Span write through any NetConnection (a pipe end) takes the copying default and arrives intact",
+            "A Span write on a pipe end, watched (waiting for space) or unwatched, arrives intact, also through any NetConnection",
             arguments: BackendKind.allCases)
-        func spanThroughProtocol(kind: BackendKind) async throws {
+        func spanToPipe(kind: BackendKind) async throws {
             try await withPipe(kind) { _, pipe in
                 let payload = patternBytes(count: 200_000)  // more than a pipe holds: the write waits
-                let end: any NetConnection = pipe.writeEnd
+                let end: any NetConnection = pipe.writeEnd  // RawConnection's own span write, not the default
                 let writer = Task { await netError { () async throws(NetError) in try await end.write(payload.span) } }
                 let received = try await readRaw(pipe.readEnd, count: payload.count)
                 #expect(await writer.value == nil)
                 #expect(received == payload)
+            }
+            try await withNetPoller(kind) { poller in
+                let (r, w) = rawPipe()
+                defer { Glibc.close(r) }
+                let writer = try RawConnection(adopting: w, poller: poller, usePoller: false)
+                let bytes = Array(UInt8(0)..<200)
+                try await writer.write(bytes.span.bytes.extracting(100..<200))  // a blocking write(2)
+                var read = [UInt8](repeating: 0, count: 100)
+                #expect(Glibc.read(r, &read, 100) == 100 && read == Array(100..<200))
+                try await writer.close()
+            }
+        }
+
+        @Test(
+            "A Span write through a NetConnection wrapper takes the protocol's copying default and reaches the wrapper's write",
+            arguments: BackendKind.allCases)
+        func spanThroughWrapper(kind: BackendKind) async throws {
+            try await withTCPPair(kind) { _, pair in
+                let (sending, receiving) = (LengthPrefixedConnection(pair.client), LengthPrefixedConnection(pair.server))
+                let message = Array("one frame".utf8)
+                try await sending.write(message.span)  // one frame: the default made one write(UnsafeRawBufferPointer)
+                #expect(try await receiving.readMessage() == message)
             }
         }
     }
