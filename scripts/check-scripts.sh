@@ -25,16 +25,34 @@ done
 [ "$bad" = 0 ] || exit 1
 
 # The README's (and the DocC articles') code blocks are compiled as Examples/* and the
-# Integrations package's example service; the lines between the markers there must appear
-# verbatim in the README or an article, or the docs show code nobody compiles.
-for f in Examples/*/main.swift Integrations/Sources/poller-service/*.swift; do
-  block=$(sed -n '/^\/\/ README begin$/,/^\/\/ README end$/p' "$f" | sed '1d;$d')
-  [ -n "$block" ] || continue
-  if ! python3 -c 'import sys, glob; docs = ["README.md"] + glob.glob("Sources/*/*.docc/*.md"); sys.exit(0 if any(sys.argv[1] in open(d).read() for d in docs) else 1)' "$block"; then
-    echo "check-scripts: no copy of $f's example in the README or a DocC article matches the compiled example" >&2
-    exit 1
-  fi
-done
+# Integrations package's example service; the lines between each pair of markers there (the
+# markers may be indented, as inside a type: the block is compared with that indentation
+# removed) must appear verbatim in the README or an article, or the docs show code nobody
+# compiles.
+if ! python3 - Examples/*/main.swift Integrations/Sources/poller-service/*.swift <<'PY'
+import glob, re, sys
+docs = "".join(open(d).read() for d in ["README.md"] + glob.glob("Sources/*/*.docc/*.md"))
+bad = 0
+for path in sys.argv[1:]:
+    block, indent = None, ""
+    for line in open(path).read().split("\n"):
+        marker = re.fullmatch(r"(\s*)// README (begin|end)", line)
+        if marker and marker.group(2) == "begin":
+            block, indent = [], marker.group(1)
+        elif marker and block is not None:
+            text = "\n".join(l[len(indent):] if l.startswith(indent) else l for l in block)
+            if text not in docs:
+                print(f"check-scripts: no copy of {path}'s example in the README or a DocC article matches the compiled example:", file=sys.stderr)
+                print(text.split("\n")[0], file=sys.stderr)
+                bad = 1
+            block = None
+        elif block is not None:
+            block.append(line)
+sys.exit(bad)
+PY
+then
+  exit 1
+fi
 
 # Every Mutex critical section in Sources goes through withLockAnnotated (AnnotatedLock.swift):
 # Synchronization's Mutex locks inside the uninstrumented runtime, so under ThreadSanitizer a

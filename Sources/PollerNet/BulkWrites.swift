@@ -18,7 +18,7 @@ extension NetFD {
     ///
     /// Up to 1024 buffers (IOV_MAX) go to the kernel at once, sockets with
     /// `sendmsg(MSG_NOSIGNAL)`, other descriptors with writev(2) while SIGPIPE is blocked in
-    /// the calling thread (as ``write(_:)``). A partial write is resumed where it stopped,
+    /// the calling thread (as ``write(_:)-(UnsafeRawBufferPointer)``). A partial write is resumed where it stopped,
     /// in the middle of a buffer or at a boundary; EAGAIN waits for writability through the
     /// poller, and the write deadline applies. Empty buffers are skipped; no buffers at all
     /// write nothing (once the write lock is had: after ``close()`` that is
@@ -26,7 +26,7 @@ extension NetFD {
     /// buffers are never interleaved with another writer's bytes.
     ///
     /// - Returns: the bytes written and, if not all were, the error that stopped the write
-    ///   (as ``write(_:)``: `.system(call: "sendmsg" or "writev", errno: EPIPE)` after the
+    ///   (as ``write(_:)-(UnsafeRawBufferPointer)``: `.system(call: "sendmsg" or "writev", errno: EPIPE)` after the
     ///   peer has gone; EIO for a call that claims more bytes than it was given).
     nonisolated(nonsending) public func write(buffers: [UnsafeRawBufferPointer]) async -> WriteResult {
         await withWriteLock { (written: inout Int) async throws(NetError) in
@@ -128,7 +128,7 @@ extension NetFD {
     ///   the poller on EAGAIN; the write deadline applies. Serialised with other writes.
     /// - When the kernel cannot sendfile from `source` (EINVAL, ENOSYS: not a regular or
     ///   mmap-able file), falls back to reading 64 KiB at a time (read(2) or pread(2)) and
-    ///   writing it as ``write(_:)`` does. Reads of `source` are plain system calls: meant for
+    ///   writing it as ``write(_:)-(UnsafeRawBufferPointer)`` does. Reads of `source` are plain system calls: meant for
     ///   regular files, where they do not block for long; a non-blocking source that has
     ///   nothing to read ends the send with `.system(call: "read", errno: EAGAIN)`.
     /// - SIGPIPE is blocked in the calling thread around each sendfile(2): a peer that has

@@ -130,6 +130,31 @@ public final class Connection: NetConnection, DeadlineSetting {
         return await netFD.write(UnsafeRawBufferPointer(buffer))
     }
 
+    /// Writes every byte of `bytes` without copying them: a `RawSpan` over an array, a
+    /// buffer, or part of one (`array.span.bytes.extracting(10..<20)`). Same system calls,
+    /// errors and partial-write rules as ``write(_:)-(UnsafeRawBufferPointer)``; `Span<UInt8>`
+    /// goes through ``NetConnection/write(_:)-(Span<UInt8>)``.
+    ///
+    /// ```swift
+    /// let frame: [UInt8] = header + payload
+    /// try await connection.write(frame.span)                          // the whole array, no copy
+    /// try await connection.write(frame.span.bytes.extracting(0..<4))  // exactly its first 4 bytes
+    /// ```
+    ///
+    /// Why this is sound although the write may suspend: the span is borrowed for the whole
+    /// call (the array cannot be changed or freed until it returns), and the bytes are
+    /// reached only inside `withUnsafeBytes`, around each non-blocking `send`; no pointer to
+    /// them is kept across an `await`. Waiting for buffer space happens between those calls.
+    nonisolated(nonsending) public func write(_ bytes: RawSpan) async throws(NetError) {
+        if let error = await netFD.write(bytes).error { throw error }
+    }
+
+    /// Writes every byte of `bytes` without copying them, Go-style: how many bytes went out
+    /// and, if not all, why; see ``write(_:)-(RawSpan)``.
+    nonisolated(nonsending) public func writeReportingProgress(_ bytes: RawSpan) async -> WriteResult {
+        await netFD.write(bytes)
+    }
+
     // MARK: Deadlines
 
     // setDeadline(_:), setReadDeadline(_:), setWriteDeadline(_:) and their `in:` forms come

@@ -72,6 +72,15 @@ public protocol NetConnection: Sendable {
     ///   written.
     nonisolated(nonsending) func write(buffers: [UnsafeRawBufferPointer]) async throws(NetError)
 
+    /// Writes every byte of `bytes` (a `RawSpan`: a borrowed view of an array's or a
+    /// buffer's bytes, or of part of them). ``Connection`` and ``RawConnection`` write straight
+    /// from the span; the default copies the bytes once into a buffer and calls
+    /// ``write(_:)-(UnsafeRawBufferPointer)``, since a pointer out of a span must not be kept
+    /// across that call's suspensions.
+    ///
+    /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
+    nonisolated(nonsending) func write(_ bytes: RawSpan) async throws(NetError)
+
     /// Sets (nil clears) the read deadline: reads blocked now or later fail with
     /// ``NetError/timeout`` once it passes (at once for an instant in the past).
     ///
@@ -191,6 +200,23 @@ extension NetConnection {
             filled += part.count
         }
         try await write(UnsafeRawBufferPointer(buffer))
+    }
+
+    /// Copies `bytes` once into a buffer and writes it: the default of
+    /// ``write(_:)-(RawSpan)``, for conformers that only write from buffers.
+    nonisolated(nonsending) public func write(_ bytes: RawSpan) async throws(NetError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.byteCount, alignment: 1)
+        defer { buffer.deallocate() }
+        bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        try await write(UnsafeRawBufferPointer(buffer))
+    }
+
+    /// Writes every element of `span`, through ``write(_:)-(RawSpan)`` (so without a copy on
+    /// a ``Connection``): `try await connection.write(array.span)`.
+    ///
+    /// - Throws: as ``write(_:)-(UnsafeRawBufferPointer)``.
+    nonisolated(nonsending) public func write(_ span: Span<UInt8>) async throws(NetError) {
+        try await write(span.bytes)
     }
 
     /// Writes every byte of `bytes`; same errors as ``write(_:)-(UnsafeRawBufferPointer)``.

@@ -28,7 +28,7 @@ public final class NetFD: Sendable {
     /// Whether `fd` is a socket: writes then use `send(MSG_NOSIGNAL)`, so a peer that has
     /// gone away yields EPIPE instead of SIGPIPE. Other descriptors get EPIPE too, at the
     /// cost of masking SIGPIPE in the writing thread around each write(2)
-    /// (see ``write(_:)``).
+    /// (see ``write(_:)-(UnsafeRawBufferPointer)``).
     public let isSocket: Bool
 
     /// References and the two direction locks.

@@ -164,23 +164,43 @@ extension NetFD {
         }
     }
 
+    /// Writes every byte of `bytes` (a borrowed span: an array's, a buffer's, a part of
+    /// either) without copying it, as ``write(_:)-(UnsafeRawBufferPointer)`` does: same
+    /// system calls, same lock, same result.
+    ///
+    /// Sound across the suspensions: the bytes are reached only inside
+    /// `bytes.withUnsafeBytes`, around each system call, never through a pointer kept across
+    /// an `await`; between calls only the span itself is held, and it is borrowed for the
+    /// whole call, so its storage can neither be freed nor changed until the write returns.
+    nonisolated(nonsending) public func write(_ bytes: RawSpan) async -> WriteResult {
+        await withWriteLock { (written: inout Int) async throws(NetError) in
+            try await writeAll(byteCount: bytes.byteCount, counting: &written) { offset, chunk in
+                bytes.withUnsafeBytes { buffer in buffer.baseAddress.map { sendChunk($0 + offset, chunk) } ?? 0 }
+            }
+        }
+    }
+
     /// Writes every byte of `buffer` with the write lock held, adding what the kernel took to
     /// `written` as it goes (so a caller sees the progress when this throws).
     @inline(__always)
     nonisolated(nonsending) func writeAll(_ buffer: UnsafeRawBufferPointer, counting written: inout Int) async throws(NetError) {
         guard let base = buffer.baseAddress else { return }
+        try await writeAll(byteCount: buffer.count, counting: &written) { offset, chunk in sendChunk(base + offset, chunk) }
+    }
+
+    /// The loop of every plain write, with the write lock held: `attempt(offset, chunk)`
+    /// makes one system call (``sendChunk(_:_:)``) for the `chunk` bytes at `offset` and
+    /// returns its result, synchronously, so that the bytes need to be reachable only while
+    /// it runs (see ``write(_:)-(RawSpan)``). Adds what the kernel took to `written` as it
+    /// goes.
+    @inline(__always)
+    nonisolated(nonsending) func writeAll(
+        byteCount: Int, counting written: inout Int, attempt: (_ offset: Int, _ chunk: Int) -> Int
+    ) async throws(NetError) {
         var done = 0
-        while done < buffer.count {
-            let chunk = min(buffer.count - done, maxChunk)
-            var injected: Int? = nil
-            #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
-            if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, chunk) }
-            #endif
-            let n =
-                injected
-                ?? (isSocket
-                    ? send(fd, base + done, chunk, Int32(MSG_NOSIGNAL))
-                    : writeWithoutSIGPIPE(fd, base + done, chunk))
+        while done < byteCount {
+            let chunk = min(byteCount - done, maxChunk)
+            let n = attempt(done, chunk)
             if n > chunk {
                 // Impossible from a sane kernel; trusting it would move past the buffer.
                 throw NetError.system(call: isSocket ? "send" : "write", errno: EIO)
@@ -201,6 +221,18 @@ extension NetFD {
             default: throw NetError.fromErrno(e, call: isSocket ? "send" : "write")
             }
         }
+    }
+
+    /// One send(2) (sockets, no SIGPIPE) or write(2) (others, SIGPIPE blocked) of `count`
+    /// bytes at `base`: its result, and errno set on -1.
+    @inline(__always)
+    func sendChunk(_ base: UnsafeRawPointer, _ count: Int) -> Int {
+        #if DEBUG  // the test seam exists only where tests run: release writes pay nothing
+        if NetTestHooks.active.load(ordering: .relaxed), let injected = NetTestHooks.current.writeCall?(fd, count) {
+            return injected
+        }
+        #endif
+        return isSocket ? send(fd, base, count, Int32(MSG_NOSIGNAL)) : writeWithoutSIGPIPE(fd, base, count)
     }
 
     // MARK: Accept

@@ -190,7 +190,7 @@ public final class RawConnection: NetConnection, DeadlineSetting {
 
     /// Writes every byte of `buffer`, waiting for space as needed, and says how far it got:
     /// Go's `(n, err)`. A pipe whose every reader has closed gives
-    /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)``).
+    /// `.system(call: "write", errno: EPIPE)`, never SIGPIPE (see ``NetFD/write(_:)-(UnsafeRawBufferPointer)``).
     nonisolated(nonsending) public func writeReportingProgress(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
         switch core {
         case .polled(let netFD): await netFD.write(buffer)
@@ -204,9 +204,28 @@ public final class RawConnection: NetConnection, DeadlineSetting {
     ///   ``NetError/cancelled``; `.system(call: "write", errno: EPIPE)` when the pipe's
     ///   readers have gone (never SIGPIPE); EAGAIN from a non-blocking unwatched descriptor
     ///   that is full. Part of the buffer may have been written:
-    ///   ``writeReportingProgress(_:)`` says how much.
+    ///   ``writeReportingProgress(_:)-(UnsafeRawBufferPointer)`` says how much.
     nonisolated(nonsending) public func write(_ buffer: UnsafeRawBufferPointer) async throws(NetError) {
         if let error = await writeReportingProgress(buffer).error { throw error }
+    }
+
+    /// Writes every byte of `bytes` (a `RawSpan` over an array, a buffer or part of one)
+    /// without copying them, and says how far it got; see
+    /// ``Connection/write(_:)-(RawSpan)`` for why this is sound across suspensions. On an
+    /// unwatched descriptor the only suspension is the write lock, taken before the bytes
+    /// are reached.
+    nonisolated(nonsending) public func writeReportingProgress(_ bytes: RawSpan) async -> WriteResult {
+        switch core {
+        case .polled(let netFD): await netFD.write(bytes)
+        case .unwatched(let descriptor): await descriptor.write(bytes)
+        }
+    }
+
+    /// Writes every byte of `bytes` without copying them; same errors as
+    /// ``write(_:)-(UnsafeRawBufferPointer)``; ``writeReportingProgress(_:)-(RawSpan)`` says
+    /// how much went out.
+    nonisolated(nonsending) public func write(_ bytes: RawSpan) async throws(NetError) {
+        if let error = await writeReportingProgress(bytes).error { throw error }
     }
 
     // MARK: Deadlines (the setters come from DeadlineSetting, Deadlines.swift)
@@ -307,27 +326,47 @@ final class UnwatchedDescriptor: Sendable {
     }
 
     nonisolated(nonsending) func write(_ buffer: UnsafeRawBufferPointer) async -> WriteResult {
+        await withWriteLock { (written: inout Int) throws(NetError) in try writeBlocking(buffer, counting: &written) }
+    }
+
+    /// ``write(_:)-(UnsafeRawBufferPointer)`` of a span's bytes: the only suspension is the
+    /// lock, taken before the bytes are reached; the system calls run inside
+    /// `withUnsafeBytes`.
+    nonisolated(nonsending) func write(_ bytes: RawSpan) async -> WriteResult {
+        await withWriteLock { (written: inout Int) throws(NetError) in
+            try bytes.withUnsafeBytes { (buffer) throws(NetError) in try writeBlocking(buffer, counting: &written) }
+        }
+    }
+
+    /// Runs `body` (no suspension) with the write lock held; the bytes it counts in its
+    /// argument are reported whether it returns or throws.
+    nonisolated(nonsending) private func withWriteLock(_ body: (inout Int) throws(NetError) -> Void) async -> WriteResult {
         var written = 0
         do throws(NetError) {
             _ = try await fdMutex.lock(.write)
             defer { fdMutex.unlock(.write) }
-            while written < buffer.count, let base = buffer.baseAddress {
-                let left = buffer.count - written
-                let n = writeWithoutSIGPIPE(fd, base + written, left)
-                let e = errno
-                if n > 0 && n <= left {
-                    written += n
-                } else if n < 0 && e != EINTR {
-                    throw NetError.fromErrno(e, call: "write")
-                } else if n >= 0 {
-                    // A file that takes nothing, or a count past the buffer: not to be trusted.
-                    throw NetError.system(call: "write", errno: EIO)
-                }
-            }
+            try body(&written)
         } catch {
             return WriteResult(bytesWritten: written, error: error)
         }
         return WriteResult(bytesWritten: written, error: nil)
+    }
+
+    /// Blocking write(2)s of all of `buffer` (SIGPIPE blocked), counting into `written`.
+    private func writeBlocking(_ buffer: UnsafeRawBufferPointer, counting written: inout Int) throws(NetError) {
+        while written < buffer.count, let base = buffer.baseAddress {
+            let left = buffer.count - written
+            let n = writeWithoutSIGPIPE(fd, base + written, left)
+            let e = errno
+            if n > 0 && n <= left {
+                written += n
+            } else if n < 0 && e != EINTR {
+                throw NetError.fromErrno(e, call: "write")
+            } else if n >= 0 {
+                // A file that takes nothing, or a count past the buffer: not to be trusted.
+                throw NetError.system(call: "write", errno: EIO)
+            }
+        }
     }
 
     /// Go's `FD.Close` for a blocking descriptor: with nothing in flight, closes now;

@@ -424,6 +424,21 @@ extension PollerNetTests {
             }
         }
 
+        // Not in Go's tests (#50's harness): the write of a RawSpan over the same bytes (and a
+        // Span<UInt8> of them) is written from the caller's storage, so it allocates nothing
+        // either: no copy, no boxed closure.
+        @Test(
+            "TestTCPReadWriteAllocs: a 128-byte RawSpan or Span write and a read of it, on the ready path, allocate nothing",
+            arguments: BackendKind.allCases)
+        func tcpSpanWriteAllocs(kind: BackendKind) async throws {
+            try await expectAllocations(0, per: 1000, kind: kind) { (client, server, message, reply) async throws(NetError) in
+                try await client.write(message.bytes)
+                try await server.read(exactly: reply)
+                try await client.write(message.bindMemory(to: UInt8.self).span)
+                try await server.read(exactly: reply)
+            }
+        }
+
         // Not in Go's tests (its Writev caches the iovec slice in the FD): ours allocates the
         // iovec array of each call, one allocation per write(buffers:); the other one counted
         // per round is the array of two buffers the round builds.

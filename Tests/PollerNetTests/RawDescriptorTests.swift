@@ -5,7 +5,7 @@ import PollerNet
 import Testing
 
 /// A raw pipe, `(read end, write end)`, blocking unless `nonBlocking`.
-private func rawPipe(nonBlocking: Bool = false) -> (Int32, Int32) {
+func rawPipe(nonBlocking: Bool = false) -> (Int32, Int32) {
     var fds: [Int32] = [-1, -1]
     precondition(cpoller_pipe_cloexec_nonblocking(&fds) == 0, "pipe2 failed")
     if !nonBlocking {

@@ -3,42 +3,186 @@ import Poller
 import PollerNet
 import Testing
 
-/// The example service, run as a process the way its README section says.
-@Suite("poller-service, the example service")
+/// The example service (a line-based key-value server), run as a process the way its README
+/// section says, on both backends.
+@Suite("poller-service, the example key-value service")
 struct ExampleServiceTests {
-    @Test(
-        "poller-service echoes, closes an idle connection after --idle-timeout, and exits 0 on SIGTERM once stopped",
-        arguments: backends)
-    func servesAndStops(backend: BackendChoice) async throws {
-        try await withPoller(backend) { poller in  // skips io_uring where it cannot run
-            let service = try ServiceProcess.start(["--port", "0", "--idle-timeout", "0.3", "--backend", "\(backend)"])
-            defer { service.kill() }
-            let client = try await Connection.dial(host: "127.0.0.1", port: service.port, timeout: .seconds(5), poller: poller)
-            try await client.write(Array("hello".utf8))
-            var echoed: [UInt8] = []
-            while echoed.count < 5 { echoed += try await client.read(maxBytes: 5 - echoed.count) }
-            #expect(echoed == Array("hello".utf8))
-            // Idle: the service closes it after 0.3 s (bounded here by 5 s).
-            try client.setReadDeadline(in: .seconds(5))
-            let start = ContinuousClock.now
-            await #expect(throws: NetError.endOfFile) { _ = try await client.read(maxBytes: 1) }
-            #expect(ContinuousClock.now - start >= .milliseconds(250))
+    @Test("poller-service answers SET, GET and DEL from two connections sharing one store", arguments: backends)
+    func sharedStoreRoundTrips(backend: BackendChoice) async throws {
+        try await withService(backend) { service, poller in
+            let (a, b) = (try await LineClient(service, poller), try await LineClient(service, poller))
+            #expect(try await a.request("GET colour") == "NOT_FOUND")
+            #expect(try await a.request("SET colour dark blue") == "OK")
+            #expect(try await b.request("GET colour") == "VALUE dark blue")
+            #expect(try await b.request("SET colour red\r") == "OK")  // CR LF lines too
+            #expect(try await a.request("GET colour") == "VALUE red")
+            #expect(try await b.request("DEL colour") == "DELETED")
+            #expect(try await a.request("DEL colour") == "NOT_FOUND")
+            #expect(try await a.request("GET colour") == "NOT_FOUND")
+            try await a.close()
+            try await b.close()
+        }
+    }
+
+    @Test("poller-service answers an unknown or malformed request with ERROR and serves the next one", arguments: backends)
+    func answersBadRequests(backend: BackendChoice) async throws {
+        try await withService(backend) { service, poller in
+            let client = try await LineClient(service, poller)
+            #expect(try await client.request("PUT a b") == "ERROR unknown command")
+            #expect(try await client.request("") == "ERROR empty line")
+            #expect(try await client.request("SET a") == "ERROR usage: SET key value")
+            #expect(try await client.request("GET a b") == "ERROR usage: GET key")
+            #expect(try await client.request("DEL") == "ERROR usage: DEL key")
+            #expect(try await client.request("SET a b") == "OK")
             try await client.close()
+        }
+    }
+
+    @Test("poller-service closes the connection on QUIT", arguments: backends)
+    func quitCloses(backend: BackendChoice) async throws {
+        try await withService(backend) { service, poller in
+            let client = try await LineClient(service, poller)
+            try await client.connection.write(Array("QUIT\n".utf8))
+            await #expect(throws: NetError.endOfFile) { _ = try await client.line() }
+            try await client.close()
+        }
+    }
+
+    @Test("poller-service answers a SET of a new key past --max-keys with ERROR store full", arguments: backends)
+    func storeFull(backend: BackendChoice) async throws {
+        try await withService(backend, ["--max-keys", "2"]) { service, poller in
+            let client = try await LineClient(service, poller)
+            #expect(try await client.request("SET a 1") == "OK")
+            #expect(try await client.request("SET b 2") == "OK")
+            #expect(try await client.request("SET c 3") == "ERROR store full")
+            #expect(try await client.request("SET a 10") == "OK")  // replacing a key is fine
+            #expect(try await client.request("DEL b") == "DELETED")
+            #expect(try await client.request("SET c 3") == "OK")
+            try await client.close()
+        }
+    }
+
+    @Test("poller-service answers a line longer than --max-line with ERROR line too long and closes", arguments: backends)
+    func lineTooLong(backend: BackendChoice) async throws {
+        try await withService(backend, ["--max-line", "64"]) { service, poller in
+            let client = try await LineClient(service, poller)
+            #expect(try await client.request("SET k " + String(repeating: "v", count: 57)) == "OK")  // 64 with the newline
+            try await client.connection.write(Array(("SET k " + String(repeating: "v", count: 100) + "\n").utf8))
+            #expect(try await client.line() == "ERROR line too long")
+            await #expect(throws: NetError.endOfFile) { _ = try await client.line() }
+            try await client.close()
+        }
+    }
+
+    @Test(
+        "poller-service cuts a client sending a line with no newline forever at --max-line, and closes it within seconds",
+        arguments: backends)
+    func endlessLineIsCut(backend: BackendChoice) async throws {
+        try await withService(backend, ["--max-line", "64"]) { service, poller in
+            let client = try await LineClient(service, poller)
+            let connection = client.connection
+            let writer = Task<NetError?, Never>(executorPreference: poller.executor) {
+                let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 4096)
+                do throws(NetError) {
+                    try connection.setWriteDeadline(in: .seconds(10))
+                    while true { try await connection.write(chunk) }
+                } catch { return error }
+            }
+            #expect(try await client.line() == "ERROR line too long")
+            await #expect(throws: NetError.endOfFile) { _ = try await client.line() }
+            let start = ContinuousClock.now
+            let ended = await writer.value  // the service closes after at most a second of draining
+            #expect(ended != .timeout && ended != nil, "the writer ended with \(String(describing: ended))")
+            #expect(ContinuousClock.now - start < .seconds(5))
+            try await client.close()
+        }
+    }
+
+    @Test("poller-service closes a client that sends nothing, or half a line, at --idle-timeout", arguments: backends)
+    func idleClientsAreClosed(backend: BackendChoice) async throws {
+        try await withService(backend, ["--idle-timeout", "0.3"]) { service, poller in
+            for partial in ["", "SET half"] {
+                let client = try await LineClient(service, poller)
+                if !partial.isEmpty { try await client.connection.write(Array(partial.utf8)) }
+                let start = ContinuousClock.now
+                await #expect(throws: NetError.endOfFile) { _ = try await client.line() }
+                #expect(ContinuousClock.now - start >= .milliseconds(250))
+                try await client.close()
+            }
+        }
+    }
+
+    @Test(
+        "poller-service on SIGTERM with a connection open exits 0 within the grace period and the client sees end of file",
+        arguments: backends)
+    func sigtermWithConnectionOpen(backend: BackendChoice) async throws {
+        try await withPoller(backend) { poller in  // skips io_uring where it cannot run
+            let service = try ServiceProcess.start(["--port", "0", "--grace-period", "0.5", "--backend", "\(backend)"])
+            defer { service.kill() }
+            let client = try await LineClient(service, poller)
+            #expect(try await client.request("SET k v") == "OK")
+            let start = ContinuousClock.now
             let (status, output) = service.terminate()
+            #expect(ContinuousClock.now - start < .seconds(3), "the grace period is 0.5 s")
             #expect(status == 0, "exit status \(status); output: \(output)")
             #expect(output.contains("shutting down") && output.contains("stopped"), "output: \(output)")
+            await #expect(throws: NetError.endOfFile) { _ = try await client.line() }
+            try await client.close()
         }
     }
 
     @Test("poller-service refuses a flag value out of range with exit code 64 and names the flag")
     func refusesBadFlags() throws {
-        for arguments in [["--idle-timeout", "inf"], ["--max-connections", "0"], ["--backend", "kqueue"], ["--log-level", "loud"]] {
+        for arguments in [
+            ["--idle-timeout", "inf"], ["--max-connections", "0"], ["--backend", "kqueue"], ["--log-level", "loud"],
+            ["--max-line", "8"], ["--max-keys", "0"],
+        ] {
             let service = try ServiceProcess.spawn(arguments)
             let (status, output) = service.wait()
             #expect(status == 64, "\(arguments): exit status \(status)")
             #expect(output.contains(arguments[0]), "\(arguments): \(output)")
         }
     }
+}
+
+/// Runs the service on `backend` with `arguments` (port 0) for `body`, then stops it with
+/// SIGTERM and expects exit 0.
+private func withService(
+    _ backend: BackendChoice, _ arguments: [String] = [], _ body: (ServiceProcess, Poller) async throws -> Void
+) async throws {
+    try await withPoller(backend) { poller in  // skips io_uring where it cannot run
+        let service = try ServiceProcess.start(["--port", "0", "--backend", "\(backend)"] + arguments)
+        defer { service.kill() }
+        try await body(service, poller)
+        let (status, output) = service.terminate()
+        #expect(status == 0, "exit status \(status); output: \(output)")
+    }
+}
+
+/// A client of the key-value protocol: a request line out, a reply line in.
+private final class LineClient {
+    let connection: Connection
+    private let reader: BufferedReader
+
+    init(_ service: ServiceProcess, _ poller: Poller) async throws {
+        connection = try await Connection.dial(host: "127.0.0.1", port: service.port, timeout: .seconds(5), poller: poller)
+        reader = BufferedReader(connection, capacity: 4096)
+        try connection.setReadDeadline(in: .seconds(10))
+    }
+
+    /// Sends `text` and a newline, and returns the reply line without its newline.
+    func request(_ text: String) async throws -> String {
+        try await connection.write(Array((text + "\n").utf8))
+        return try await line()
+    }
+
+    /// The next line, without its newline.
+    func line() async throws -> String {
+        let slice = try await reader.readSlice(through: UInt8(ascii: "\n"), maxLength: 4096)
+        return String(decoding: slice.dropLast(), as: UTF8.self)
+    }
+
+    func close() async throws { try await connection.close() }
 }
 
 /// poller-service as a child process, its stdout and stderr in one file.
