@@ -272,6 +272,15 @@ int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned group, uint64_t to
     return 0;
 }
 
+int cpoller_uring_update_mask(cpoller_uring *u, uint64_t token, uint32_t mask) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_update(sqe, token, token, mask, IORING_POLL_UPDATE_EVENTS | IORING_POLL_ADD_MULTI);
+    io_uring_sqe_set_data64(sqe, token | CPOLLER_URING_CONTROL_BIT);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    return 0;
+}
+
 int cpoller_uring_probe_recv(unsigned flags) {
     cpoller_uring u;
     int r = setup(&u.ring, 8, 16, flags);
@@ -338,6 +347,7 @@ unsigned char *cpoller_uring_buffers_base(const cpoller_uring_buffers *b) { (voi
 void cpoller_uring_buffers_recycle(cpoller_uring_buffers *b, unsigned short id) { (void)b; (void)id; }
 void cpoller_uring_buffers_free(cpoller_uring_buffers *b) { (void)b; }
 int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned g, uint64_t t) { (void)u; (void)fd; (void)g; (void)t; return -ENOSYS; }
+int cpoller_uring_update_mask(cpoller_uring *u, uint64_t t, uint32_t m) { (void)u; (void)t; (void)m; return -ENOSYS; }
 int cpoller_uring_probe_recv(unsigned flags) { (void)flags; return ENOSYS; }
 int cpoller_uring_probe(unsigned flags) {
     (void)flags;

@@ -154,6 +154,11 @@ void cpoller_uring_buffers_free(cpoller_uring_buffers *buffers);
 // Queues one multishot recv on fd selecting buffers from `group`, user_data = token (which
 // should carry CPOLLER_URING_RECV_BIT). Returns 0, or -EBUSY when the submission queue is full.
 int cpoller_uring_arm_recv(cpoller_uring *ring, int fd, unsigned group, uint64_t token);
+// Queues an update of the multishot poll with user_data = token to the poll(2) bits `mask`
+// (it stays multishot and keeps its token). The update carries token | CPOLLER_URING_CONTROL_BIT
+// and IOSQE_CQE_SKIP_SUCCESS: only a failed update (-ENOENT: the poll is not armed now)
+// completes. Returns 0, or -EBUSY when the submission queue is full.
+int cpoller_uring_update_mask(cpoller_uring *ring, uint64_t token, uint32_t mask);
 // Whether completion receive works here: a ring set up with `flags` can register a
 // provided-buffer ring, and a multishot recv on a socket pair completes with a selected
 // buffer and stays armed. Returns 0 or a positive errno (EINVAL: no buffer rings;

@@ -116,6 +116,10 @@ enum KernelReadiness {
     /// What a registered descriptor is watched for, by both backends: both directions, the
     /// peer's half-close and urgent data (Go's netpollopen asks epoll for the same).
     static let interest = input | output | readHangup | priority
+    /// What io_uring watches a descriptor for while a multishot recv delivers its input (and
+    /// its end of file, and its errors): output only (errors and hang-ups are always
+    /// reported). Input readiness would be a second completion for every arrival.
+    static let receivingInterest = output
 }
 
 /// A readiness event in backend-neutral form: `token` names the registration and `flags` holds

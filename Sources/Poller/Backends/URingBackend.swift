@@ -92,6 +92,10 @@ final class URingBackend: PollerBackend {
         var token: PollToken
         /// Nil for `armReceive` and `cancelReceive`, whose callers do not wait.
         var done: CommandDone?
+        /// `armReceive`: the registration has just started receiving (its poll's mask changes).
+        /// `cancelReceive`: the recv was never armed (its arm was still queued here): nothing
+        /// to cancel, only its ENDED completion to make up.
+        var starts = false
     }
 
     /// A command's hand-off: the owner stores the result, then unparks the caller. A command
@@ -300,39 +304,57 @@ final class URingBackend: PollerBackend {
 
     func armReceive(fd: Int32, token: PollToken) {
         guard receiveBuffers != nil else { return }
-        if onOwnerThread {
-            let live = state.withLockAnnotated { s in
-                guard s.live[token] != nil, !s.isShutdown else { return false }
-                s.receiving.insert(token)
-                return true
-            }
-            if live { armReceiveNow(token) }
-            return
+        let onOwner = onOwnerThread
+        let starts: Bool? = state.withLockAnnotated { s in
+            guard s.live[token] != nil, !s.isShutdown else { return nil }
+            let starts = s.receiving.insert(token).inserted
+            if !onOwner { s.commands.append(Command(kind: .armReceive, fd: fd, token: token, done: nil, starts: starts)) }
+            return starts
         }
-        let queued = state.withLockAnnotated { s in
-            guard s.live[token] != nil, !s.isShutdown else { return false }
-            s.receiving.insert(token)
-            s.commands.append(Command(kind: .armReceive, fd: fd, token: token, done: nil))
-            return true
-        }
-        if queued { wake() }
+        guard let starts else { return }
+        if onOwner { armReceiveNow(token, starts: starts) } else { wake() }
+    }
+
+    /// Points the poll of `token` at `mask` (input stays out of it while a recv delivers it).
+    /// A failed update leaves the old mask: a completion more per arrival, nothing lost (and a
+    /// poll re-armed later takes the right mask). Owner thread.
+    private func updateMask(_ token: PollToken, _ mask: UInt32) {
+        let r = queueRequest { cpoller_uring_update_mask(ring, token.raw, mask) }
+        if r != 0 { faults.report("io_uring submission (poll update)", errno: r, "the poll keeps its mask") }
     }
 
     func cancelReceive(token: PollToken) {
         guard receiveBuffers != nil else { return }
-        let queued = state.withLockAnnotated { s in
+        let onOwner = onOwnerThread
+        let neverArmed: Bool? = state.withLockAnnotated { s in
             // Out of `receiving` first: a recv ending with data is no longer re-armed.
-            guard s.receiving.remove(token) != nil, !s.isShutdown else { return false }
-            if !onOwnerThread { s.commands.append(Command(kind: .cancelReceive, fd: -1, token: token, done: nil)) }
-            return true
+            guard s.receiving.remove(token) != nil, !s.isShutdown else { return nil }
+            // Its arm may still be waiting here (a reader off the owner thread started it just
+            // now): take it back, or the owner would skip it (no longer receiving) and the
+            // cancel would find no recv, and nothing would end it.
+            var neverArmed = false
+            if let i = s.commands.firstIndex(where: { $0.kind == .armReceive && $0.token == token }) {
+                s.commands.remove(at: i)
+                neverArmed = true
+            }
+            if !onOwner {
+                s.commands.append(Command(kind: .cancelReceive, fd: -1, token: token, done: nil, starts: neverArmed))
+            }
+            return neverArmed
         }
-        guard queued else { return }
-        if onOwnerThread { cancelReceiveNow(token) } else { wake() }
+        guard let neverArmed else { return }
+        if onOwner { cancelReceiveNow(token, neverArmed: neverArmed) } else { wake() }
     }
 
     /// Cancels the recv of `token`, or, if it was never queued, makes up its ended completion.
     /// Owner thread.
-    private func cancelReceiveNow(_ token: PollToken) {
+    private func cancelReceiveNow(_ token: PollToken, neverArmed: Bool = false) {
+        // Input is the readers' business again (they read the socket directly, on readiness).
+        updateMask(token, KernelReadiness.interest)
+        if neverArmed {
+            owner.receiveEndsDue.append(token)
+            return
+        }
         if let index = owner.receiveArms.firstIndex(of: token) {
             owner.receiveArms.remove(at: index)
             owner.receiveEndsDue.append(token)
@@ -344,9 +366,10 @@ final class URingBackend: PollerBackend {
 
     /// Queues the multishot recv of `token` if it is still live and receiving, else (when the
     /// queue is full) schedules it for the next wait. Owner thread.
-    private func armReceiveNow(_ token: PollToken) {
+    private func armReceiveNow(_ token: PollToken, starts: Bool = false) {
         let fd: Int32? = state.withLockAnnotated { s in s.receiving.contains(token) ? s.live[token] : nil }
         guard let fd else { return }
+        if starts { updateMask(token, KernelReadiness.receivingInterest) }
         let r = queueRequest {
             cpoller_uring_arm_recv(ring, fd, ReceiveBufferRing.group, token.raw | CPOLLER_URING_RECV_BIT)
         }
@@ -535,16 +558,16 @@ final class URingBackend: PollerBackend {
             r = queueRequest { cpoller_uring_arm(ring, wakeChannel.readFD, KernelReadiness.input, PollToken.wake.raw) }
             if r == 0 { owner.wakeArmed = true }
         } else {
-            let fd: Int32? = state.withLockAnnotated { s in
+            let armed: (fd: Int32, mask: UInt32)? = state.withLockAnnotated { s in
                 guard let fd = s.live[token] else { return nil }
                 s.rearms += 1
-                return fd
+                return (fd, s.receiving.contains(token) ? KernelReadiness.receivingInterest : KernelReadiness.interest)
             }
-            guard let fd else {
+            guard let armed else {
                 owner.trouble[token] = nil
                 return
             }
-            r = queueRequest { cpoller_uring_arm(ring, fd, KernelReadiness.interest, token.raw) }
+            r = queueRequest { cpoller_uring_arm(ring, armed.fd, armed.mask, token.raw) }
         }
         if r == 0 {
             if owner.trouble[token] != nil { owner.trouble[token]!.rearmAt = nil }
@@ -683,9 +706,9 @@ final class URingBackend: PollerBackend {
             case .remove:
                 command.done?.finish(removePoll(command.token))
             case .armReceive:
-                armReceiveNow(command.token)
+                armReceiveNow(command.token, starts: command.starts)
             case .cancelReceive:
-                cancelReceiveNow(command.token)
+                cancelReceiveNow(command.token, neverArmed: command.starts)
             }
         }
     }
