@@ -220,7 +220,7 @@ public final class Connection: NetConnection, DeadlineSetting {
     /// ```
     ///
     /// On a poller that reads through io_uring completion receive
-    /// (``Poller/receivesThroughCompletions``), the kernel may already have moved bytes out
+    /// (`Poller.receivesThroughCompletions`), the kernel may already have moved bytes out
     /// of the socket into the poller's buffers for this connection. `detach()` first stops
     /// that (and waits until every byte it took is queued); if bytes are queued and unread,
     /// it throws `.system(call: "detach", errno: EBUSY)` and changes nothing: read them, then

@@ -232,7 +232,10 @@ extension PollerNetTests {
                     return all
                 }
                 #expect(results.count == pairs.count && results.allSatisfy { $0 })
-                for pair in pairs { try await pair.client.close(); try await pair.server.close() }
+                for pair in pairs {
+                    try await pair.client.close()
+                    try await pair.server.close()
+                }
                 try await listener.close()
             }
         }
