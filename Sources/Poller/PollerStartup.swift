@@ -79,6 +79,9 @@ extension Poller {
         var threadName = "poller"
         /// io_uring's completion receive (`POLLER_URING_RECV=off` turns it off).
         var receive = URingBackend.ReceiveSettings.fromEnvironment()
+        /// io_uring's submission and completion queue sizes (tests shrink the completion queue
+        /// to make it overflow).
+        var uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
         #if DEBUG
         var hooks = TestHooks()
         #endif
@@ -146,7 +149,9 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
         #if DEBUG
         if let error = start.options.hooks.beforeBackendSetup?(start.options.threadName) { throw error }
         #endif
-        backend = try start.kind.makeBackend(forcePipeWake: start.options.forcePipeWake, receive: start.options.receive)
+        backend = try start.kind.makeBackend(
+            forcePipeWake: start.options.forcePipeWake, receive: start.options.receive,
+            uringEntries: start.options.uringEntries)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }
         start.created.unpark()

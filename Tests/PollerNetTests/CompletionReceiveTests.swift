@@ -39,7 +39,8 @@ enum ReadPath: String, CaseIterable, CustomStringConvertible, Sendable {
 /// descriptor leaked. Skips the io_uring paths where io_uring (or, for the completion paths,
 /// multishot recv) cannot run here.
 func withReadPath(
-    _ path: ReadPath, sourceLocation: SourceLocation = #_sourceLocation, _ body: (Poller) async throws -> Void
+    _ path: ReadPath, options: Poller.Options? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller) async throws -> Void
 ) async throws {
     if path != .epoll, let reason = ioUringUnavailableReason { try Test.cancel("io_uring unavailable: \(reason)") }
     if path.expectsCompletions, URingBackend.receiveProbe != 0 {
@@ -47,7 +48,7 @@ func withReadPath(
     }
     await fdCountSteady()
     let before = await settledFDCount()
-    let poller = try Poller(backend: path == .epoll ? .epoll : .ioUring, options: path.options)
+    let poller = try Poller(backend: path == .epoll ? .epoll : .ioUring, options: options ?? path.options)
     do {
         try await body(poller)
     } catch {
@@ -232,6 +233,57 @@ extension PollerNetTests {
                     return all
                 }
                 #expect(results.count == pairs.count && results.allSatisfy { $0 })
+                // The counters are the ring owner's: read them on its thread.
+                let (overflows, rearms) = await Task(executorPreference: poller.executor) { () -> (UInt64, Int) in
+                    let backend = poller.backend as? URingBackend
+                    return (backend?.overflowCount ?? 0, backend?.receiveRearmCount ?? 0)
+                }.value
+                #expect(overflows > 0 && rearms > 0, "overflows \(overflows), recvs re-armed \(rearms): the path was not exercised")
+                for pair in pairs {
+                    try await pair.client.close()
+                    try await pair.server.close()
+                }
+                try await listener.close()
+            }
+        }
+
+        // Issue 16's fault list: "a ring whose CQ overflows". With 8 completion slots for 100
+        // connections sending at once the completion queue overflows; the kernel keeps what
+        // overflowed (NODROP) but ends the multishot recvs it could not post to, and the
+        // backend re-arms each one that ended with data.
+        @Test("A completion queue that overflows loses no byte: the recvs it ended are armed again")
+        func completionQueueOverflow() async throws {
+            var options = Poller.Options()
+            options.uringEntries = (submission: 8, completion: 16)
+            try await withReadPath(.uringCompletion, options: options) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                var pairs: [TCPPair] = []
+                for _ in 0..<100 { pairs.append(try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)) }
+                let message = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+                let results = await withTaskGroup(of: Bool.self) { group in
+                    for pair in pairs {
+                        group.addTask {
+                            var received: [UInt8] = []
+                            do {
+                                try await readExactly(pair.server, message.count, chunk: 1500, into: &received)
+                            } catch {
+                                return false
+                            }
+                            return received == message
+                        }
+                    }
+                    for pair in pairs { try? await pair.client.write(message) }
+                    var all: [Bool] = []
+                    for await ok in group { all.append(ok) }
+                    return all
+                }
+                #expect(results.count == pairs.count && results.allSatisfy { $0 })
+                // The counters are the ring owner's: read them on its thread.
+                let (overflows, rearms) = await Task(executorPreference: poller.executor) { () -> (UInt64, Int) in
+                    let backend = poller.backend as? URingBackend
+                    return (backend?.overflowCount ?? 0, backend?.receiveRearmCount ?? 0)
+                }.value
+                #expect(overflows > 0 && rearms > 0, "overflows \(overflows), recvs re-armed \(rearms): the path was not exercised")
                 for pair in pairs {
                     try await pair.client.close()
                     try await pair.server.close()

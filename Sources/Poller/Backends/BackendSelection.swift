@@ -22,11 +22,15 @@ extension BackendKind {
     /// ``PollerError/backendUnavailable(_:reason:)`` when io_uring cannot be set up here, and
     /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
     func makeBackend(
-        forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment()
+        forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment(),
+        uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
     ) throws(PollerError) -> any PollerBackend {
         switch self {
         case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
-        case .ioUring: try URingBackend(forcePipeWake: forcePipeWake, receive: receive)
+        case .ioUring:
+            try URingBackend(
+                forcePipeWake: forcePipeWake, receive: receive, submissionEntries: uringEntries.submission,
+                completionEntries: uringEntries.completion)
         }
     }
 }
