@@ -89,6 +89,41 @@ func readExactly(_ connection: Connection, _ count: Int, chunk: Int = 7000, into
     }
 }
 
+/// Connects `connections` pairs on `poller`, starts every server side reading first (so the
+/// bytes race for the receive buffers), sends `bytes` from every client at once, expects every
+/// server side to receive them intact, and closes everything.
+func expectEveryConnectionReceives(
+    _ poller: Poller, connections: Int, bytes: Int, chunk: Int, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+    var pairs: [TCPPair] = []
+    for _ in 0..<connections { pairs.append(try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)) }
+    let message = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+    let results = await withTaskGroup(of: Bool.self) { group in
+        for pair in pairs {
+            group.addTask {
+                var received: [UInt8] = []
+                do {
+                    try await readExactly(pair.server, message.count, chunk: chunk, into: &received)
+                } catch {
+                    return false
+                }
+                return received == message
+            }
+        }
+        for pair in pairs { try? await pair.client.write(message) }
+        var all: [Bool] = []
+        for await ok in group { all.append(ok) }
+        return all
+    }
+    #expect(results.count == pairs.count && results.allSatisfy { $0 }, sourceLocation: sourceLocation)
+    for pair in pairs {
+        try await pair.client.close()
+        try await pair.server.close()
+    }
+    try await listener.close()
+}
+
 extension PollerNetTests {
     @Suite("Completion receive: io_uring reads through multishot recv and provided buffers")
     struct CompletionReceiveTests {
@@ -210,44 +245,11 @@ extension PollerNetTests {
             arguments: ReadPath.allCases)
         func manyConnectionsExhaustTheRing(path: ReadPath) async throws {
             try await withReadPath(path) { poller in
-                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
-                var pairs: [TCPPair] = []
-                for _ in 0..<200 { pairs.append(try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)) }
-                let message = (0..<3000).map { UInt8(truncatingIfNeeded: $0) }
-                // Every server side starts its recv first, so the bytes race for the buffers.
-                let results = await withTaskGroup(of: Bool.self) { group in
-                    for pair in pairs {
-                        group.addTask {
-                            do {
-                                var received: [UInt8] = []
-                                try await readExactly(pair.server, message.count, chunk: 512, into: &received)
-                                return received == message
-                            } catch {
-                                return false
-                            }
-                        }
-                    }
-                    for pair in pairs { try? await pair.client.write(message) }
-                    var all: [Bool] = []
-                    for await ok in group { all.append(ok) }
-                    return all
-                }
-                #expect(results.count == pairs.count && results.allSatisfy { $0 })
-                // The counters are the ring owner's: read them on its thread.
-                let (overflows, rearms) = await Task(executorPreference: poller.executor) { () -> (UInt64, Int) in
-                    let backend = poller.backend as? URingBackend
-                    return (backend?.overflowCount ?? 0, backend?.receiveRearmCount ?? 0)
-                }.value
-                #expect(overflows > 0 && rearms > 0, "overflows \(overflows), recvs re-armed \(rearms): the path was not exercised")
-                for pair in pairs {
-                    try await pair.client.close()
-                    try await pair.server.close()
-                }
-                try await listener.close()
+                try await expectEveryConnectionReceives(poller, connections: 200, bytes: 3000, chunk: 512)
             }
         }
 
-        // Issue 16's fault list: "a ring whose CQ overflows". With 8 completion slots for 100
+        // Issue 16's fault list: "a ring whose CQ overflows". With 16 completion slots for 100
         // connections sending at once the completion queue overflows; the kernel keeps what
         // overflowed (NODROP) but ends the multishot recvs it could not post to, and the
         // backend re-arms each one that ended with data.
@@ -256,39 +258,13 @@ extension PollerNetTests {
             var options = Poller.Options()
             options.uringEntries = (submission: 8, completion: 16)
             try await withReadPath(.uringCompletion, options: options) { poller in
-                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
-                var pairs: [TCPPair] = []
-                for _ in 0..<100 { pairs.append(try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)) }
-                let message = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-                let results = await withTaskGroup(of: Bool.self) { group in
-                    for pair in pairs {
-                        group.addTask {
-                            var received: [UInt8] = []
-                            do {
-                                try await readExactly(pair.server, message.count, chunk: 1500, into: &received)
-                            } catch {
-                                return false
-                            }
-                            return received == message
-                        }
-                    }
-                    for pair in pairs { try? await pair.client.write(message) }
-                    var all: [Bool] = []
-                    for await ok in group { all.append(ok) }
-                    return all
-                }
-                #expect(results.count == pairs.count && results.allSatisfy { $0 })
+                try await expectEveryConnectionReceives(poller, connections: 100, bytes: 20_000, chunk: 1500)
                 // The counters are the ring owner's: read them on its thread.
                 let (overflows, rearms) = await Task(executorPreference: poller.executor) { () -> (UInt64, Int) in
                     let backend = poller.backend as? URingBackend
                     return (backend?.overflowCount ?? 0, backend?.receiveRearmCount ?? 0)
                 }.value
                 #expect(overflows > 0 && rearms > 0, "overflows \(overflows), recvs re-armed \(rearms): the path was not exercised")
-                for pair in pairs {
-                    try await pair.client.close()
-                    try await pair.server.close()
-                }
-                try await listener.close()
             }
         }
 
