@@ -642,7 +642,7 @@ private final class Occupancy: Sendable {
 /// The tags of accepted connections, collected from several tasks.
 private final class Tags: Sendable {
     private let tags = Mutex<[Int]>([])
-    func append(_ tag: Int) { tags.withLock { $0.append(tag) } }
-    var count: Int { tags.withLock { $0.count } }
-    var sorted: [Int] { tags.withLock { $0.sorted() } }
+    func append(_ tag: Int) { tags.withLockAnnotated { $0.append(tag) } }
+    var count: Int { tags.withLockAnnotated { $0.count } }
+    var sorted: [Int] { tags.withLockAnnotated { $0.sorted() } }
 }

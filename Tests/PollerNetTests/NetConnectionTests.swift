@@ -29,10 +29,10 @@ final class LengthPrefixedConnection<Base: NetConnection>: NetConnection {
 
     func read(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         guard buffer.count > 0 else { return try await base.read(into: buffer) }
-        var left = remaining.withLock { $0 }
+        var left = remaining.withLockAnnotated { $0 }
         while left == 0 { left = try await readHeader() }
         let n = try await base.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.prefix(left)))
-        remaining.withLock { $0 = left - n }
+        remaining.withLockAnnotated { $0 = left - n }
         return n
     }
 
@@ -45,7 +45,7 @@ final class LengthPrefixedConnection<Base: NetConnection>: NetConnection {
 
     /// One whole frame.
     nonisolated(nonsending) func readMessage() async throws(NetError) -> [UInt8] {
-        precondition(remaining.withLock { $0 } == 0, "readMessage in the middle of a frame")
+        precondition(remaining.withLockAnnotated { $0 } == 0, "readMessage in the middle of a frame")
         return try await readBytes(readHeader())
     }
 

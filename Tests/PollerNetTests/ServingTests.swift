@@ -60,7 +60,7 @@ extension PollerNetTests {
                 let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, group: group)
                 let placed = Mutex<[(onOwnPoller: Bool, poller: ObjectIdentifier)]>([])
                 let serving = startServing(listener) { connection in
-                    placed.withLock { $0.append((Poller.current === connection.poller, ObjectIdentifier(connection.poller))) }
+                    placed.withLockAnnotated { $0.append((Poller.current === connection.poller, ObjectIdentifier(connection.poller))) }
                     await echoOneByte(connection)
                 }
                 for i in 0..<4 {
@@ -70,7 +70,7 @@ extension PollerNetTests {
                 }
                 try await listener.close()  // closing the listener ends serve too
                 await serving.value
-                let results = placed.withLock { $0 }
+                let results = placed.withLockAnnotated { $0 }
                 #expect(results.count == 4)
                 #expect(results.allSatisfy { $0.onOwnPoller }, "a handler ran off its connection's poller thread")
                 #expect(Set(results.map(\.poller)).count == 2, "the connections did not spread over the group")
@@ -179,18 +179,18 @@ extension PollerNetTests {
                         shutdown: shutdown,
                         onAcceptError: { error, delay in
                             if error != .system(call: "accept4", errno: EINVAL) { Issue.record("accept error \(error)") }
-                            delays.withLock { $0.append(delay) }
+                            delays.withLockAnnotated { $0.append(delay) }
                         }
                     ) { _ in Issue.record("a connection was served") }
                 }
                 // 5 + 10 + ... + 320 ms, then a back-off of 640 ms that the shutdown cuts short.
                 let limit = ContinuousClock.now + .seconds(5)
-                while delays.withLock({ $0.count }) < 8 && ContinuousClock.now < limit { await sleep(ms: 5) }
+                while delays.withLockAnnotated({ $0.count }) < 8 && ContinuousClock.now < limit { await sleep(ms: 5) }
                 let start = ContinuousClock.now
                 shutdown.shutdown()
                 await serving.value
                 #expect(ContinuousClock.now - start < .milliseconds(400), "the shutdown waited for the back-off")
-                #expect(Array(delays.withLock { $0 }.prefix(8)) == [5, 10, 20, 40, 80, 160, 320, 640].map { .milliseconds($0) })
+                #expect(Array(delays.withLockAnnotated { $0 }.prefix(8)) == [5, 10, 20, 40, 80, 160, 320, 640].map { .milliseconds($0) })
             }
         }
 
@@ -216,15 +216,15 @@ extension PollerNetTests {
                     await listener.serve(
                         shutdown: shutdown,
                         onAcceptError: { error, _ in
-                            errors.withLock { $0.append(error) }
+                            errors.withLockAnnotated { $0.append(error) }
                         }, handler: echoOneByte)
                 }
                 // Blocking waits only while no descriptor is free: Task.sleep's timers may need one.
                 let limitTime = ContinuousClock.now + .seconds(5)
-                while errors.withLock({ $0.isEmpty }) && ContinuousClock.now < limitTime { usleep(1000) }
+                while errors.withLockAnnotated({ $0.isEmpty }) && ContinuousClock.now < limitTime { usleep(1000) }
                 var restore = saved
                 _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &restore)
-                let reported = errors.withLock { $0 }
+                let reported = errors.withLockAnnotated { $0 }
                 #expect(reported.first == .tooManyOpenFiles(errno: EMFILE), "accept errors: \(reported)")
                 // The back-off after one error is 5 ms: the queued client is served next.
                 #expect(client.sendAllowingClose([42]))
@@ -306,12 +306,12 @@ final class BlockedReader: Sendable {
     private let error = Mutex<NetError?>(nil)
 
     /// The error the handler's read ended with, once it has.
-    var readError: NetError? { error.withLock { $0 } }
+    var readError: NetError? { error.withLockAnnotated { $0 } }
 
     @Sendable func handle(_ connection: Connection) async {
         try? await connection.write([1])
         let readError = await netError { () async throws(NetError) in try await connection.read(maxBytes: 1) }
-        error.withLock { $0 = readError }
+        error.withLockAnnotated { $0 = readError }
     }
 
     /// Dials `listener` and waits until its handler runs.

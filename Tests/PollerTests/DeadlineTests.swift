@@ -258,7 +258,7 @@ extension NetpollSuites {
                 let waiter = startWait(pd, .read)
                 #expect(await waitersParked(poller, 1))
                 #expect(
-                    await becomesTrue { poller.timers.withLock { $0.sleepUntil } == .max },
+                    await becomesTrue { poller.timers.withLockAnnotated { $0.sleepUntil } == .max },
                     "the poller did not go to sleep without a timeout")
                 let start = ContinuousClock.now
                 pd.setDeadline(in: .milliseconds(10), for: .read)
@@ -282,7 +282,7 @@ extension NetpollSuites {
                 #expect(await waitersParked(poller, 1))
                 #expect(
                     await becomesTrue {
-                        let until = poller.timers.withLock { $0.sleepUntil }
+                        let until = poller.timers.withLockAnnotated { $0.sleepUntil }
                         return until != .min && until != .max
                     }, "the poller did not go to sleep until the far timer")
                 let start = ContinuousClock.now

@@ -68,6 +68,6 @@ private func deliver(_ mask: UInt32, token: PollToken, to pd: PollDescriptor) {
     let event = cpoller_event(
         token: token.raw, flags: cpoller_event.flags(readiness: mask), res: Int32(bitPattern: mask), cqe_flags: 0)
     var woken: [(Waiter, WakeReason)] = []
-    pd.slot.state.withLock { $0.noteEvent(event, woken: &woken) }
+    pd.slot.state.withLockAnnotated { $0.noteEvent(event, woken: &woken) }
     pd.poller.resume(&woken)
 }

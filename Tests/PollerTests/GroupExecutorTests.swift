@@ -71,5 +71,5 @@ extension GroupExecutorTests {
 
 /// The jobs waiting in the members' timer heaps.
 private func delayedJobCount(_ group: PollerGroup) -> Int {
-    group.pollers.reduce(0) { n, poller in n + poller.timers.withLock { $0.delayedJobs.count } }
+    group.pollers.reduce(0) { n, poller in n + poller.timers.withLockAnnotated { $0.delayedJobs.count } }
 }

@@ -142,7 +142,7 @@ extension NetpollSuites {
                     // Whoever won, the deadline is no longer expired: a waiter still parked
                     // must stay parked until readiness.
                     #expect(
-                        pd.slot.state.withLock { $0.pendingError(.read) } == nil,
+                        pd.slot.state.withLockAnnotated { $0.pendingError(.read) } == nil,
                         "iteration \(i): the read deadline is still expired after it was changed")
                     writeBytes(pipe.writeFD)
                     let outcome = await waiter.outcome()

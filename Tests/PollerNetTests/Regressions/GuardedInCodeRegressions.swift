@@ -142,7 +142,7 @@ private func expectStillWaiting(
 extension PollDescriptor {
     /// White-box: readiness is latched for `mode` (nobody consumed it).
     fileprivate func isLatchedForTesting(_ mode: PollMode) -> Bool {
-        slot.state.withLock { s in
+        slot.state.withLockAnnotated { s in
             if case .ready = s[semaphore: mode] { return true }
             return false
         }

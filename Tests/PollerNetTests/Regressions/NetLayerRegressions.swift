@@ -366,7 +366,7 @@ final class Gate: Sendable {
 
     func wait() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s in
+            let now = state.withLockAnnotated { s in
                 if s.isOpen { return true }
                 s.waiters.append(continuation)
                 return false
@@ -376,7 +376,7 @@ final class Gate: Sendable {
     }
 
     func open() {
-        let waiters = state.withLock { s in
+        let waiters = state.withLockAnnotated { s in
             s.isOpen = true
             defer { s.waiters = [] }
             return s.waiters

@@ -29,7 +29,7 @@ extension NetpollSuites {
                 #expect(first.slot.index == 0)
                 first.finish()
                 // White-box: slot 0's next registration carries the last generation before the wrap.
-                first.slot.state.withLock { $0.generation = last }
+                first.slot.state.withLockAnnotated { $0.generation = last }
                 for expected in [last, 1] {
                     let pd = try poller.register(pipe.readFD)
                     #expect(pd.slot.index == 0 && pd.generation == expected)

@@ -92,14 +92,14 @@ extension NetpollSuites {
                 } catch {
                     outcome = .failure(error)
                 }
-                result.withLock { $0 = outcome }
+                result.withLockAnnotated { $0 = outcome }
                 registerReturned.unpark()
             }
             #expect(inRegister.park(timeoutNanos: 5_000_000_000), "register never reached its hook")
             let stopping = BlockingThread { poller.shutdown() }
             #expect(await registering.finish(onTimeout: {}), "register did not return")
             #expect(await stopping.finish(onTimeout: {}), "shutdown did not return")
-            switch result.withLock({ $0 }) {
+            switch result.withLockAnnotated({ $0 }) {
             case .failure(let error)?:
                 #expect(error == .registrationFailed(errno: EBADF))
             case .success(let pd)?:

@@ -12,16 +12,16 @@ final class GatedExecutor: TaskExecutor, Sendable {
 
     init() {
         let id = startThread { [self] in run() }
-        thread.withLock { $0 = id }
+        thread.withLockAnnotated { $0 = id }
     }
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        jobs.withLock { $0.append(job) }
+        jobs.withLockAnnotated { $0.append(job) }
     }
 
     /// Jobs waiting to run.
-    var heldJobs: Int { jobs.withLock { $0.count } }
+    var heldJobs: Int { jobs.withLockAnnotated { $0.count } }
 
     func hold() { held.store(true, ordering: .sequentiallyConsistent) }
     func release() { held.store(false, ordering: .sequentiallyConsistent) }
@@ -30,14 +30,14 @@ final class GatedExecutor: TaskExecutor, Sendable {
     func stop() {
         release()
         stopped.store(true, ordering: .sequentiallyConsistent)
-        if let id = thread.withLock({ $0.take() }) { joinThread(id) }
+        if let id = thread.withLockAnnotated({ $0.take() }) { joinThread(id) }
     }
 
     private func run() {
         while true {
             let job: UnownedJob? =
                 held.load(ordering: .sequentiallyConsistent)
-                ? nil : jobs.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+                ? nil : jobs.withLockAnnotated { $0.isEmpty ? nil : $0.removeFirst() }
             if let job {
                 job.runSynchronously(on: asUnownedTaskExecutor())
             } else if stopped.load(ordering: .sequentiallyConsistent) {

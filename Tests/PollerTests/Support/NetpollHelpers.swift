@@ -57,17 +57,17 @@ extension PollDescriptor {
 
     /// White-box: readiness is latched (Go's pdReady) for `mode`.
     func isLatched(_ mode: PollMode) -> Bool {
-        slot.state.withLock { s in
+        slot.state.withLockAnnotated { s in
             if case .ready = s[semaphore: mode] { return true }
             return false
         }
     }
 
     /// White-box: how many times a waiter has taken the park path on this slot.
-    var parkAttempts: UInt64 { slot.state.withLock { $0.nextWaiterID } }
+    var parkAttempts: UInt64 { slot.state.withLockAnnotated { $0.nextWaiterID } }
 
     /// White-box: the stored deadlines.
-    var deadlines: (read: Int64, write: Int64) { slot.state.withLock { ($0.readDeadline, $0.writeDeadline) } }
+    var deadlines: (read: Int64, write: Int64) { slot.state.withLockAnnotated { ($0.readDeadline, $0.writeDeadline) } }
 
     /// Unblock then close, as every test must before the fd is closed.
     func finish(sourceLocation: SourceLocation = #_sourceLocation) {
@@ -79,7 +79,7 @@ extension PollDescriptor {
 
 extension Poller {
     /// White-box: the number of armed entries in the deadline heap.
-    var armedTimerCount: Int { timers.withLock { $0.heap.count } }
+    var armedTimerCount: Int { timers.withLockAnnotated { $0.heap.count } }
     /// Writes made to the wake-up channel so far.
     var wakeWrites: Int { backend.wakeChannel.writes.load(ordering: .relaxed) }
 }
@@ -106,8 +106,8 @@ final class SharedBox<T: Sendable>: Sendable {
     private let storage: Mutex<T>
     init(_ value: T) { storage = Mutex(value) }
     var value: T {
-        get { storage.withLock { $0 } }
-        set { storage.withLock { $0 = newValue } }
+        get { storage.withLockAnnotated { $0 } }
+        set { storage.withLockAnnotated { $0 = newValue } }
     }
 }
 
@@ -127,7 +127,7 @@ func boundedValue<T: Sendable>(
 private final class ResumeOnce<T: Sendable>: Sendable {
     private let continuation: Mutex<CheckedContinuation<T?, Never>?>
     init(_ continuation: CheckedContinuation<T?, Never>) { self.continuation = Mutex(continuation) }
-    func resume(_ value: T?) { continuation.withLock { $0.take() }?.resume(returning: value) }
+    func resume(_ value: T?) { continuation.withLockAnnotated { $0.take() }?.resume(returning: value) }
 }
 
 /// The value of `task`, or nil if it has not finished within `limit`; then the task is left
