@@ -272,6 +272,26 @@ int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned group, uint64_t to
     return 0;
 }
 
+int cpoller_uring_send(cpoller_uring *u, int fd, const void *base, size_t len, uint64_t token) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_send(sqe, fd, base, len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, token);
+    return 0;
+}
+
+int cpoller_uring_sendmsg(cpoller_uring *u, int fd, struct msghdr *msg, const struct iovec *iov, int count,
+                          uint64_t token) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    if (!sqe) return -EBUSY;
+    memset(msg, 0, sizeof *msg);
+    msg->msg_iov = (struct iovec *)iov;
+    msg->msg_iovlen = (size_t)count;
+    io_uring_prep_sendmsg(sqe, fd, msg, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, token);
+    return 0;
+}
+
 int cpoller_uring_update_mask(cpoller_uring *u, uint64_t token, uint32_t mask) {
     struct io_uring_sqe *sqe = get_sqe(&u->ring);
     if (!sqe) return -EBUSY;
@@ -349,6 +369,14 @@ void cpoller_uring_buffers_free(cpoller_uring_buffers *b) { (void)b; }
 int cpoller_uring_arm_recv(cpoller_uring *u, int fd, unsigned g, uint64_t t) { (void)u; (void)fd; (void)g; (void)t; return -ENOSYS; }
 int cpoller_uring_update_mask(cpoller_uring *u, uint64_t t, uint32_t m) { (void)u; (void)t; (void)m; return -ENOSYS; }
 int cpoller_uring_probe_recv(unsigned flags) { (void)flags; return ENOSYS; }
+int cpoller_uring_send(cpoller_uring *u, int fd, const void *b, size_t n, uint64_t t) {
+    (void)u; (void)fd; (void)b; (void)n; (void)t;
+    return -ENOSYS;
+}
+int cpoller_uring_sendmsg(cpoller_uring *u, int fd, struct msghdr *m, const struct iovec *v, int c, uint64_t t) {
+    (void)u; (void)fd; (void)m; (void)v; (void)c; (void)t;
+    return -ENOSYS;
+}
 int cpoller_uring_probe(unsigned flags) {
     (void)flags;
     int injected = injected_setup_error;

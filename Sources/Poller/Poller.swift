@@ -61,7 +61,7 @@ public final class Poller: Sendable {
         let (start, thread, backend) = try PollerThreadStart.launch(kind: kind, options: options)
         self.backend = backend
         backendKind = kind
-        backendReason = "\(reason); \(backend.receiveSummary)"
+        backendReason = "\(reason); \(backend.receiveSummary); \(backend.sendSummary)"
         runQueue = RunQueue(backend: backend)
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
@@ -151,6 +151,8 @@ public final class Poller: Sendable {
         var stopWaiter: UnsafeContinuation<Void, Never>? = nil
         slot.state.withLockAnnotated { s in
             if s.unblock(generation: generation, woken: &woken) { cancelTimers(slot) }
+            // A send in flight is cancelled; its writer waits for the completion (RingSend.swift).
+            if s.isCurrent(generation) { cancelSendIfStopped(&s, slot: slot) }
             // A detach waiting for its stopped recv (RingReceive.swift) is released too.
             if s.isCurrent(generation) { swap(&stopWaiter, &s.received.stopWaiter) }
         }

@@ -117,6 +117,7 @@ extension Poller {
             let read = apply(change.read, to: slot, isWrite: false)
             let write = apply(change.write, to: slot, isWrite: true)
             wakePoller = read || write
+            cancelSendIfStopped(&s, slot: slot)
         }
         resume(&woken)
         if wakePoller { backend.wake() }
@@ -182,6 +183,7 @@ extension Poller {
                 if let later = s.fireTimer(timer, now: now, woken: &woken) {
                     _ = schedule(slot, when: later, isWrite: timer.isWrite, both: timer.expiresBoth, sequence: timer.sequence)
                 }
+                cancelSendIfStopped(&s, slot: slot)
             }
         }
         expired.removeAll(keepingCapacity: true)

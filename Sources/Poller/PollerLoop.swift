@@ -62,6 +62,10 @@ extension Poller {
                 dispatchReceive(event, slot: slots[i], woken: &woken)
                 continue
             }
+            if event.isSent {
+                dispatchSent(event, slot: slots[i])
+                continue
+            }
             guard let slot = slots[i] else { continue }
             slot.state.withLockAnnotated { s in s.noteEvent(event, woken: &woken) }
         }
@@ -94,6 +98,7 @@ extension Poller {
         for slot in table.allSlots {
             let generation: UInt32? = slot.state.withLockAnnotated { s in s.isOpen ? s.generation : nil }
             if let generation { unblock(slot, generation: generation) }
+            abandonSend(slot)
         }
         for job in leftover { PlatformFallback.enqueue(job.job) }
         let now = MonotonicClock.now()

@@ -45,6 +45,9 @@ public final class NetFD: Sendable {
     /// socket allows it; the first read starts it where the poller can. Changed only with the
     /// read lock held (or before the descriptor is shared).
     let ringReceive = Atomic<UInt8>(RingReceive.off)
+    /// Whether writes from the poller thread may go through io_uring completion send (when the
+    /// poller has it). Tests that pin the readiness write path turn it off.
+    let ringSend = Atomic<Bool>(true)
     /// Work to do after `close(2)` (a Unix listener unlinks its path).
     private let afterClose: (@Sendable () -> Void)?
 

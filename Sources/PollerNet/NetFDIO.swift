@@ -185,7 +185,63 @@ extension NetFD {
     @inline(__always)
     nonisolated(nonsending) func writeAll(_ buffer: UnsafeRawBufferPointer, counting written: inout Int) async throws(NetError) {
         guard let base = buffer.baseAddress else { return }
+        if isSocket && pollDescriptor.sendsThroughRing && ringSend.load(ordering: .relaxed) && !writeCallsAreInjected {
+            try await sendThroughRing(buffer, counting: &written)
+            return
+        }
         try await writeAll(byteCount: buffer.count, counting: &written) { offset, chunk in sendChunk(base + offset, chunk) }
+    }
+
+    /// ``writeAll(_:counting:)`` through io_uring completion send, on the poller thread with
+    /// the write lock held: each chunk is a send on the ring, submitted with the poller's next
+    /// wait, and the writer parks until its completion. The bytes stay the kernel's until
+    /// then: a deadline, close or cancellation cancels the send and still waits for its
+    /// completion, which counts what was sent. A ring that will not take the send (EBUSY), or
+    /// a kernel that says EAGAIN, gets the readiness path for that chunk.
+    nonisolated(nonsending) func sendThroughRing(_ buffer: UnsafeRawBufferPointer, counting written: inout Int) async throws(NetError) {
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            let chunk = min(buffer.count - done, maxChunk)
+            let r = await pollDescriptor.sendThroughRing(base + done, count: chunk, cancellable: observesTaskCancellation)
+            if r > 0 {
+                // Impossible from a sane kernel; trusting it would move past the buffer.
+                guard Int(r) <= chunk else { throw NetError.system(call: "send", errno: EIO) }
+                done += Int(r)
+                written += Int(r)
+                continue
+            }
+            // A stream accepting nothing without an error: Go's io.ErrUnexpectedEOF.
+            if r == 0 { throw NetError.system(call: "send", errno: EIO) }
+            switch -r {
+            case ECANCELED:
+                // Stopped before sending a byte: say why as a readiness wait would. Neither
+                // holds: a cancel meant for an earlier send found this one; send again.
+                try prepare(.write)
+                if observesTaskCancellation && Task.isCancelled { throw .cancelled }
+            case EINTR:
+                continue
+            case EAGAIN, EBUSY:
+                let rest = UnsafeRawBufferPointer(rebasing: buffer[done...])
+                try await writeAll(byteCount: rest.count, counting: &written) { offset, chunk in
+                    sendChunk(rest.baseAddress! + offset, chunk)
+                }
+                return
+            default:
+                throw NetError.fromErrno(-r, call: "send")
+            }
+        }
+    }
+
+    /// Whether a test has replaced write system calls (debug builds): the ring path would
+    /// bypass the replacement.
+    @inline(__always)
+    var writeCallsAreInjected: Bool {
+        #if DEBUG
+        NetTestHooks.active.load(ordering: .relaxed) && NetTestHooks.current.writeCall != nil
+        #else
+        false
+        #endif
     }
 
     /// The loop of every plain write, with the write lock held: `attempt(offset, chunk)`

@@ -412,7 +412,8 @@ extension PollerNetTests {
         // metadata), the count pinned is zero, as Go's. The server side reads on readiness here
         // on both backends: with io_uring completion receive a read has no ready path (its
         // bytes reach the queue only once the poller has reaped the completion, so it parks
-        // every round, which allocates: 1-2 per round, depending on the threads; not pinned).
+        // every round, which allocates: 1-2 per round, depending on the threads; not pinned),
+        // and the client writes by send(2) (a send on the ring parks until its completion).
         @Test(
             "TestTCPReadWriteAllocs: a 128-byte write and a read of it, on the ready path, allocate nothing",
             arguments: BackendKind.allCases)
@@ -575,8 +576,10 @@ private func expectAllocations(
     }
     try await withTCPPair(kind, sourceLocation: sourceLocation) { _, pair in
         let (client, server) = (pair.client, pair.server)
-        // The ready path is readiness's (see #50 above): keep the server off completion receive.
+        // The ready path is readiness's (see #50 above): keep the server off completion receive
+        // and the client off completion send (a send on the ring always parks its writer).
         server.netFD.ringReceive.store(NetFD.RingReceive.off, ordering: .relaxed)
+        client.netFD.ringSend.store(false, ordering: .relaxed)
         let (allocations, error) = await Task(executorPreference: client.executor) { () async -> (UInt64, NetError?) in
             let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 128, alignment: 1)
             let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: 128, alignment: 1)

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <sys/epoll.h>  // EPOLL* bits, which the Swift backends choose and read
 #include <sys/types.h>
+#include <sys/socket.h>  // struct msghdr (cpoller_uring_sendmsg)
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,6 +43,7 @@ enum {
     CPOLLER_EV_HANGUP = 1u << 4,
     CPOLLER_EV_PRIORITY = 1u << 5,
     CPOLLER_EV_RECEIVED = 1u << 6,
+    CPOLLER_EV_SENT = 1u << 7,
 };
 
 typedef struct cpoller_event {
@@ -164,6 +167,20 @@ int cpoller_uring_update_mask(cpoller_uring *ring, uint64_t token, uint32_t mask
 // buffer and stays armed. Returns 0 or a positive errno (EINVAL: no buffer rings;
 // EOPNOTSUPP: no multishot recv, Linux < 6.0).
 int cpoller_uring_probe_recv(unsigned flags);
+
+// MARK: io_uring completion send
+
+// Bit 61 of user_data marks a send (the token of the registration it writes to, with this bit).
+static const uint64_t CPOLLER_URING_SEND_BIT = (uint64_t)1 << 61;
+// Queues one send(2) of `len` bytes at `base` on fd with MSG_NOSIGNAL, user_data = token (which
+// should carry CPOLLER_URING_SEND_BIT). The bytes must stay valid and unchanged until its
+// completion. Returns 0, or -EBUSY when the submission queue is full.
+int cpoller_uring_send(cpoller_uring *ring, int fd, const void *base, size_t len, uint64_t token);
+// Queues one sendmsg(2) of the `count` iovecs at `iov` (which, and the bytes they point to,
+// must stay valid until its completion: the kernel reads them when it issues the request) with
+// MSG_NOSIGNAL. `msg` is caller-owned storage for the header, valid as long. Returns 0 or -EBUSY.
+int cpoller_uring_sendmsg(cpoller_uring *ring, int fd, struct msghdr *msg, const struct iovec *iov, int count,
+                          uint64_t token);
 
 // MARK: Wake-up channel (Go's netpollBreak)
 

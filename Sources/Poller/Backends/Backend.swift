@@ -48,6 +48,16 @@ import Glibc
 //               that recv carries ENDED; a recv ended with data and re-armed does not). Any
 //               thread; does not wait.
 //   receiveSummary  One phrase for `Poller.backendReason`: what does the reads.
+//
+// Completion send (io_uring only):
+//   sendsThroughCompletions  Whether `submitSend` works (false on epoll, or turned off).
+//   submitSend  Queue a send(2) of count bytes at base on fd, tagged token | SEND_BIT (the
+//               bytes stay the kernel's until its completion, which `poll` returns flagged
+//               SENT). Owner thread only (the ring's single issuer); submitted with the next
+//               poll. Returns 0, or an errno (EBUSY: the ring would not take it).
+//   cancelSend  Cancel the send of `token` (its completion then says what it sent, or
+//               -ECANCELED). Any thread; does not wait.
+//   sendSummary  One phrase for `Poller.backendReason`: what does the writes.
 protocol PollerBackend: AnyObject, Sendable {
     var wakeChannel: WakeChannel { get }
     func register(fd: Int32, token: PollToken) -> Int32
@@ -55,6 +65,10 @@ protocol PollerBackend: AnyObject, Sendable {
     func armReceive(fd: Int32, token: PollToken)
     func cancelReceive(token: PollToken)
     var receiveSummary: String { get }
+    var sendsThroughCompletions: Bool { get }
+    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32
+    func cancelSend(token: PollToken)
+    var sendSummary: String { get }
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int
     func wake()
@@ -75,9 +89,10 @@ extension PollerBackend {
 /// A 64-bit registration token: the descriptor slot in the low 32 bits and the slot's
 /// generation in the high 32 bits.
 ///
-/// Generations start at 1 and stay below 2^30, so a user token is never 0 (reserved for the
-/// wake-up channel), never has bit 63 set (reserved for io_uring control requests) nor bit 62
-/// (io_uring's multishot recv of the same registration carries the token with it) and is
+/// Generations start at 1 and stay below 2^28 (`generationLimit`), so a user token is never 0
+/// (reserved for the wake-up channel), never has bit 63 set (reserved for io_uring control
+/// requests) nor bits 62 to 60 (io_uring's requests for the same registration carry the token
+/// with the bit of their kind: 62 a multishot recv, 61 a send, 60 a multishot accept) and is
 /// never UINT64_MAX (liburing's internal timeout marker). A slot's generation changes when its
 /// descriptor is closed, so an event still in flight for the old registration no longer
 /// matches even if the kernel hands the same fd number to a new registration.
@@ -87,7 +102,7 @@ struct PollToken: Hashable, Sendable {
     init(raw: UInt64) { self.raw = raw }
 
     init(slot: UInt32, generation: UInt32) {
-        precondition(generation > 0 && generation < 1 << 30, "generation out of range")
+        precondition(generation > 0 && generation < Self.generationLimit, "generation out of range")
         raw = UInt64(generation) << 32 | UInt64(slot)
     }
 
@@ -97,9 +112,12 @@ struct PollToken: Hashable, Sendable {
     /// The wake-up channel's token.
     static let wake = PollToken(raw: 0)
 
-    /// The generation after `generation`, wrapping within 1..<2^30.
+    /// Generations stay below this (see the type's comment for why).
+    static let generationLimit: UInt32 = 1 << 28
+
+    /// The generation after `generation`, wrapping within 1..<generationLimit.
     static func nextGeneration(after generation: UInt32) -> UInt32 {
-        generation >= (1 << 30) - 1 ? 1 : generation + 1
+        generation >= generationLimit - 1 ? 1 : generation + 1
     }
 }
 
@@ -137,6 +155,8 @@ enum KernelReadiness {
 ///             ended (no IORING_CQE_F_MORE); the backend re-arms it if the registration is live.
 ///   RECEIVED  io_uring completion receive only: a recv completion (see `isReceived`), never
 ///             readiness; with ENDED when that recv is over (nothing more comes from it).
+///   SENT      io_uring completion send only: a send's completion (see `isSent`), never
+///             readiness.
 extension cpoller_event {
     var pollToken: PollToken { PollToken(raw: token) }
     var isReadable: Bool { flags & UInt32(CPOLLER_EV_READABLE) != 0 }
@@ -150,6 +170,8 @@ extension cpoller_event {
     /// A multishot recv completed (io_uring completion receive): `res` bytes (0: end of file;
     /// < 0: -errno, -ENOBUFS when the buffer ring was empty) in the buffer `bufferID` names.
     var isReceived: Bool { flags & UInt32(CPOLLER_EV_RECEIVED) != 0 }
+    /// A send completed (io_uring completion send): `res` bytes sent, or -errno.
+    var isSent: Bool { flags & UInt32(CPOLLER_EV_SENT) != 0 }
     /// The provided buffer a recv completion filled, if it names one.
     var bufferID: UInt16? {
         cqe_flags & UInt32(CPOLLER_URING_CQE_F_BUFFER) != 0

@@ -23,13 +23,14 @@ extension BackendKind {
     /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
     func makeBackend(
         forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment(),
+        send: URingBackend.SendSettings = .fromEnvironment(),
         uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
     ) throws(PollerError) -> any PollerBackend {
         switch self {
         case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
         case .ioUring:
             try URingBackend(
-                forcePipeWake: forcePipeWake, receive: receive, submissionEntries: uringEntries.submission,
+                forcePipeWake: forcePipeWake, receive: receive, send: send, submissionEntries: uringEntries.submission,
                 completionEntries: uringEntries.completion)
         }
     }

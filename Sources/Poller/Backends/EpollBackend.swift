@@ -51,6 +51,10 @@ final class EpollBackend: PollerBackend {
     var receiveSummary: String { "reads by recv(2) on readiness" }
     func armReceive(fd: Int32, token: PollToken) {}
     func cancelReceive(token: PollToken) {}
+    var sendsThroughCompletions: Bool { false }
+    var sendSummary: String { "writes by send(2)" }
+    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32 { EOPNOTSUPP }
+    func cancelSend(token: PollToken) {}
 
     func register(fd: Int32, token: PollToken) -> Int32 {
         closed.withLockAnnotated { closed in closed ? EBADF : -cpoller_epoll_add(epollFD, fd, Self.registration, token.raw) }

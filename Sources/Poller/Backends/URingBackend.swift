@@ -55,6 +55,8 @@ final class URingBackend: PollerBackend {
     let waitBackoff = WaitBackoff(call: "io_uring_enter (wait)")
     let receiveBuffers: ReceiveBufferRing?
     let receiveSummary: String
+    let sendsThroughCompletions: Bool
+    let sendSummary: String
 
     /// Completion receive's set-up: on unless turned off (`POLLER_URING_RECV=off`, or a test),
     /// with the buffer ring's geometry.
@@ -68,11 +70,29 @@ final class URingBackend: PollerBackend {
 
         static func fromEnvironment() -> ReceiveSettings {
             var settings = ReceiveSettings()
-            if let value = getenv(environmentVariable), ["off", "0", "no"].contains(String(cString: value).lowercased()) {
-                settings.enabled = false
-            }
+            settings.enabled = !URingBackend.isTurnedOff(environmentVariable)
             return settings
         }
+    }
+
+    /// Completion send's set-up: on unless turned off (`POLLER_URING_SEND=off`, or a test).
+    /// IORING_OP_SEND is older (Linux 5.6) than what the ring's set-up needs (6.1), so there
+    /// is nothing to probe.
+    struct SendSettings: Sendable {
+        var enabled = true
+
+        /// The environment variable that turns completion send off: `off` or `0`.
+        static let environmentVariable = "POLLER_URING_SEND"
+
+        static func fromEnvironment() -> SendSettings {
+            SendSettings(enabled: !isTurnedOff(environmentVariable))
+        }
+    }
+
+    /// Whether the environment variable `name` says `off`, `0` or `no`.
+    static func isTurnedOff(_ name: String) -> Bool {
+        guard let value = getenv(name) else { return false }
+        return ["off", "0", "no"].contains(String(cString: value).lowercased())
     }
 
     /// The ring's set-up flags. SINGLE_ISSUER | DEFER_TASKRUN: measured here, a readiness ring
@@ -86,7 +106,7 @@ final class URingBackend: PollerBackend {
         | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
-        enum Kind { case arm, remove, armReceive, cancelReceive }
+        enum Kind { case arm, remove, armReceive, cancelReceive, cancelSend }
         var kind: Kind
         var fd: Int32
         var token: PollToken
@@ -153,7 +173,8 @@ final class URingBackend: PollerBackend {
 
     /// Creates the ring on the calling thread, which becomes its owner.
     init(
-        forcePipeWake: Bool = false, receive: ReceiveSettings = .fromEnvironment(), submissionEntries: UInt32 = 512,
+        forcePipeWake: Bool = false, receive: ReceiveSettings = .fromEnvironment(),
+        send: SendSettings = .fromEnvironment(), submissionEntries: UInt32 = 512,
         completionEntries: UInt32 = 16384
     ) throws(PollerError) {
         var err: Int32 = 0
@@ -181,6 +202,11 @@ final class URingBackend: PollerBackend {
             throw .system(call: "io_uring poll (wake)", errno: -r)
         }
         (receiveBuffers, receiveSummary) = Self.setUpReceive(ring, receive)
+        sendsThroughCompletions = send.enabled
+        sendSummary =
+            send.enabled
+            ? "writes from the poller thread through the ring (send(2) elsewhere)"
+            : "writes by send(2) (completion send turned off: \(SendSettings.environmentVariable))"
         probeEpollFD = probe
         self.ring = ring
         ringFD = cpoller_uring_fd(ring)
@@ -346,6 +372,36 @@ final class URingBackend: PollerBackend {
         if onOwner { cancelReceiveNow(token, neverArmed: neverArmed) } else { wake() }
     }
 
+    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32 {
+        precondition(onOwnerThread, "io_uring: a send submitted off the ring's owner thread")
+        #if DEBUG
+        ringSends.add(1, ordering: .relaxed)
+        #endif
+        return queueRequest { cpoller_uring_send(ring, fd, base, count, token.raw | CPOLLER_URING_SEND_BIT) }
+    }
+
+    func cancelSend(token: PollToken) {
+        let onOwner = onOwnerThread
+        // After shutdown the ring is gone (the sends with it: their writers are resumed by the
+        // core's sweep).
+        let queued = state.withLockAnnotated { s in
+            guard !s.isShutdown else { return false }
+            if !onOwner { s.commands.append(Command(kind: .cancelSend, fd: -1, token: token, done: nil)) }
+            return true
+        }
+        guard queued else { return }
+        #if DEBUG
+        ringSendCancels.add(1, ordering: .relaxed)
+        #endif
+        if onOwner { cancelNow(PollToken(raw: token.raw | CPOLLER_URING_SEND_BIT)) } else { wake() }
+    }
+
+    /// Queues the cancel of the request tagged `request` (a token with its kind's bit), or
+    /// retries it before every wait until it is queued. Owner thread.
+    private func cancelNow(_ request: PollToken) {
+        if queueRequest({ cpoller_uring_queue_cancel(ring, request.raw) }) != 0 { owner.cancels.append(request) }
+    }
+
     /// Cancels the recv of `token`, or, if it was never queued, makes up its ended completion.
     /// Owner thread.
     private func cancelReceiveNow(_ token: PollToken, neverArmed: Bool = false) {
@@ -360,8 +416,7 @@ final class URingBackend: PollerBackend {
             owner.receiveEndsDue.append(token)
             return
         }
-        let recv = PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)
-        if queueRequest({ cpoller_uring_queue_cancel(ring, recv.raw) }) != 0 { owner.cancels.append(recv) }
+        cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT))
     }
 
     /// Queues the multishot recv of `token` if it is still live and receiving, else (when the
@@ -410,6 +465,13 @@ final class URingBackend: PollerBackend {
             // A cancel that failed (-ENOENT, -EALREADY): the poll was gone already.
             if event.token & CPOLLER_URING_CONTROL_BIT != 0 { continue }
             seen += 1
+            if event.token & CPOLLER_URING_SEND_BIT != 0 {
+                event.token &= ~CPOLLER_URING_SEND_BIT
+                event.flags = UInt32(CPOLLER_EV_SENT)
+                events[kept] = event
+                kept += 1
+                continue
+            }
             if event.token & CPOLLER_URING_RECV_BIT != 0 {
                 event.token &= ~CPOLLER_URING_RECV_BIT
                 if let id = event.bufferID, let buffers = receiveBuffers {
@@ -635,8 +697,7 @@ final class URingBackend: PollerBackend {
         owner.trouble[token] = nil
         if receiveBuffers != nil {
             // Its recv, if it has one (a cancel that finds none completes with -ENOENT, unseen).
-            let recv = PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)
-            if queueRequest({ cpoller_uring_queue_cancel(ring, recv.raw) }) != 0 { owner.cancels.append(recv) }
+            cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT))
         }
         var r = queueRequest { cpoller_uring_queue_cancel(ring, token.raw) }
         if r == 0 {
@@ -709,6 +770,8 @@ final class URingBackend: PollerBackend {
                 armReceiveNow(command.token, starts: command.starts)
             case .cancelReceive:
                 cancelReceiveNow(command.token, neverArmed: command.starts)
+            case .cancelSend:
+                cancelNow(PollToken(raw: command.token.raw | CPOLLER_URING_SEND_BIT))
             }
         }
     }
@@ -734,6 +797,9 @@ final class URingBackend: PollerBackend {
     var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
     /// Completion-queue overflows seen so far. Owner thread only.
     var overflowCount: UInt64 { owner.overflows }
+    /// Sends queued on the ring so far, and cancels asked of them.
+    let ringSends = Atomic<Int>(0)
+    let ringSendCancels = Atomic<Int>(0)
     /// Recvs re-armed after the kernel ended them with data. Owner thread only.
     var receiveRearmCount: Int { owner.receiveRearms }
     #endif

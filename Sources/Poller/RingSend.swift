@@ -1,0 +1,125 @@
+import CPoller
+import Glibc
+
+// io_uring completion send, the core's half: a writer on the poller thread queues a send on
+// the ring (submitted with the loop's next io_uring_enter, together with every other send
+// and the wait) and parks until its completion, instead of making a send(2) of its own.
+//
+// The caller's bytes are the kernel's until the completion: a send is never abandoned. A
+// deadline that expires, an unblock (close) or the writer's task being cancelled cancels the
+// request instead (IORING_OP_ASYNC_CANCEL), and the writer still waits for the send's own
+// completion, which says what the kernel took: bytes sent before the cancel are counted (none
+// lost, none sent twice), and -ECANCELED means none were. The writer then asks the slot why
+// (``SlotState/pendingError(_:)``), as a readiness wait would have told it.
+
+/// The send in flight for one descriptor, under the slot's lock.
+///
+/// Invariants: at most one send per descriptor is in flight (the net layer's write lock); a
+/// writer is parked here from the moment its send is queued until its completion (or the
+/// poller's shutdown, which resumes it with -ECANCELED: the ring is gone); `cancelRequested`
+/// is set at most once per send, so a deadline, a close and a cancellation together queue
+/// one cancel.
+struct SendInFlight {
+    /// The writer waiting for the completion, resumed with its result (bytes, or -errno).
+    var waiter: UnsafeContinuation<Int32, Never>? = nil
+    var cancelRequested = false
+
+    /// Whether a cancel should be queued now: a send is in flight, none was asked for, and
+    /// `reason` holds (the write deadline expired, the slot is closing, the task was
+    /// cancelled). Marks it asked for.
+    mutating func needsCancel(_ reason: Bool) -> Bool {
+        guard reason, waiter != nil, !cancelRequested else { return false }
+        cancelRequested = true
+        return true
+    }
+}
+
+extension Poller {
+    /// Whether a write from the calling thread goes through the ring: the backend sends
+    /// through completions and this is its owner thread (the only one that may submit). A
+    /// writer elsewhere makes its own send(2): a hop to the poller thread would cost a wake-up,
+    /// more than the system call it saves.
+    public var sendsThroughCompletions: Bool { backend.sendsThroughCompletions }
+
+    @inline(__always)
+    func canSendThroughRing() -> Bool {
+        backend.sendsThroughCompletions && Poller.current === self
+    }
+
+    /// Queues a send of `count` bytes at `base` and waits for its completion: the bytes sent
+    /// (at least 0), or -errno: -ECANCELED when it was cancelled before sending a byte (or was
+    /// never queued because the slot is closing, its write deadline has passed or the task is
+    /// cancelled), -EBUSY when the ring would not take it (send it yourself).
+    nonisolated(nonsending) func sendThroughRing(
+        _ slot: DescriptorSlot, generation: UInt32, base: UnsafeRawPointer, count: Int, cancellable: Bool
+    ) async -> Int32 {
+        let token = PollToken(slot: slot.index, generation: generation)
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (c: UnsafeContinuation<Int32, Never>) in
+                let refused: Int32? = slot.state.withLockAnnotated { s in
+                    guard s.isCurrent(generation), s.pendingError(.write) == nil else { return -ECANCELED }
+                    // Checked under the lock: a cancellation after this finds the send queued.
+                    if cancellable && Task.isCancelled { return -ECANCELED }
+                    let r = backend.submitSend(fd: s.fd, token: token, base: base, count: count)
+                    guard r == 0 else { return -r }
+                    s.sent = SendInFlight(waiter: c)
+                    return nil
+                }
+                if let refused { c.resume(returning: refused) }
+            }
+        } onCancel: {
+            guard cancellable else { return }
+            slot.state.withLockAnnotated { s in
+                if s.isCurrent(generation), s.sent.needsCancel(true) { backend.cancelSend(token: token) }
+            }
+        }
+    }
+
+    /// Queues the cancel of the slot's send if `s` now says its writer must stop (deadline,
+    /// closing). Under the slot's lock (lock order: slot, then the backend's state).
+    func cancelSendIfStopped(_ s: inout SlotState, slot: DescriptorSlot) {
+        guard s.sent.waiter != nil, s.sent.needsCancel(s.pendingError(.write) != nil) else { return }
+        backend.cancelSend(token: PollToken(slot: slot.index, generation: s.generation))
+    }
+
+    /// Dispatch of one send completion (PollerLoop.swift).
+    func dispatchSent(_ event: cpoller_event, slot: DescriptorSlot?) {
+        let waiter: UnsafeContinuation<Int32, Never>? = slot?.state.withLockAnnotated { s in
+            guard s.isCurrent(event.pollToken.generation) else { return nil }
+            defer { s.sent = SendInFlight() }
+            return s.sent.waiter
+        }
+        waiter?.resume(returning: event.res)
+    }
+
+    /// Shutdown: the ring is destroyed, so no send completes any more; its writer is resumed
+    /// with -ECANCELED (the slot is closing, so it reports `.closing`). Poller thread, after
+    /// the backend's shutdown (which cancelled the requests).
+    func abandonSend(_ slot: DescriptorSlot) {
+        let waiter: UnsafeContinuation<Int32, Never>? = slot.state.withLockAnnotated { s in
+            defer { s.sent = SendInFlight() }
+            return s.sent.waiter
+        }
+        waiter?.resume(returning: -ECANCELED)
+    }
+}
+
+extension PollDescriptor {
+    /// Whether a write from the calling thread now goes through the ring
+    /// (``sendThroughRing(_:count:cancellable:)``): io_uring completion send, and this is the
+    /// poller's own thread.
+    @inline(__always)
+    package var sendsThroughRing: Bool { poller.canSendThroughRing() }
+
+    /// Sends `count` bytes at `base` through the ring and waits for the completion; see
+    /// `Poller.sendThroughRing`. `base` must stay valid until this returns (it always waits
+    /// for the kernel to be done with it). A deadline, close or (with `cancellable`) task
+    /// cancellation cancels the send; bytes it sent before that are returned, -ECANCELED when
+    /// none were: then ``reset(for:)`` and `Task.isCancelled` say why, and with neither the
+    /// caller tries again.
+    package nonisolated(nonsending) func sendThroughRing(
+        _ base: UnsafeRawPointer, count: Int, cancellable: Bool
+    ) async -> Int32 {
+        await poller.sendThroughRing(slot, generation: generation, base: base, count: count, cancellable: cancellable)
+    }
+}
