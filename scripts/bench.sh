@@ -10,7 +10,8 @@
 #   --duration S      measured seconds per run (default 4; --quick: 1.2)
 #   --warmup S        warm-up seconds per run before the measured window (default 1; --quick: 0.4)
 #   --servers LIST    comma-separated subset of: c-epoll,c-uring,poller-epoll,poller-uring,
-#                     poller-uring-ready (io_uring with completion receive off),go,nio
+#                     poller-uring-recv (io_uring with completion send off),
+#                     poller-uring-ready (io_uring with completion receive and send off),go,nio
 #   --points LIST     comma-separated subset of: c1,c64,c512,c64-4k,idle10k,allcores64,allcores512
 #   --no-http         skip the HTTP section (wrk against go-http, nio-http, poller-http)
 #   --retries N       re-run a run whose CPU 0 was more than 15% busy with other processes
@@ -55,7 +56,7 @@ cd "$ROOT"
 ORIG_CMD="scripts/bench.sh${*:+ $*}"
 
 MODE=full REPS=5 DURATION=4 WARMUP=1 HTTP_DURATION=10 HTTP_WARMUP=2
-SERVERS_WANTED="c-epoll,c-uring,poller-epoll,poller-uring,poller-uring-ready,go,nio"
+SERVERS_WANTED="c-epoll,c-uring,poller-epoll,poller-uring,poller-uring-recv,poller-uring-ready,go,nio"
 POINTS_WANTED="c1,c64,c512,c64-4k,idle10k,allcores64,allcores512"
 DO_HTTP=1 DO_BUILD=1 DO_INSTALL=1 OUT="$ROOT/BENCHMARKS.md" BASELINE='' WAIT_QUIET=0
 REPS_SET='' DUR_SET='' WARM_SET='' RETRIES_SET='' RETRIES=2 OTHER_MAX=15
@@ -237,7 +238,7 @@ else
 fi
 LOADGEN="$ROOT_BIN/poller-loadgen"
 [ -x "$LOADGEN" ] || { log "no load generator at $LOADGEN"; exit 1; }
-[ "${HAVE[poller-echo]:-0}" = 1 ] && HAVE[poller-epoll]=1 HAVE[poller-uring]=1 HAVE[poller-uring-ready]=1
+[ "${HAVE[poller-echo]:-0}" = 1 ] && HAVE[poller-epoll]=1 HAVE[poller-uring]=1 HAVE[poller-uring-recv]=1 HAVE[poller-uring-ready]=1
 
 # From here on this shell and its helpers stay on CPU 1, next to the load generator: CPU 0
 # belongs to the servers.
@@ -251,8 +252,10 @@ LABEL[c-epoll]="raw C epoll (ET, 1 thread)";   CMD[c-epoll]="$BIN/c-epoll-echo -
 LABEL[c-uring]="raw C io_uring completion (1 thread)"; CMD[c-uring]="$BIN/c-uring-echo --host 127.0.0.1 --port 0"
 LABEL[poller-epoll]="poller-echo epoll";       CMD[poller-epoll]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend epoll"
 LABEL[poller-uring]="poller-echo io_uring";    CMD[poller-uring]="$ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
-LABEL[poller-uring-ready]="poller-echo io_uring, readiness reads"
-CMD[poller-uring-ready]="env POLLER_URING_RECV=off $ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
+LABEL[poller-uring-recv]="poller-echo io_uring, completion receive, send(2)"
+CMD[poller-uring-recv]="env POLLER_URING_SEND=off $ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
+LABEL[poller-uring-ready]="poller-echo io_uring, readiness only (recv(2), send(2))"
+CMD[poller-uring-ready]="env POLLER_URING_RECV=off POLLER_URING_SEND=off $ROOT_BIN/poller-echo --host 127.0.0.1 --port 0 --backend io_uring"
 LABEL[go]="Go net (goroutine/conn)";           CMD[go]="$BIN/go-echo --host 127.0.0.1 --port 0"
 LABEL[nio]="SwiftNIO (1 event loop)";          CMD[nio]="$NIO_BIN/nio-echo --host 127.0.0.1 --port 0"
 LABEL[go-http]="Go net/http";                  CMD[go-http]="$BIN/go-http --host 127.0.0.1 --port 0"
@@ -289,7 +292,7 @@ LABEL[nio-all]="SwiftNIO ($NPROC event loops)"
 CMD[nio-all]="${CMD[nio]} --threads $NPROC"; ALL_BASE[nio-all]=nio
 for key in "${!ALL_BASE[@]}"; do SCPUS[$key]=$ALL_CPUS; done
 IDLE_TIMEOUT=60
-for key in poller-epoll poller-uring poller-uring-ready base-epoll base-uring go nio; do
+for key in poller-epoll poller-uring poller-uring-recv poller-uring-ready base-epoll base-uring go nio; do
   [ -n "${CMD[$key]:-}" ] || continue
   LABEL[$key-dl]="${LABEL[$key]}, ${IDLE_TIMEOUT} s read deadlines"
   CMD[$key-dl]="${CMD[$key]} --idle-timeout $IDLE_TIMEOUT"
@@ -384,11 +387,11 @@ if [ "$SOFT_NOFILE" != unlimited ] && [ "$SOFT_NOFILE" -lt "$NEED_FDS" ]; then
 fi
 
 ECHO_SERVERS=()
-for key in c-epoll c-uring poller-epoll poller-uring poller-uring-ready base-epoll base-uring go nio; do
+for key in c-epoll c-uring poller-epoll poller-uring poller-uring-recv poller-uring-ready base-epoll base-uring go nio; do
   case ",$SERVERS_WANTED," in *",$key,"*) ;; *) continue ;; esac
   if [ "${HAVE[$key]:-0}" != 1 ]; then
     case $key in
-      poller-epoll|poller-uring|poller-uring-ready) ;;  # noted with the build
+      poller-epoll|poller-uring|poller-uring-recv|poller-uring-ready) ;;  # noted with the build
       *) [ $DO_BUILD = 0 ] && note "${LABEL[$key]}: no binary (run without --no-build)" ;;
     esac
     continue

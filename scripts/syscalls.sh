@@ -10,8 +10,8 @@
 #   scripts/syscalls.sh [--out FILE] [--connections "1 64 512"]
 #
 # Servers: raw C epoll and raw C io_uring completion (Benchmarks/peers, built here if
-# missing), poller-echo on epoll, on io_uring (completion receive) and on io_uring with
-# completion receive off (POLLER_URING_RECV=off). Needs root (perf on another process) and a
+# missing), poller-echo on epoll, on io_uring (completion receive and send), on io_uring with
+# completion send off (POLLER_URING_SEND=off) and with both off (readiness only). Needs root (perf on another process) and a
 # release build (made here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,13 +75,15 @@ measure() {
 ECHO="$BIN/poller-echo"
 declare -A ROW
 LABELS=("raw C epoll (ET, read until EAGAIN)" "raw C io_uring completion (recv and send on the ring)"
-  "poller-echo epoll" "poller-echo io_uring (completion receive)" "poller-echo io_uring, readiness reads")
+  "poller-echo epoll" "poller-echo io_uring (completion receive and send)"
+  "poller-echo io_uring, completion receive, send(2)" "poller-echo io_uring, readiness only (recv(2), send(2))")
 for conns in $CONNS; do
   ROW["0 $conns"]=$(measure c-epoll "$conns" "" "$PEERS/bin/c-epoll-echo")
   ROW["1 $conns"]=$(measure c-uring "$conns" "" "$PEERS/bin/c-uring-echo")
   ROW["2 $conns"]=$(measure poller-epoll "$conns" "" "$ECHO" --backend epoll)
   ROW["3 $conns"]=$(measure poller-uring "$conns" "" "$ECHO" --backend io_uring)
-  ROW["4 $conns"]=$(measure poller-uring-ready "$conns" "POLLER_URING_RECV=off" "$ECHO" --backend io_uring)
+  ROW["4 $conns"]=$(measure poller-uring-recv "$conns" "POLLER_URING_SEND=off" "$ECHO" --backend io_uring)
+  ROW["5 $conns"]=$(measure poller-uring-ready "$conns" "POLLER_URING_RECV=off POLLER_URING_SEND=off" "$ECHO" --backend io_uring)
 done
 
 report() {
@@ -97,7 +99,7 @@ report() {
   for _ in $CONNS; do printf -- '---:|---:|'; done
   echo
   local i
-  for i in 0 1 2 3 4; do
+  for i in 0 1 2 3 4 5; do
     printf '| %s |' "${LABELS[$i]}"
     for conns in $CONNS; do
       read -r per rate <<<"${ROW["$i $conns"]}"

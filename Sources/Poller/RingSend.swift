@@ -12,6 +12,14 @@ import Glibc
 // lost, none sent twice), and -ECANCELED means none were. The writer then asks the slot why
 // (``SlotState/pendingError(_:)``), as a readiness wait would have told it.
 
+/// What a send on the ring sends: bytes, or a gathered write (sendmsg(2) of iovecs). The
+/// pointers, and what they point to, must stay valid until the send's completion.
+package enum RingSendRequest {
+    case bytes(UnsafeRawPointer, count: Int)
+    /// `header` is storage for the message header; `vectors` the `count` iovecs.
+    case message(header: UnsafeMutablePointer<msghdr>, vectors: UnsafePointer<iovec>, count: Int)
+}
+
 /// The send in flight for one descriptor, under the slot's lock.
 ///
 /// Invariants: at most one send per descriptor is in flight (the net layer's write lock); a
@@ -46,12 +54,12 @@ extension Poller {
         backend.sendsThroughCompletions && Poller.current === self
     }
 
-    /// Queues a send of `count` bytes at `base` and waits for its completion: the bytes sent
+    /// Queues `request` and waits for its completion: the bytes sent
     /// (at least 0), or -errno: -ECANCELED when it was cancelled before sending a byte (or was
     /// never queued because the slot is closing, its write deadline has passed or the task is
     /// cancelled), -EBUSY when the ring would not take it (send it yourself).
     nonisolated(nonsending) func sendThroughRing(
-        _ slot: DescriptorSlot, generation: UInt32, base: UnsafeRawPointer, count: Int, cancellable: Bool
+        _ slot: DescriptorSlot, generation: UInt32, request: RingSendRequest, cancellable: Bool
     ) async -> Int32 {
         let token = PollToken(slot: slot.index, generation: generation)
         return await withTaskCancellationHandler {
@@ -60,7 +68,7 @@ extension Poller {
                     guard s.isCurrent(generation), s.pendingError(.write) == nil else { return -ECANCELED }
                     // Checked under the lock: a cancellation after this finds the send queued.
                     if cancellable && Task.isCancelled { return -ECANCELED }
-                    let r = backend.submitSend(fd: s.fd, token: token, base: base, count: count)
+                    let r = backend.submitSend(fd: s.fd, token: token, request: request)
                     guard r == 0 else { return -r }
                     s.sent = SendInFlight(waiter: c)
                     return nil
@@ -106,20 +114,20 @@ extension Poller {
 
 extension PollDescriptor {
     /// Whether a write from the calling thread now goes through the ring
-    /// (``sendThroughRing(_:count:cancellable:)``): io_uring completion send, and this is the
+    /// (``sendThroughRing(_:cancellable:)``): io_uring completion send, and this is the
     /// poller's own thread.
     @inline(__always)
     package var sendsThroughRing: Bool { poller.canSendThroughRing() }
 
-    /// Sends `count` bytes at `base` through the ring and waits for the completion; see
-    /// `Poller.sendThroughRing`. `base` must stay valid until this returns (it always waits
-    /// for the kernel to be done with it). A deadline, close or (with `cancellable`) task
+    /// Sends `request` through the ring and waits for the completion; see
+    /// `Poller.sendThroughRing`. Its pointers must stay valid until this returns (it always
+    /// waits for the kernel to be done with them). A deadline, close or (with `cancellable`) task
     /// cancellation cancels the send; bytes it sent before that are returned, -ECANCELED when
     /// none were: then ``reset(for:)`` and `Task.isCancelled` say why, and with neither the
     /// caller tries again.
     package nonisolated(nonsending) func sendThroughRing(
-        _ base: UnsafeRawPointer, count: Int, cancellable: Bool
+        _ request: RingSendRequest, cancellable: Bool
     ) async -> Int32 {
-        await poller.sendThroughRing(slot, generation: generation, base: base, count: count, cancellable: cancellable)
+        await poller.sendThroughRing(slot, generation: generation, request: request, cancellable: cancellable)
     }
 }

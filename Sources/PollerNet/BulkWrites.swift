@@ -41,6 +41,13 @@ extension NetFD {
         let call = isSocket ? "sendmsg" : "writev"
         let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: min(max(buffers.count, 1), maxBuffersPerCall))
         defer { vectors.deallocate() }
+        // From the poller thread with io_uring completion send: sendmsg on the ring, whose
+        // header and iovecs must outlive each send (they do: freed when this returns).
+        var ringHeader: UnsafeMutablePointer<msghdr>? = nil
+        if isSocket && pollDescriptor.sendsThroughRing && ringSend.load(ordering: .relaxed) && !writeCallsAreInjected {
+            ringHeader = .allocate(capacity: 1)
+        }
+        defer { ringHeader?.deallocate() }
         // The next byte to write: buffer `index`, `offset` bytes in.
         var index = 0
         var offset = 0
@@ -69,7 +76,19 @@ extension NetFD {
             #if DEBUG  // the test seam exists only where tests run
             if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, total) }
             #endif
-            let n = injected ?? gatheredWrite(vectors, count: count)
+            var n: Int
+            var e: Int32 = 0
+            if let injected {
+                n = injected
+            } else if let header = ringHeader {
+                let r = await pollDescriptor.sendThroughRing(
+                    .message(header: header, vectors: vectors, count: count), cancellable: observesTaskCancellation)
+                n = r >= 0 ? Int(r) : -1
+                e = r >= 0 ? 0 : -r
+            } else {
+                n = gatheredWrite(vectors, count: count)
+            }
+            if n < 0 && e == 0 { e = errno }
             if n > total {
                 // Impossible from a sane kernel; trusting it would move past the buffers.
                 throw NetError.system(call: call, errno: EIO)
@@ -95,9 +114,13 @@ extension NetFD {
                 // Bytes offered, none taken, no error: Go's io.ErrUnexpectedEOF.
                 throw NetError.system(call: call, errno: EIO)
             }
-            let e = errno
             switch e {
             case EINTR: continue
+            case ECANCELED where ringHeader != nil: try ringSendCancelled()
+            case EBUSY where ringHeader != nil:
+                // The ring would not take it: the rest by system calls.
+                ringHeader?.deallocate()
+                ringHeader = nil
             case EAGAIN, EWOULDBLOCK: try await waitReady(.write, call: call)
             default: throw NetError.fromErrno(e, call: call)
             }

@@ -203,7 +203,7 @@ extension NetFD {
         var done = 0
         while done < buffer.count {
             let chunk = min(buffer.count - done, maxChunk)
-            let r = await pollDescriptor.sendThroughRing(base + done, count: chunk, cancellable: observesTaskCancellation)
+            let r = await pollDescriptor.sendThroughRing(.bytes(base + done, count: chunk), cancellable: observesTaskCancellation)
             if r > 0 {
                 // Impossible from a sane kernel; trusting it would move past the buffer.
                 guard Int(r) <= chunk else { throw NetError.system(call: "send", errno: EIO) }
@@ -215,10 +215,7 @@ extension NetFD {
             if r == 0 { throw NetError.system(call: "send", errno: EIO) }
             switch -r {
             case ECANCELED:
-                // Stopped before sending a byte: say why as a readiness wait would. Neither
-                // holds: a cancel meant for an earlier send found this one; send again.
-                try prepare(.write)
-                if observesTaskCancellation && Task.isCancelled { throw .cancelled }
+                try ringSendCancelled()
             case EINTR:
                 continue
             case EAGAIN, EBUSY:
@@ -231,6 +228,14 @@ extension NetFD {
                 throw NetError.fromErrno(-r, call: "send")
             }
         }
+    }
+
+    /// A send on the ring ended with -ECANCELED, before sending a byte: throws why, as a
+    /// readiness wait would have (closed, timeout, cancelled). When neither holds, a cancel
+    /// meant for an earlier send found this one: returns, and the caller sends again.
+    func ringSendCancelled() throws(NetError) {
+        try prepare(.write)
+        if observesTaskCancellation && Task.isCancelled { throw .cancelled }
     }
 
     /// Whether a test has replaced write system calls (debug builds): the ring path would

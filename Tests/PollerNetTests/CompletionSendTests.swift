@@ -93,6 +93,14 @@ func readToEnd(_ connection: Connection) async throws -> [UInt8] {
     }
 }
 
+/// Runs `body` with a copy of `bytes` in memory that stays put across suspensions.
+func withCopy(of bytes: [UInt8], _ body: (UnsafeRawBufferPointer) async throws -> Void) async throws {
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+    defer { copy.deallocate() }
+    copy.copyBytes(from: bytes)
+    try await body(UnsafeRawBufferPointer(copy))
+}
+
 /// A large message whose every prefix is recognisable.
 func patterned(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 11) } }
 
@@ -122,6 +130,46 @@ extension PollerNetTests {
                 try await readExactly(pair.server, sent.count, into: &received)
                 #expect(await result == WriteResult(bytesWritten: sent.count, error: nil))
                 #expect(received == sent)
+            }
+        }
+
+        @Test(
+            "A gathered write of 300 buffers from the poller thread arrives intact, resumed across buffer boundaries",
+            arguments: WritePath.allCases)
+        func gatheredWriteArrivesIntact(path: WritePath) async throws {
+            try await withWritePathPair(path) { poller, pair in
+                let sent = patterned(300 * 3001)
+                try await withCopy(of: sent) { bytes in
+                    let buffers = (0..<300).map { UnsafeRawBufferPointer(rebasing: bytes[($0 * 3001)..<(($0 + 1) * 3001)]) }
+                    let reader = Task { try await readToEnd(pair.server) }
+                    let result = await withTaskExecutorPreference(poller.executor) {
+                        await pair.client.writeReportingProgress(buffers: buffers)
+                    }
+                    #expect(result == WriteResult(bytesWritten: sent.count, error: nil))
+                    try await pair.client.close()
+                    #expect(try await reader.value == sent)
+                }
+            }
+        }
+
+        @Test(
+            "A write deadline that expires during a gathered write: timeout, and the peer gets exactly the bytes counted",
+            arguments: WritePath.allCases)
+        func deadlineCancelsTheGatheredSend(path: WritePath) async throws {
+            try await withWritePathPair(path) { poller, pair in
+                let sent = patterned(1 << 20)
+                try pair.client.setWriteDeadline(in: .milliseconds(100))
+                try await withCopy(of: sent) { bytes in
+                    let buffers = (0..<16).map { UnsafeRawBufferPointer(rebasing: bytes[($0 << 16)..<(($0 + 1) << 16)]) }
+                    let result = await withTaskExecutorPreference(poller.executor) {
+                        await pair.client.writeReportingProgress(buffers: buffers)
+                    }
+                    #expect(result.error == .timeout)
+                    expectSendCancelled(path, poller)
+                    try await pair.client.close()
+                    let received = try await readToEnd(pair.server)
+                    #expect(received.count == result.bytesWritten && received == Array(sent[0..<received.count]))
+                }
             }
         }
 

@@ -51,8 +51,8 @@ import Glibc
 //
 // Completion send (io_uring only):
 //   sendsThroughCompletions  Whether `submitSend` works (false on epoll, or turned off).
-//   submitSend  Queue a send(2) of count bytes at base on fd, tagged token | SEND_BIT (the
-//               bytes stay the kernel's until its completion, which `poll` returns flagged
+//   submitSend  Queue a send(2) or sendmsg(2) on fd, tagged token | SEND_BIT (the request's
+//               memory stays the kernel's until its completion, which `poll` returns flagged
 //               SENT). Owner thread only (the ring's single issuer); submitted with the next
 //               poll. Returns 0, or an errno (EBUSY: the ring would not take it).
 //   cancelSend  Cancel the send of `token` (its completion then says what it sent, or
@@ -66,7 +66,7 @@ protocol PollerBackend: AnyObject, Sendable {
     func cancelReceive(token: PollToken)
     var receiveSummary: String { get }
     var sendsThroughCompletions: Bool { get }
-    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32
+    func submitSend(fd: Int32, token: PollToken, request: RingSendRequest) -> Int32
     func cancelSend(token: PollToken)
     var sendSummary: String { get }
     func deregister(fd: Int32, token: PollToken) -> Int32

@@ -53,7 +53,7 @@ final class EpollBackend: PollerBackend {
     func cancelReceive(token: PollToken) {}
     var sendsThroughCompletions: Bool { false }
     var sendSummary: String { "writes by send(2)" }
-    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32 { EOPNOTSUPP }
+    func submitSend(fd: Int32, token: PollToken, request: RingSendRequest) -> Int32 { EOPNOTSUPP }
     func cancelSend(token: PollToken) {}
 
     func register(fd: Int32, token: PollToken) -> Int32 {

@@ -372,12 +372,18 @@ final class URingBackend: PollerBackend {
         if onOwner { cancelReceiveNow(token, neverArmed: neverArmed) } else { wake() }
     }
 
-    func submitSend(fd: Int32, token: PollToken, base: UnsafeRawPointer, count: Int) -> Int32 {
+    func submitSend(fd: Int32, token: PollToken, request: RingSendRequest) -> Int32 {
         precondition(onOwnerThread, "io_uring: a send submitted off the ring's owner thread")
         #if DEBUG
         ringSends.add(1, ordering: .relaxed)
         #endif
-        return queueRequest { cpoller_uring_send(ring, fd, base, count, token.raw | CPOLLER_URING_SEND_BIT) }
+        let tag = token.raw | CPOLLER_URING_SEND_BIT
+        return queueRequest {
+            switch request {
+            case .bytes(let base, let count): cpoller_uring_send(ring, fd, base, count, tag)
+            case .message(let header, let vectors, let count): cpoller_uring_sendmsg(ring, fd, header, vectors, Int32(count), tag)
+            }
+        }
     }
 
     func cancelSend(token: PollToken) {
