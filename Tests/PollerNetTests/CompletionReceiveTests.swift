@@ -253,6 +253,58 @@ extension PollerNetTests {
         // connections sending at once the completion queue overflows; the kernel keeps what
         // overflowed (NODROP) but ends the multishot recvs it could not post to, and the
         // backend re-arms each one that ended with data.
+        @Test(
+            "Ten thousand connections sending at once: every byte echoed, through a ring that runs dry (the C load generator as client)",
+            arguments: ReadPath.allCases)
+        func tenThousandConnectionsExhaustTheRing(path: ReadPath) async throws {
+            // The clients live in another process (poller-loadgen, built with the tests), so
+            // this one holds only the 10,000 accepted descriptors.
+            let loadgen = try ServerProcess.binary(named: "poller-loadgen")
+            try await withReadPath(path) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                let server = Task(executorPreference: poller.executor) {
+                    await withDiscardingTaskGroup { group in
+                        while let connection = try? await listener.accept() {
+                            group.addTask(executorPreference: poller.executor) {
+                                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 1)
+                                defer { buffer.deallocate() }
+                                while let n = try? await connection.read(into: buffer),
+                                    (try? await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))) != nil
+                                {}
+                                try? await connection.close()
+                            }
+                        }
+                    }
+                }
+                let (pid, outPath, errPath) = try ServerProcess.spawn(
+                    named: "poller-loadgen",
+                    [
+                        "--port", "\(listener.localAddress.port!)", "--connections", "10000", "--size", "64", "--duration", "3",
+                        "--warmup", "0",
+                    ])
+                defer {
+                    unlink(outPath)
+                    unlink(errPath)
+                }
+                var status = ServerProcess.reap(pid, waitingMs: 0)
+                while status == .running {
+                    await sleep(ms: 50)
+                    status = ServerProcess.reap(pid, waitingMs: 0)
+                }
+                let report = readFile(outPath)
+                #expect(status == .exited(0), "\(loadgen): \(status); \(readFile(errPath))")
+                #expect(report.contains("bad_bytes=0"), "\(report)")
+                let roundTrips = report.firstRange(of: "roundtrips=").map { Int(report[$0.upperBound...].prefix { $0.isNumber }) ?? 0 } ?? 0
+                #expect(roundTrips >= 10_000, "\(report)")
+                if path == .uringStarved {
+                    let starved = (poller.backend as? URingBackend)?.receiveStarvations.load(ordering: .relaxed) ?? 0
+                    #expect(starved > 0, "the ring never ran dry")
+                }
+                try await listener.close()
+                await server.value
+            }
+        }
+
         @Test("A completion queue that overflows loses no byte: the recvs it ended are armed again")
         func completionQueueOverflow() async throws {
             var options = Poller.Options()

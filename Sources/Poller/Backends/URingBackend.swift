@@ -486,6 +486,9 @@ final class URingBackend: PollerBackend {
                     if event.res <= 0 { buffers.recycle(id) }
                 }
                 event.flags = UInt32(CPOLLER_EV_RECEIVED)
+                #if DEBUG
+                if event.res == -ENOBUFS { receiveStarvations.add(1, ordering: .relaxed) }
+                #endif
                 if event.cqe_flags & UInt32(CPOLLER_URING_CQE_F_MORE) == 0 {
                     let token = event.pollToken
                     if event.res > 0 && state.withLockAnnotated({ $0.receiving.contains(token) }) {
@@ -803,6 +806,8 @@ final class URingBackend: PollerBackend {
     var rearmCount: Int { state.withLockAnnotated { $0.rearms } }
     /// Completion-queue overflows seen so far. Owner thread only.
     var overflowCount: UInt64 { owner.overflows }
+    /// Recv completions that found the buffer ring empty (-ENOBUFS) so far.
+    let receiveStarvations = Atomic<Int>(0)
     /// Sends queued on the ring so far, and cancels asked of them.
     let ringSends = Atomic<Int>(0)
     let ringSendCancels = Atomic<Int>(0)

@@ -455,7 +455,8 @@ final class ServerProcess {
         try spawn(named: kind.rawValue, arguments)
     }
 
-    private static func spawn(named name: String, _ arguments: [String]) throws -> (pid_t, String, String) {
+    /// Starts the product `name` with `arguments`: its pid and the files its stdout and stderr go to.
+    static func spawn(named name: String, _ arguments: [String]) throws -> (pid_t, String, String) {
         let path = try binary(named: name)
         let tag = "/tmp/poller-hostile-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let outPath = tag + ".out"
