@@ -96,6 +96,8 @@ struct SlotState {
     var nextWaiterID: UInt64 = 0
     /// io_uring completion receive: bytes received and not yet read (RingReceive.swift).
     var received = ReceiveQueue()
+    /// io_uring multishot accept: connections accepted and not yet taken (RingAccept.swift).
+    var accepted = AcceptQueue()
 
     func isCurrent(_ generation: UInt32) -> Bool { isOpen && self.generation == generation }
 
@@ -131,6 +133,7 @@ struct SlotState {
         writeSemaphore = .empty
         // Empty already: close discarded the queue.
         received.discard(into: nil)
+        _ = accepted.discard()
         return generation
     }
 

@@ -62,6 +62,10 @@ extension Poller {
                 dispatchReceive(event, slot: slots[i], woken: &woken)
                 continue
             }
+            if event.isAccepted {
+                dispatchAccept(event, slot: slots[i], woken: &woken)
+                continue
+            }
             guard let slot = slots[i] else { continue }
             slot.state.withLockAnnotated { s in s.noteEvent(event, woken: &woken) }
         }

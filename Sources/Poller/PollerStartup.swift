@@ -79,6 +79,8 @@ extension Poller {
         var threadName = "poller"
         /// io_uring's completion receive (`POLLER_URING_RECV=off` turns it off).
         var receive = URingBackend.ReceiveSettings.fromEnvironment()
+        /// io_uring's multishot accept for listeners (`POLLER_URING_ACCEPT=off` turns it off).
+        var accept = URingBackend.AcceptSettings.fromEnvironment()
         /// io_uring's submission and completion queue sizes (tests shrink the completion queue
         /// to make it overflow).
         var uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
@@ -150,7 +152,7 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
         if let error = start.options.hooks.beforeBackendSetup?(start.options.threadName) { throw error }
         #endif
         backend = try start.kind.makeBackend(
-            forcePipeWake: start.options.forcePipeWake, receive: start.options.receive,
+            forcePipeWake: start.options.forcePipeWake, receive: start.options.receive, accept: start.options.accept,
             uringEntries: start.options.uringEntries)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }

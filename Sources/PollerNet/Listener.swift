@@ -62,7 +62,9 @@ extension Listener {
             throw .system(call: "listen", errno: e)
         }
         // NetFD owns fd from here, closing it (and running afterClose) itself on failure.
-        return try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
+        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
+        netFD.allowRingAccept()
+        return netFD
     }
 
     /// No group, for conformers that keep none: connections go to ``poller``.

@@ -41,6 +41,7 @@ enum {
     CPOLLER_EV_HANGUP = 1u << 4,
     CPOLLER_EV_PRIORITY = 1u << 5,
     CPOLLER_EV_RECEIVED = 1u << 6,
+    CPOLLER_EV_ACCEPTED = 1u << 7,
 };
 
 typedef struct cpoller_event {
@@ -164,6 +165,23 @@ int cpoller_uring_update_mask(cpoller_uring *ring, uint64_t token, uint32_t mask
 // buffer and stays armed. Returns 0 or a positive errno (EINVAL: no buffer rings;
 // EOPNOTSUPP: no multishot recv, Linux < 6.0).
 int cpoller_uring_probe_recv(unsigned flags);
+
+// MARK: io_uring multishot accept
+
+// Bit 60 of user_data marks a listener's multishot accept; the poll for the same registration
+// carries the token without it. (Tokens keep bits 60 to 63 clear.)
+static const uint64_t CPOLLER_URING_ACCEPT_BIT = (uint64_t)1 << 60;
+// Queues one multishot accept on the listening socket fd (accept4 flags SOCK_NONBLOCK |
+// SOCK_CLOEXEC), user_data = token (which should carry CPOLLER_URING_ACCEPT_BIT): each
+// completion's res is an accepted descriptor, now the process's, or -errno. Returns 0, or
+// -EBUSY when the submission queue is full. The kernel reads RLIMIT_NOFILE when the request is
+// armed, not at each accept.
+int cpoller_uring_arm_accept(cpoller_uring *ring, int fd, uint64_t token);
+// Whether multishot accept works here: on a ring of its own set up with `flags`, a listening
+// TCP socket on 127.0.0.1 accepts a client through a multishot accept that completes with a
+// descriptor and stays armed. Closes everything it opened. Returns 0 or a positive errno
+// (EINVAL or EOPNOTSUPP: no multishot accept, Linux < 5.19).
+int cpoller_uring_probe_accept(unsigned flags);
 
 // MARK: Wake-up channel (Go's netpollBreak)
 

@@ -48,6 +48,16 @@ import Glibc
 //               that recv carries ENDED; a recv ended with data and re-armed does not). Any
 //               thread; does not wait.
 //   receiveSummary  One phrase for `Poller.backendReason`: what does the reads.
+//
+// Multishot accept (io_uring only; RingAccept.swift has defaults for backends without it):
+//   acceptsThroughCompletions  Whether `armAccept` does anything here.
+//   armAccept   Arm a multishot accept for a registered listening fd, tagged token |
+//               ACCEPT_BIT: its completions (an accepted fd, or -errno) come back from `poll`
+//               flagged ACCEPTED (never as readiness), with ENDED on the last one; `deregister`
+//               cancels it with the poll. Any thread; does not wait.
+//   cancelAccept  Stop the accept of `token` without deregistering: its last completion comes
+//               back flagged ACCEPTED | ENDED. Poller thread (the core calls it from dispatch).
+//   acceptSummary  One phrase for `Poller.backendReason`: what does the accepts.
 protocol PollerBackend: AnyObject, Sendable {
     var wakeChannel: WakeChannel { get }
     func register(fd: Int32, token: PollToken) -> Int32
@@ -55,6 +65,10 @@ protocol PollerBackend: AnyObject, Sendable {
     func armReceive(fd: Int32, token: PollToken)
     func cancelReceive(token: PollToken)
     var receiveSummary: String { get }
+    var acceptsThroughCompletions: Bool { get }
+    func armAccept(fd: Int32, token: PollToken)
+    func cancelAccept(token: PollToken)
+    var acceptSummary: String { get }
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int
     func wake()
@@ -75,10 +89,10 @@ extension PollerBackend {
 /// A 64-bit registration token: the descriptor slot in the low 32 bits and the slot's
 /// generation in the high 32 bits.
 ///
-/// Generations start at 1 and stay below 2^30, so a user token is never 0 (reserved for the
-/// wake-up channel), never has bit 63 set (reserved for io_uring control requests) nor bit 62
-/// (io_uring's multishot recv of the same registration carries the token with it) and is
-/// never UINT64_MAX (liburing's internal timeout marker). A slot's generation changes when its
+/// Generations start at 1 and stay below 2^28, so a user token is never 0 (reserved for the
+/// wake-up channel), never has bit 63 set (reserved for io_uring control requests) nor bits 60
+/// to 62 (io_uring's multishot recv, send and accept of the same registration carry the token
+/// with one of them) and is never UINT64_MAX (liburing's internal timeout marker). A slot's generation changes when its
 /// descriptor is closed, so an event still in flight for the old registration no longer
 /// matches even if the kernel hands the same fd number to a new registration.
 struct PollToken: Hashable, Sendable {
@@ -87,7 +101,7 @@ struct PollToken: Hashable, Sendable {
     init(raw: UInt64) { self.raw = raw }
 
     init(slot: UInt32, generation: UInt32) {
-        precondition(generation > 0 && generation < 1 << 30, "generation out of range")
+        precondition(generation > 0 && generation < 1 << 28, "generation out of range")
         raw = UInt64(generation) << 32 | UInt64(slot)
     }
 
@@ -97,9 +111,9 @@ struct PollToken: Hashable, Sendable {
     /// The wake-up channel's token.
     static let wake = PollToken(raw: 0)
 
-    /// The generation after `generation`, wrapping within 1..<2^30.
+    /// The generation after `generation`, wrapping within 1..<2^28.
     static func nextGeneration(after generation: UInt32) -> UInt32 {
-        generation >= (1 << 30) - 1 ? 1 : generation + 1
+        generation >= (1 << 28) - 1 ? 1 : generation + 1
     }
 }
 
@@ -137,6 +151,8 @@ enum KernelReadiness {
 ///             ended (no IORING_CQE_F_MORE); the backend re-arms it if the registration is live.
 ///   RECEIVED  io_uring completion receive only: a recv completion (see `isReceived`), never
 ///             readiness; with ENDED when that recv is over (nothing more comes from it).
+///   ACCEPTED  io_uring multishot accept only: an accept completion (see `isAccepted`), never
+///             readiness; with ENDED when that accept is over.
 extension cpoller_event {
     var pollToken: PollToken { PollToken(raw: token) }
     var isReadable: Bool { flags & UInt32(CPOLLER_EV_READABLE) != 0 }
@@ -150,6 +166,8 @@ extension cpoller_event {
     /// A multishot recv completed (io_uring completion receive): `res` bytes (0: end of file;
     /// < 0: -errno, -ENOBUFS when the buffer ring was empty) in the buffer `bufferID` names.
     var isReceived: Bool { flags & UInt32(CPOLLER_EV_RECEIVED) != 0 }
+    /// A multishot accept completed (io_uring): `res` is the accepted descriptor, or -errno.
+    var isAccepted: Bool { flags & UInt32(CPOLLER_EV_ACCEPTED) != 0 }
     /// The provided buffer a recv completion filled, if it names one.
     var bufferID: UInt16? {
         cqe_flags & UInt32(CPOLLER_URING_CQE_F_BUFFER) != 0

@@ -23,13 +23,13 @@ extension BackendKind {
     /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
     func makeBackend(
         forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment(),
-        uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
+        accept: URingBackend.AcceptSettings = .fromEnvironment(), uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
     ) throws(PollerError) -> any PollerBackend {
         switch self {
         case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
         case .ioUring:
             try URingBackend(
-                forcePipeWake: forcePipeWake, receive: receive, submissionEntries: uringEntries.submission,
+                forcePipeWake: forcePipeWake, receive: receive, accept: accept, submissionEntries: uringEntries.submission,
                 completionEntries: uringEntries.completion)
         }
     }

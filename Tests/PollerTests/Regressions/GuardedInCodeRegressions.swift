@@ -17,11 +17,11 @@ extension NetpollSuites {
             "Wake-tag aliasing: no registration's token is the wake-up channel's, even in slot 0 across the generation wrap; wake-ups leave a slot-0 waiter parked and its readiness is delivered",
             arguments: BackendKind.allCases)
         func wakeTagAliasing(kind: BackendKind) async throws {
-            let last: UInt32 = (1 << 30) - 1
+            let last: UInt32 = (1 << 28) - 1
             #expect(PollToken.nextGeneration(after: last) == 1, "the generation wraps to 0, the wake-up's tag")
             for generation in [1, 2, last - 1, last] {
                 let token = PollToken(slot: 0, generation: generation)
-                #expect(token != .wake && token.raw >> 62 == 0 && token.raw != .max, "generation \(generation)")
+                #expect(token != .wake && token.raw >> 60 == 0 && token.raw != .max, "generation \(generation)")
             }
             try await withPoller(kind) { poller in
                 let pipe = OwnedPipe()
