@@ -86,8 +86,10 @@ extension SlotState {
                 accepted.entries.append(event.res)
                 kept = true
             }
-        } else if event.res != -ECANCELED && event.res != -ECONNABORTED {
-            // The kernel ends a multishot accept on a failure; the next accept reports it.
+        } else if event.res != -ECANCELED && event.res != -ECONNABORTED && event.res != -EINTR {
+            // The kernel ends a multishot accept on a failure; the next accept reports it. (A
+            // client that gave up while queued and an interrupted accept are dropped: the next
+            // take arms the accept again, as accept4's caller retries them.)
             accepted.entries.append(event.res)
             accepted.rearmBelow = 1
         }
@@ -162,9 +164,10 @@ extension Poller {
         }
     }
 
-    func takeAccepted(_ slot: DescriptorSlot, generation: UInt32) -> AcceptedDescriptor {
+    func takeAccepted(_ slot: DescriptorSlot, generation: UInt32, headroom: Int) -> AcceptedDescriptor {
         slot.state.withLockAnnotated { s in
             guard s.isCurrent(generation) else { return .empty }
+            s.accepted.headroom = max(0, headroom)
             let fd = s.fd
             return s.takeAccepted { backend.armAccept(fd: fd, token: PollToken(slot: slot.index, generation: generation)) }
         }
@@ -189,8 +192,10 @@ extension PollDescriptor {
 
     /// Takes the oldest connection (or failure) multishot accept queued; see
     /// ``AcceptedDescriptor``. Arms the accept again when it was stopped and the queue has
-    /// room.
-    package func takeAccepted() -> AcceptedDescriptor { poller.takeAccepted(slot, generation: generation) }
+    /// room. `headroom` replaces the one arrivals are checked against from here on.
+    package func takeAccepted(headroom: Int) -> AcceptedDescriptor {
+        poller.takeAccepted(slot, generation: generation, headroom: headroom)
+    }
 }
 
 // Backends without multishot accept (epoll).

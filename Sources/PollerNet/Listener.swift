@@ -88,6 +88,11 @@ extension Listener {
     /// do is fine too. Connections are served again as soon as descriptors below the
     /// headroom free up.
     ///
+    /// On io_uring (where the kernel has it, unless `POLLER_URING_ACCEPT=off`) the first call
+    /// arms a multishot accept and connections are taken from a queue of at most 16 the
+    /// kernel filled (see `Poller.acceptsThroughCompletions` and <doc:ServingConnections>);
+    /// the behaviour described here is the same.
+    ///
     /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when a connection was shed to keep the
     ///   headroom (EMFILE), or when no descriptor at all is free (EMFILE, or ENFILE for the
     ///   whole system; the connection then stays queued); in both cases back off or do other

@@ -239,8 +239,9 @@ extension NetFD {
 
     /// Accepts one pending connection: Go's `FD.Accept`.
     ///
-    /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`. EINTR and ECONNABORTED (a client that
-    /// gave up while queued) are retried silently. Keeps no descriptor headroom: a listener's
+    /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`, or, for a listener's descriptor on
+    /// io_uring, a multishot accept with the same flags (see ``Listener/accept()``). EINTR and
+    /// ECONNABORTED (a client that gave up while queued) are retried silently. Keeps no descriptor headroom: a listener's
     /// ``Listener/accept()`` does (see ``Listener/descriptorHeadroom``).
     ///
     /// - Returns: the new descriptor, owned by the caller.
@@ -312,7 +313,7 @@ extension NetFD {
                 throw Self.acceptFailure(e)
             }
             #endif
-            switch pollDescriptor.takeAccepted() {
+            switch pollDescriptor.takeAccepted(headroom: headroom) {
             case .descriptor(let s):
                 // The poller sheds arrivals in the headroom; the limit may have dropped since.
                 if headroom > 0 && DescriptorLimit.isInHeadroom(s, headroom: headroom) {
