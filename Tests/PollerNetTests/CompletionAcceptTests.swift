@@ -166,6 +166,21 @@ extension PollerNetTests {
             }
         }
 
+        @Test(
+            "A poller shut down while connections arrive for an armed accept leaks no descriptor, and its listener still closes",
+            arguments: AcceptPath.allCases)
+        func shutdownWithArrivals(path: AcceptPath) async throws {
+            try await withArmedListener(path) { poller, listener in
+                let clients = try await dialClients(8, to: listener, poller: poller)
+                // More arrive as it stops: their completions may be left in the ring.
+                let late = Task { try? await dialClients(8, to: listener, poller: poller) }
+                poller.shutdown()
+                let lateClients = await late.value ?? []
+                try await listener.close()
+                for client in clients + lateClients { try? await client.close() }
+            }
+        }
+
         @Test("An accept deadline ends the wait of an armed accept; a connection after it is accepted next", arguments: AcceptPath.allCases)
         func acceptDeadlineWhileArmed(path: AcceptPath) async throws {
             try await withArmedListener(path) { poller, listener in
