@@ -25,6 +25,8 @@ void cpoller_uring_inject_setup_failure(int err) { (void)err; }
 
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <liburing.h>
@@ -339,6 +341,77 @@ int cpoller_uring_probe_recv(unsigned flags) {
     return result;
 }
 
+// MARK: Multishot accept
+
+int cpoller_uring_arm_accept(cpoller_uring *u, int fd, uint64_t token) {
+    struct io_uring_sqe *sqe = get_sqe(&u->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, token);
+    return 0;
+}
+
+// A listening TCP socket on 127.0.0.1 (port chosen by the kernel) and a client connecting to
+// it (non-blocking: the handshake completes into the backlog). Returns 0 or a positive errno;
+// on failure nothing stays open.
+static int probe_listener_and_client(int *listener, int *client) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l < 0) return errno;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(l, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(l, 4) < 0 ||
+        getsockname(l, (struct sockaddr *)&addr, &len) < 0) {
+        int e = errno;
+        close(l);
+        return e;
+    }
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c < 0 || (connect(c, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS)) {
+        int e = errno;
+        if (c >= 0) close(c);
+        close(l);
+        return e;
+    }
+    *listener = l;
+    *client = c;
+    return 0;
+}
+
+int cpoller_uring_probe_accept(unsigned flags) {
+    cpoller_uring u;
+    int r = setup(&u.ring, 8, 16, flags);
+    if (r < 0) return -r;
+    int listener = -1, client = -1;
+    int result = probe_listener_and_client(&listener, &client);
+    if (result != 0) {
+        io_uring_queue_exit(&u.ring);
+        return result;
+    }
+    result = EOPNOTSUPP;
+    cpoller_uring_arm_accept(&u, listener, 1);
+    if (io_uring_submit(&u.ring) == 1) {
+        struct io_uring_cqe *cqe = NULL;
+        struct __kernel_timespec ts = {.tv_sec = 1, .tv_nsec = 0};
+        r = io_uring_wait_cqe_timeout(&u.ring, &cqe, &ts);
+        if (r < 0) {
+            result = -r;
+        } else if (cqe->res >= 0) {
+            close(cqe->res);
+            if (cqe->flags & IORING_CQE_F_MORE) result = 0;  // accepted, and the accept stays armed
+        } else {
+            result = -cqe->res;
+        }
+    }
+    // Exiting the ring cancels the armed accept; it accepts nothing more (the one client is in).
+    close(client);
+    close(listener);
+    io_uring_queue_exit(&u.ring);
+    return result;
+}
+
 #else  // io_uring not compiled in (the IOUring trait is off)
 
 int cpoller_uring_compiled(void) { return 0; }
@@ -377,6 +450,8 @@ int cpoller_uring_sendmsg(cpoller_uring *u, int fd, struct msghdr *m, const stru
     (void)u; (void)fd; (void)m; (void)v; (void)c; (void)t;
     return -ENOSYS;
 }
+int cpoller_uring_arm_accept(cpoller_uring *u, int fd, uint64_t t) { (void)u; (void)fd; (void)t; return -ENOSYS; }
+int cpoller_uring_probe_accept(unsigned flags) { (void)flags; return ENOSYS; }
 int cpoller_uring_probe(unsigned flags) {
     (void)flags;
     int injected = injected_setup_error;

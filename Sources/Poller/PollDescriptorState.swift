@@ -98,6 +98,8 @@ struct SlotState {
     var received = ReceiveQueue()
     /// io_uring completion send: the send in flight and its writer (RingSend.swift).
     var sent = SendInFlight()
+    /// io_uring multishot accept: connections accepted and not yet taken (RingAccept.swift).
+    var accepted = AcceptQueue()
 
     func isCurrent(_ generation: UInt32) -> Bool { isOpen && self.generation == generation }
 
@@ -134,6 +136,7 @@ struct SlotState {
         // Empty already: close discarded the queue.
         received.discard(into: nil)
         sent = SendInFlight()
+        _ = accepted.discard()
         return generation
     }
 

@@ -61,7 +61,7 @@ public final class Poller: Sendable {
         let (start, thread, backend) = try PollerThreadStart.launch(kind: kind, options: options)
         self.backend = backend
         backendKind = kind
-        backendReason = "\(reason); \(backend.receiveSummary); \(backend.sendSummary)"
+        backendReason = "\(reason); \(backend.receiveSummary); \(backend.sendSummary); \(backend.acceptSummary)"
         runQueue = RunQueue(backend: backend)
         executor = PollerExecutor(runQueue: runQueue)
         threadID = thread
@@ -162,12 +162,16 @@ public final class Poller: Sendable {
 
     /// Go's pollClose: deregister and recycle. Requires a prior unblock and no parked waiter.
     func close(_ slot: DescriptorSlot, generation: UInt32) throws(PollError) {
+        var queued: [Int32] = []
         let fd = try slot.state.withLockAnnotated { s throws(PollError) -> Int32 in
             let fd = try s.close(generation: generation)
             // Unread bytes go with the registration; their buffers go back to the kernel.
             if s.received.isOn { s.received.discard(into: backend.receiveBuffers) }
+            // So do connections accepted and never taken (RingAccept.swift).
+            if s.accepted.isOn { queued = s.accepted.discard() }
             return fd
         }
+        if !queued.isEmpty { Self.closeQueued(queued) }
         // Deregister before the caller closes fd: a DEL on a closed (maybe reused) number
         // could hit someone else's registration.
         _ = backend.deregister(fd: fd, token: PollToken(slot: slot.index, generation: generation))

@@ -66,6 +66,10 @@ extension Poller {
                 dispatchSent(event, slot: slots[i])
                 continue
             }
+            if event.isAccepted {
+                dispatchAccept(event, slot: slots[i], woken: &woken)
+                continue
+            }
             guard let slot = slots[i] else { continue }
             slot.state.withLockAnnotated { s in s.noteEvent(event, woken: &woken) }
         }

@@ -81,6 +81,8 @@ extension Poller {
         var receive = URingBackend.ReceiveSettings.fromEnvironment()
         /// io_uring's completion send (`POLLER_URING_SEND=off` turns it off).
         var send = URingBackend.SendSettings.fromEnvironment()
+        /// io_uring's multishot accept for listeners (`POLLER_URING_ACCEPT=off` turns it off).
+        var accept = URingBackend.AcceptSettings.fromEnvironment()
         /// io_uring's submission and completion queue sizes (tests shrink the completion queue
         /// to make it overflow).
         var uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
@@ -153,6 +155,7 @@ private func pollerThreadMain(_ context: UnsafeMutableRawPointer?) -> UnsafeMuta
         #endif
         backend = try start.kind.makeBackend(
             forcePipeWake: start.options.forcePipeWake, receive: start.options.receive, send: start.options.send,
+            accept: start.options.accept,
             uringEntries: start.options.uringEntries)
     } catch {
         start.result.withLockAnnotated { $0 = .failure(error) }

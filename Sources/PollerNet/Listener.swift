@@ -62,7 +62,9 @@ extension Listener {
             throw .system(call: "listen", errno: e)
         }
         // NetFD owns fd from here, closing it (and running afterClose) itself on failure.
-        return try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
+        let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true, afterClose: afterClose)
+        netFD.allowRingAccept()
+        return netFD
     }
 
     /// No group, for conformers that keep none: connections go to ``poller``.
@@ -85,6 +87,11 @@ extension Listener {
     /// connection is gone, so there is nothing to spin on), and backing off as Go's servers
     /// do is fine too. Connections are served again as soon as descriptors below the
     /// headroom free up.
+    ///
+    /// On io_uring (where the kernel has it, unless `POLLER_URING_ACCEPT=off`) the first call
+    /// arms a multishot accept and connections are taken from a queue of at most 16 the
+    /// kernel filled (see `Poller.acceptsThroughCompletions` and <doc:ServingConnections>);
+    /// the behaviour described here is the same.
     ///
     /// - Throws: ``NetError/tooManyOpenFiles(errno:)`` when a connection was shed to keep the
     ///   headroom (EMFILE), or when no descriptor at all is free (EMFILE, or ENFILE for the

@@ -48,6 +48,10 @@ public final class NetFD: Sendable {
     /// Whether writes from the poller thread may go through io_uring completion send (when the
     /// poller has it). Tests that pin the readiness write path turn it off.
     let ringSend = Atomic<Bool>(true)
+    /// io_uring multishot accept for this descriptor (``RingReceive``'s states): a listening
+    /// socket allows it; the first accept starts it where the poller can. Changed only with
+    /// the read lock held (or before the descriptor is shared).
+    let ringAccept = Atomic<UInt8>(RingReceive.off)
     /// Work to do after `close(2)` (a Unix listener unlinks its path).
     private let afterClose: (@Sendable () -> Void)?
 
@@ -139,6 +143,10 @@ public final class NetFD: Sendable {
     /// Lets reads go through io_uring completion receive where the poller can (a connected
     /// stream socket; before the descriptor is shared).
     func allowRingReceive() { ringReceive.store(RingReceive.allowed, ordering: .relaxed) }
+
+    /// Lets accepts go through io_uring multishot accept where the poller can (a listening
+    /// socket; before the descriptor is shared).
+    func allowRingAccept() { ringAccept.store(RingReceive.allowed, ordering: .relaxed) }
 
     /// Whether task cancellation ends a read, write or accept blocked in the poller (true, the
     /// default: it throws ``NetError/cancelled``). Set it to false for Go's model, where only

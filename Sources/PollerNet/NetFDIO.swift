@@ -300,8 +300,9 @@ extension NetFD {
 
     /// Accepts one pending connection: Go's `FD.Accept`.
     ///
-    /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`. EINTR and ECONNABORTED (a client that
-    /// gave up while queued) are retried silently. Keeps no descriptor headroom: a listener's
+    /// Uses `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`, or, for a listener's descriptor on
+    /// io_uring, a multishot accept with the same flags (see ``Listener/accept()``). EINTR and
+    /// ECONNABORTED (a client that gave up while queued) are retried silently. Keeps no descriptor headroom: a listener's
     /// ``Listener/accept()`` does (see ``Listener/descriptorHeadroom``).
     ///
     /// - Returns: the new descriptor, owned by the caller.
@@ -330,6 +331,12 @@ extension NetFD {
         _ = try await fdMutex.lock(.read)
         defer { fdMutex.unlock(.read) }
         try prepare(.read)
+        var ring = ringAccept.load(ordering: .relaxed)
+        if ring == RingReceive.allowed {
+            ring = pollDescriptor.startAccepting(headroom: headroom) ? RingReceive.on : RingReceive.off
+            ringAccept.store(ring, ordering: .relaxed)
+        }
+        if ring == RingReceive.on { return try await acceptQueued(keepingFree: headroom) }
         while true {
             var injected: Int32? = nil
             #if DEBUG  // the test seam exists only where tests run: release accepts pay nothing
@@ -347,13 +354,49 @@ extension NetFD {
             switch e {
             case EINTR, ECONNABORTED: continue
             case EAGAIN, EWOULDBLOCK: try await waitReady(.read, call: "accept4")
-            // Out of descriptors altogether (something other than this listener took the
-            // headroom, or there is none): nothing can be accepted, so the connection stays
-            // queued for a retry once descriptors free up.
-            case EMFILE, ENFILE: throw .tooManyOpenFiles(errno: e)
-            default: throw .system(call: "accept4", errno: e)
+            default: throw Self.acceptFailure(e)
             }
         }
+    }
+
+    /// ``accept(keepingFree:)`` through io_uring multishot accept, with the read lock held:
+    /// take the oldest connection the kernel queued, else wait for its next completion
+    /// (deadlines, cancellation and close end the wait as for readiness; a connection that
+    /// arrives meanwhile stays queued for the next accept). Errors as accept4's: ECONNABORTED
+    /// never shows (the poller drops it), EMFILE and ENFILE are ``NetError/tooManyOpenFiles(errno:)``.
+    nonisolated(nonsending) func acceptQueued(keepingFree headroom: Int) async throws(NetError) -> Int32 {
+        while true {
+            #if DEBUG  // the test seam stands in for the take as it does for accept4
+            if NetTestHooks.active.load(ordering: .relaxed), let s = NetTestHooks.current.acceptCall?(fd) {
+                if s >= 0 { return s }
+                let e = errno
+                if e == EINTR || e == ECONNABORTED { continue }
+                throw Self.acceptFailure(e)
+            }
+            #endif
+            switch pollDescriptor.takeAccepted(headroom: headroom) {
+            case .descriptor(let s):
+                // The poller sheds arrivals in the headroom; the limit may have dropped since.
+                if headroom > 0 && DescriptorLimit.isInHeadroom(s, headroom: headroom) {
+                    Glibc.close(s)
+                    throw .tooManyOpenFiles(errno: EMFILE)
+                }
+                return s
+            case .failed(let e):
+                throw Self.acceptFailure(e)
+            case .empty:
+                try await waitReady(.read, call: "accept4")
+            }
+        }
+    }
+
+    /// The error an accept that failed with `errno` throws (EINTR and ECONNABORTED are retried
+    /// before this).
+    static func acceptFailure(_ errno: Int32) -> NetError {
+        // Out of descriptors altogether (something other than this listener took the
+        // headroom, or there is none): nothing can be accepted, so the connection stays
+        // queued for a retry once descriptors free up.
+        errno == EMFILE || errno == ENFILE ? .tooManyOpenFiles(errno: errno) : .system(call: "accept4", errno: errno)
     }
 
     // MARK: Poller steps

@@ -17,8 +17,9 @@ enum NetTestHooks {
         /// Stands in for the write system call (`send` or `write(2)`) of `NetFD.write`:
         /// returns what that call would, or nil to make the real call.
         var writeCall: (@Sendable (_ fd: Int32, _ count: Int) -> Int?)?
-        /// Stands in for the `accept4` call of `NetFD.accept` on listener `fd`: returns what
-        /// that call would (-1 with `errno` set, to inject an error), or nil to make the real call.
+        /// Stands in for the `accept4` call of `NetFD.accept` on listener `fd` (on io_uring's
+        /// multishot accept path, for the take of a queued connection): returns what that call
+        /// would (-1 with `errno` set, to inject an error), or nil to make the real call.
         var acceptCall: (@Sendable (_ fd: Int32) -> Int32?)?
 
         /// Stands in for `getaddrinfo` in a dial's host lookup, on the lookup thread (so it may

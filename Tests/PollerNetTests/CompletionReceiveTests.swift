@@ -70,9 +70,10 @@ func withReadPath(
 
 /// `withReadPath` with a connected pair on that poller, closed afterwards.
 func withReadPathPair(
-    _ path: ReadPath, sourceLocation: SourceLocation = #_sourceLocation, _ body: (Poller, TCPPair) async throws -> Void
+    _ path: ReadPath, options: Poller.Options? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (Poller, TCPPair) async throws -> Void
 ) async throws {
-    try await withReadPath(path, sourceLocation: sourceLocation) { poller in
+    try await withReadPath(path, options: options, sourceLocation: sourceLocation) { poller in
         let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
         let pair = try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)
         try await using(pair, closedBy: { await $0.close() }) { try await body(poller, $0) }

@@ -79,38 +79,7 @@ extension PollerNetTests {
         @Test("200 connections at once each echo their own message", arguments: BackendKind.allCases)
         func manyConnections(kind: BackendKind) async throws {
             try await withNetPoller(kind) { poller in
-                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
-                let port = listener.localAddress.port!
-                let count = 200
-                let server = Task {
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        for _ in 0..<count {
-                            let connection = try await listener.accept()
-                            group.addTask {
-                                let message = try await connection.read(maxBytes: 64)
-                                try await connection.write(message)
-                                try await connection.close()
-                            }
-                        }
-                        try await group.waitForAll()
-                    }
-                }
-                try await withThrowingTaskGroup(of: Bool.self) { group in
-                    for i in 0..<count {
-                        group.addTask {
-                            let connection = try await Connection.dial(host: "127.0.0.1", port: port, poller: poller)
-                            let message = Array("message \(i)".utf8)
-                            try await connection.write(message)
-                            var got: [UInt8] = []
-                            while got.count < message.count { got += try await connection.read(maxBytes: 64) }
-                            try await connection.close()
-                            return got == message
-                        }
-                    }
-                    for try await ok in group { #expect(ok) }
-                }
-                try await server.value
-                try await listener.close()
+                try await expectEveryConnectionEchoes(poller, count: 200)
             }
         }
 

@@ -333,3 +333,39 @@ extension Pipe {
         try? await writeEnd.close()
     }
 }
+
+/// Listens on `poller`, dials `count` clients at once, each sending its own message, and
+/// expects every one echoed back by the connection accepted for it; closes everything.
+func expectEveryConnectionEchoes(_ poller: Poller, count: Int, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+    let port = listener.localAddress.port!
+    let server = Task {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<count {
+                let connection = try await listener.accept()
+                group.addTask {
+                    let message = try await connection.read(maxBytes: 64)
+                    try await connection.write(message)
+                    try await connection.close()
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+    try await withThrowingTaskGroup(of: Bool.self) { group in
+        for i in 0..<count {
+            group.addTask {
+                let connection = try await Connection.dial(host: "127.0.0.1", port: port, poller: poller)
+                let message = Array("message \(i)".utf8)
+                try await connection.write(message)
+                var got: [UInt8] = []
+                while got.count < message.count { got += try await connection.read(maxBytes: 64) }
+                try await connection.close()
+                return got == message
+            }
+        }
+        for try await ok in group { #expect(ok, sourceLocation: sourceLocation) }
+    }
+    try await server.value
+    try await listener.close()
+}

@@ -44,6 +44,7 @@ enum {
     CPOLLER_EV_PRIORITY = 1u << 5,
     CPOLLER_EV_RECEIVED = 1u << 6,
     CPOLLER_EV_SENT = 1u << 7,
+    CPOLLER_EV_ACCEPTED = 1u << 8,
 };
 
 typedef struct cpoller_event {
@@ -181,6 +182,22 @@ int cpoller_uring_send(cpoller_uring *ring, int fd, const void *base, size_t len
 // MSG_NOSIGNAL. `msg` is caller-owned storage for the header, valid as long. Returns 0 or -EBUSY.
 int cpoller_uring_sendmsg(cpoller_uring *ring, int fd, struct msghdr *msg, const struct iovec *iov, int count,
                           uint64_t token);
+// MARK: io_uring multishot accept
+
+// Bit 60 of user_data marks a listener's multishot accept; the poll for the same registration
+// carries the token without it. (Tokens keep bits 60 to 63 clear.)
+static const uint64_t CPOLLER_URING_ACCEPT_BIT = (uint64_t)1 << 60;
+// Queues one multishot accept on the listening socket fd (accept4 flags SOCK_NONBLOCK |
+// SOCK_CLOEXEC), user_data = token (which should carry CPOLLER_URING_ACCEPT_BIT): each
+// completion's res is an accepted descriptor, now the process's, or -errno. Returns 0, or
+// -EBUSY when the submission queue is full. The kernel reads RLIMIT_NOFILE when the request is
+// armed, not at each accept.
+int cpoller_uring_arm_accept(cpoller_uring *ring, int fd, uint64_t token);
+// Whether multishot accept works here: on a ring of its own set up with `flags`, a listening
+// TCP socket on 127.0.0.1 accepts a client through a multishot accept that completes with a
+// descriptor and stays armed. Closes everything it opened. Returns 0 or a positive errno
+// (EINVAL or EOPNOTSUPP: no multishot accept, Linux < 5.19).
+int cpoller_uring_probe_accept(unsigned flags);
 
 // MARK: Wake-up channel (Go's netpollBreak)
 

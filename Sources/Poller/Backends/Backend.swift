@@ -58,6 +58,15 @@ import Glibc
 //   cancelSend  Cancel the send of `token` (its completion then says what it sent, or
 //               -ECANCELED). Any thread; does not wait.
 //   sendSummary  One phrase for `Poller.backendReason`: what does the writes.
+// Multishot accept (io_uring only; RingAccept.swift has defaults for backends without it):
+//   acceptsThroughCompletions  Whether `armAccept` does anything here.
+//   armAccept   Arm a multishot accept for a registered listening fd, tagged token |
+//               ACCEPT_BIT: its completions (an accepted fd, or -errno) come back from `poll`
+//               flagged ACCEPTED (never as readiness), with ENDED on the last one; `deregister`
+//               cancels it with the poll. Any thread; does not wait.
+//   cancelAccept  Stop the accept of `token` without deregistering: its last completion comes
+//               back flagged ACCEPTED | ENDED. Poller thread (the core calls it from dispatch).
+//   acceptSummary  One phrase for `Poller.backendReason`: what does the accepts.
 protocol PollerBackend: AnyObject, Sendable {
     var wakeChannel: WakeChannel { get }
     func register(fd: Int32, token: PollToken) -> Int32
@@ -69,6 +78,10 @@ protocol PollerBackend: AnyObject, Sendable {
     func submitSend(fd: Int32, token: PollToken, request: RingSendRequest) -> Int32
     func cancelSend(token: PollToken)
     var sendSummary: String { get }
+    var acceptsThroughCompletions: Bool { get }
+    func armAccept(fd: Int32, token: PollToken)
+    func cancelAccept(token: PollToken)
+    var acceptSummary: String { get }
     func deregister(fd: Int32, token: PollToken) -> Int32
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int
     func wake()
@@ -157,6 +170,8 @@ enum KernelReadiness {
 ///             readiness; with ENDED when that recv is over (nothing more comes from it).
 ///   SENT      io_uring completion send only: a send's completion (see `isSent`), never
 ///             readiness.
+///   ACCEPTED  io_uring multishot accept only: an accept completion (see `isAccepted`), never
+///             readiness; with ENDED when that accept is over.
 extension cpoller_event {
     var pollToken: PollToken { PollToken(raw: token) }
     var isReadable: Bool { flags & UInt32(CPOLLER_EV_READABLE) != 0 }
@@ -172,6 +187,8 @@ extension cpoller_event {
     var isReceived: Bool { flags & UInt32(CPOLLER_EV_RECEIVED) != 0 }
     /// A send completed (io_uring completion send): `res` bytes sent, or -errno.
     var isSent: Bool { flags & UInt32(CPOLLER_EV_SENT) != 0 }
+    /// A multishot accept completed (io_uring): `res` is the accepted descriptor, or -errno.
+    var isAccepted: Bool { flags & UInt32(CPOLLER_EV_ACCEPTED) != 0 }
     /// The provided buffer a recv completion filled, if it names one.
     var bufferID: UInt16? {
         cqe_flags & UInt32(CPOLLER_URING_CQE_F_BUFFER) != 0

@@ -23,14 +23,15 @@ extension BackendKind {
     /// ``PollerError/system(call:errno:)`` when a descriptor cannot be created.
     func makeBackend(
         forcePipeWake: Bool = false, receive: URingBackend.ReceiveSettings = .fromEnvironment(),
-        send: URingBackend.SendSettings = .fromEnvironment(),
+        send: URingBackend.SendSettings = .fromEnvironment(), accept: URingBackend.AcceptSettings = .fromEnvironment(),
         uringEntries: (submission: UInt32, completion: UInt32) = (512, 16384)
     ) throws(PollerError) -> any PollerBackend {
         switch self {
         case .epoll: try EpollBackend(forcePipeWake: forcePipeWake)
         case .ioUring:
             try URingBackend(
-                forcePipeWake: forcePipeWake, receive: receive, send: send, submissionEntries: uringEntries.submission,
+                forcePipeWake: forcePipeWake, receive: receive, send: send, accept: accept,
+                submissionEntries: uringEntries.submission,
                 completionEntries: uringEntries.completion)
         }
     }

@@ -57,6 +57,9 @@ final class URingBackend: PollerBackend {
     let receiveSummary: String
     let sendsThroughCompletions: Bool
     let sendSummary: String
+    /// Whether listeners accept through multishot accept (RingAccept.swift), and why (not).
+    let acceptsThroughCompletions: Bool
+    let acceptSummary: String
 
     /// Completion receive's set-up: on unless turned off (`POLLER_URING_RECV=off`, or a test),
     /// with the buffer ring's geometry.
@@ -89,6 +92,18 @@ final class URingBackend: PollerBackend {
         }
     }
 
+    /// Multishot accept's set-up: on unless turned off (`POLLER_URING_ACCEPT=off`, or a test).
+    struct AcceptSettings: Sendable {
+        var enabled = true
+
+        /// The environment variable that turns multishot accept off: `off`, `0` or `no`.
+        static let environmentVariable = "POLLER_URING_ACCEPT"
+
+        static func fromEnvironment() -> AcceptSettings {
+            AcceptSettings(enabled: !isTurnedOff(environmentVariable))
+        }
+    }
+
     /// Whether the environment variable `name` says `off`, `0` or `no`.
     static func isTurnedOff(_ name: String) -> Bool {
         guard let value = getenv(name) else { return false }
@@ -106,7 +121,7 @@ final class URingBackend: PollerBackend {
         | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
-        enum Kind { case arm, remove, armReceive, cancelReceive, cancelSend }
+        enum Kind { case arm, remove, armReceive, cancelReceive, cancelSend, armAccept, cancelAccept }
         var kind: Kind
         var fd: Int32
         var token: PollToken
@@ -167,6 +182,11 @@ final class URingBackend: PollerBackend {
         /// Recvs cancelled before they could be queued: their ENDED completion, made up, goes
         /// out with the next poll.
         var receiveEndsDue: [PollToken] = []
+        /// Registrations with a multishot accept armed (or due in `acceptArms`): what removal
+        /// cancels.
+        var accepting: Set<PollToken> = []
+        /// Multishot accepts that could not be queued yet.
+        var acceptArms: [PollToken] = []
     }
 
     private nonisolated(unsafe) var owner = OwnerState()
@@ -174,8 +194,8 @@ final class URingBackend: PollerBackend {
     /// Creates the ring on the calling thread, which becomes its owner.
     init(
         forcePipeWake: Bool = false, receive: ReceiveSettings = .fromEnvironment(),
-        send: SendSettings = .fromEnvironment(), submissionEntries: UInt32 = 512,
-        completionEntries: UInt32 = 16384
+        send: SendSettings = .fromEnvironment(), accept: AcceptSettings = .fromEnvironment(),
+        submissionEntries: UInt32 = 512, completionEntries: UInt32 = 16384
     ) throws(PollerError) {
         var err: Int32 = 0
         guard let ring = cpoller_uring_create(submissionEntries, completionEntries, Self.setupFlags, &err) else {
@@ -207,6 +227,7 @@ final class URingBackend: PollerBackend {
             send.enabled
             ? "writes from the poller thread through the ring (send(2) elsewhere)"
             : "writes by send(2) (completion send turned off: \(SendSettings.environmentVariable))"
+        (acceptsThroughCompletions, acceptSummary) = Self.setUpAccept(accept)
         probeEpollFD = probe
         self.ring = ring
         ringFD = cpoller_uring_fd(ring)
@@ -238,6 +259,25 @@ final class URingBackend: PollerBackend {
             return (nil, "reads by recv(2) on readiness (completion receive unavailable: \(error))")
         }
     }
+
+    /// Whether listeners accept through multishot accept, and the phrase saying so and why.
+    private static func setUpAccept(_ settings: AcceptSettings) -> (Bool, String) {
+        guard settings.enabled else {
+            return (false, "accepts by accept4(2) on readiness (multishot accept turned off: \(AcceptSettings.environmentVariable))")
+        }
+        let probe = acceptProbe
+        guard probe == 0 else {
+            let why =
+                probe == EINVAL || probe == EOPNOTSUPP
+                ? "the kernel has no multishot accept (Linux 5.19)" : ErrnoName.describe(probe)
+            return (false, "accepts by accept4(2) on readiness (multishot accept unavailable: \(why))")
+        }
+        return (true, "accepts through multishot accept (at most \(AcceptQueue.bound) queued per listener)")
+    }
+
+    /// Whether multishot accept works here: 0 or the errno saying why not. Probed once per
+    /// process, on a ring of its own.
+    static let acceptProbe: Int32 = cpoller_uring_probe_accept(setupFlags)
 
     /// Whether multishot recv with provided-buffer rings works here: 0 or the errno saying why
     /// not. Probed once per process, on a ring of its own.
@@ -444,6 +484,7 @@ final class URingBackend: PollerBackend {
         applyCommands()
         var timeout = timeoutNanos
         if !owner.receiveArms.isEmpty { retryReceiveArms() }
+        if !owner.acceptArms.isEmpty { timeout = retryAcceptArms(timeout) }
         if !owner.receiveEndsDue.isEmpty { timeout = 0 }
         if !owner.trouble.isEmpty || !owner.cancels.isEmpty || !owner.receiveArms.isEmpty { timeout = retryDue(timeout) }
         let r = cpoller_uring_enter(ring, timeout)
@@ -475,6 +516,11 @@ final class URingBackend: PollerBackend {
                 event.token &= ~CPOLLER_URING_SEND_BIT
                 event.flags = UInt32(CPOLLER_EV_SENT)
                 events[kept] = event
+                kept += 1
+                continue
+            }
+            if event.token & CPOLLER_URING_ACCEPT_BIT != 0 {
+                events[kept] = acceptCompletion(event)
                 kept += 1
                 continue
             }
@@ -704,6 +750,7 @@ final class URingBackend: PollerBackend {
     /// close(2) then really closes the file and the peer sees it at once. Owner thread.
     private func removePoll(_ token: PollToken) -> Int32 {
         owner.trouble[token] = nil
+        if !owner.accepting.isEmpty, owner.accepting.remove(token) != nil { cancelAcceptNow(token) }
         if receiveBuffers != nil {
             // Its recv, if it has one (a cancel that finds none completes with -ENOENT, unseen).
             cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT))
@@ -781,6 +828,10 @@ final class URingBackend: PollerBackend {
                 cancelReceiveNow(command.token, neverArmed: command.starts)
             case .cancelSend:
                 cancelNow(PollToken(raw: command.token.raw | CPOLLER_URING_SEND_BIT))
+            case .armAccept:
+                armAcceptNow(command.token)
+            case .cancelAccept:
+                cancelAcceptNow(command.token)
             }
         }
     }
@@ -797,6 +848,101 @@ final class URingBackend: PollerBackend {
     }
 
     static let taskWorkPasses = 16
+
+    // MARK: Multishot accept
+
+    func armAccept(fd: Int32, token: PollToken) {
+        guard acceptsThroughCompletions else { return }
+        if onOwnerThread {
+            armAcceptNow(token)
+            return
+        }
+        let queued = state.withLockAnnotated { s in
+            guard s.live[token] != nil, !s.isShutdown else { return false }
+            s.commands.append(Command(kind: .armAccept, fd: fd, token: token, done: nil))
+            return true
+        }
+        if queued { wake() }
+    }
+
+    func cancelAccept(token: PollToken) {
+        guard acceptsThroughCompletions else { return }
+        if onOwnerThread {
+            cancelAcceptNow(token)
+            return
+        }
+        let queued = state.withLockAnnotated { s in
+            guard !s.isShutdown else { return false }
+            s.commands.append(Command(kind: .cancelAccept, fd: -1, token: token, done: nil))
+            return true
+        }
+        if queued { wake() }
+    }
+
+    /// Queues the multishot accept of `token` if it is still live, else (when the queue is
+    /// full) schedules it for the next wait. Owner thread.
+    private func armAcceptNow(_ token: PollToken) {
+        guard let fd = state.withLockAnnotated({ s in s.live[token] }) else { return }
+        owner.accepting.insert(token)
+        let r = queueRequest { cpoller_uring_arm_accept(ring, fd, token.raw | CPOLLER_URING_ACCEPT_BIT) }
+        if r != 0 {
+            faults.report("io_uring submission (accept)", errno: r, "retrying before the next wait")
+            owner.acceptArms.append(token)
+        }
+    }
+
+    /// Cancels the multishot accept of `token` (its last completion comes back ENDED). One
+    /// still waiting to be queued is queued first: the cancel then finds it (both go out in
+    /// order), so its ENDED completion comes as for any other. Owner thread.
+    private func cancelAcceptNow(_ token: PollToken) {
+        if let index = owner.acceptArms.firstIndex(of: token) {
+            owner.acceptArms.remove(at: index)
+            armAcceptNow(token)
+        }
+        let accept = PollToken(raw: token.raw | CPOLLER_URING_ACCEPT_BIT)
+        if queueRequest({ cpoller_uring_queue_cancel(ring, accept.raw) }) != 0 { owner.cancels.append(accept) }
+    }
+
+    /// Queues the accepts waiting in `owner.acceptArms`; returns `timeout` bounded by the next
+    /// retry (10 ms) while some still wait. Owner thread.
+    private func retryAcceptArms(_ timeout: Int64) -> Int64 {
+        let tokens = owner.acceptArms
+        owner.acceptArms.removeAll(keepingCapacity: true)
+        for token in tokens where owner.accepting.contains(token) { armAcceptNow(token) }
+        guard !owner.acceptArms.isEmpty else { return timeout }
+        return timeout < 0 ? 10_000_000 : min(timeout, 10_000_000)
+    }
+
+    /// One accept completion in the core's terms: the registration's token, ACCEPTED, and
+    /// ENDED when the kernel ended the accept (no IORING_CQE_F_MORE). Owner thread.
+    @inline(__always)
+    private func acceptCompletion(_ completion: cpoller_event) -> cpoller_event {
+        var event = completion
+        event.token &= ~CPOLLER_URING_ACCEPT_BIT
+        event.flags = UInt32(CPOLLER_EV_ACCEPTED)
+        if event.cqe_flags & UInt32(CPOLLER_URING_CQE_F_MORE) == 0 {
+            event.flags |= UInt32(CPOLLER_EV_ENDED)
+            owner.accepting.remove(event.pollToken)
+        }
+        return event
+    }
+
+    /// At shutdown: closes the descriptors that accept completions still in the ring carry
+    /// (nobody will dispatch them). Owner thread, after the last poll.
+    private func closeUnreapedAccepts() {
+        guard acceptsThroughCompletions else { return }
+        runTaskWork()
+        let events = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: 64)
+        defer { events.deallocate() }
+        while true {
+            let n = reap(into: events)
+            for event in events[0..<n]
+            where event.token & CPOLLER_URING_ACCEPT_BIT != 0 && event.token & CPOLLER_URING_CONTROL_BIT == 0 && event.res >= 0 {
+                _ = Glibc.close(event.res)
+            }
+            if n < events.count { break }
+        }
+    }
 
     // MARK: Test seams
 
@@ -830,6 +976,7 @@ final class URingBackend: PollerBackend {
         // Destroying the ring cancels every poll; release anyone waiting for a command (an
         // unapplied registration fails with EBADF).
         for command in waiting { command.done?.parker.unpark() }
+        closeUnreapedAccepts()
         wakeChannel.close()
         _ = Glibc.close(probeEpollFD)
         cpoller_uring_destroy(ring)

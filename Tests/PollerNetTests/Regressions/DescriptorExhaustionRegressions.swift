@@ -190,7 +190,7 @@ private func echoesHello(port: UInt16, poller: Poller) async -> Bool {
 }
 
 /// The `count` lowest descriptor numbers not in use, scanning up to `limit`.
-private func lowestFreeDescriptors(_ count: Int, below limit: Int) -> [Int] {
+func lowestFreeDescriptors(_ count: Int, below limit: Int) -> [Int] {
     var free: [Int] = []
     var fd: Int32 = 0
     while free.count < count && Int(fd) < limit {
