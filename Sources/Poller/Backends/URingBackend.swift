@@ -65,6 +65,9 @@ final class URingBackend: PollerBackend {
     /// with the buffer ring's geometry.
     struct ReceiveSettings: Sendable {
         var enabled = true
+        /// Tests: the probe's verdict to use instead of the kernel's (an errno: what a kernel
+        /// without the feature answers), so that the fallback can be forced.
+        var probeVerdict: Int32? = nil
         var bufferCount = ReceiveBufferRing.defaultCount
         var bufferSize = ReceiveBufferRing.defaultSize
 
@@ -95,6 +98,8 @@ final class URingBackend: PollerBackend {
     /// Multishot accept's set-up: on unless turned off (`POLLER_URING_ACCEPT=off`, or a test).
     struct AcceptSettings: Sendable {
         var enabled = true
+        /// Tests: the probe's verdict to use instead of the kernel's (see ReceiveSettings).
+        var probeVerdict: Int32? = nil
 
         /// The environment variable that turns multishot accept off: `off`, `0` or `no`.
         static let environmentVariable = "POLLER_URING_ACCEPT"
@@ -121,16 +126,25 @@ final class URingBackend: PollerBackend {
         | UInt32(CPOLLER_URING_SETUP_SUBMIT_ALL)
 
     private struct Command {
-        enum Kind { case arm, remove, armReceive, cancelReceive, cancelSend, armAccept, cancelAccept }
+        enum Kind {
+            case arm, remove
+            /// `starts`: the registration has just started receiving (its poll's mask changes).
+            case armReceive(starts: Bool)
+            /// `neverArmed`: its arm was still queued here: nothing to cancel, only its ENDED
+            /// completion to make up.
+            case cancelReceive(neverArmed: Bool)
+            case cancelSend, armAccept, cancelAccept
+
+            var isArmReceive: Bool {
+                if case .armReceive = self { return true }
+                return false
+            }
+        }
         var kind: Kind
         var fd: Int32
         var token: PollToken
-        /// Nil for `armReceive` and `cancelReceive`, whose callers do not wait.
+        /// Nil for every kind but `arm` and `remove`: the other callers do not wait.
         var done: CommandDone?
-        /// `armReceive`: the registration has just started receiving (its poll's mask changes).
-        /// `cancelReceive`: the recv was never armed (its arm was still queued here): nothing
-        /// to cancel, only its ENDED completion to make up.
-        var starts = false
     }
 
     /// A command's hand-off: the owner stores the result, then unparks the caller. A command
@@ -241,7 +255,7 @@ final class URingBackend: PollerBackend {
         guard settings.enabled else {
             return (nil, "reads by recv(2) on readiness (completion receive turned off: \(ReceiveSettings.environmentVariable))")
         }
-        let probe = receiveProbe
+        let probe = settings.probeVerdict ?? receiveProbe
         guard probe == 0 else {
             let why =
                 probe == EINVAL
@@ -265,7 +279,7 @@ final class URingBackend: PollerBackend {
         guard settings.enabled else {
             return (false, "accepts by accept4(2) on readiness (multishot accept turned off: \(AcceptSettings.environmentVariable))")
         }
-        let probe = acceptProbe
+        let probe = settings.probeVerdict ?? acceptProbe
         guard probe == 0 else {
             let why =
                 probe == EINVAL || probe == EOPNOTSUPP
@@ -374,7 +388,7 @@ final class URingBackend: PollerBackend {
         let starts: Bool? = state.withLockAnnotated { s in
             guard s.live[token] != nil, !s.isShutdown else { return nil }
             let starts = s.receiving.insert(token).inserted
-            if !onOwner { s.commands.append(Command(kind: .armReceive, fd: fd, token: token, done: nil, starts: starts)) }
+            if !onOwner { s.commands.append(Command(kind: .armReceive(starts: starts), fd: fd, token: token, done: nil)) }
             return starts
         }
         guard let starts else { return }
@@ -399,12 +413,12 @@ final class URingBackend: PollerBackend {
             // now): take it back, or the owner would skip it (no longer receiving) and the
             // cancel would find no recv, and nothing would end it.
             var neverArmed = false
-            if let i = s.commands.firstIndex(where: { $0.kind == .armReceive && $0.token == token }) {
+            if let i = s.commands.firstIndex(where: { $0.kind.isArmReceive && $0.token == token }) {
                 s.commands.remove(at: i)
                 neverArmed = true
             }
             if !onOwner {
-                s.commands.append(Command(kind: .cancelReceive, fd: -1, token: token, done: nil, starts: neverArmed))
+                s.commands.append(Command(kind: .cancelReceive(neverArmed: neverArmed), fd: -1, token: token, done: nil))
             }
             return neverArmed
         }
@@ -822,10 +836,10 @@ final class URingBackend: PollerBackend {
                 command.done?.finish(armNew(fd: command.fd, token: command.token))
             case .remove:
                 command.done?.finish(removePoll(command.token))
-            case .armReceive:
-                armReceiveNow(command.token, starts: command.starts)
-            case .cancelReceive:
-                cancelReceiveNow(command.token, neverArmed: command.starts)
+            case .armReceive(let starts):
+                armReceiveNow(command.token, starts: starts)
+            case .cancelReceive(let neverArmed):
+                cancelReceiveNow(command.token, neverArmed: neverArmed)
             case .cancelSend:
                 cancelNow(PollToken(raw: command.token.raw | CPOLLER_URING_SEND_BIT))
             case .armAccept:
