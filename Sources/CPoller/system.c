@@ -63,6 +63,17 @@ int cpoller_check_pollable(int fd) {
     return 0;
 }
 
+int cpoller_holds_address(int fd) {
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return 0;  // not a socket
+    if (type != SOCK_STREAM && type != SOCK_SEQPACKET) return 1;  // datagram, raw: bound address
+    int listening = 0;
+    len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) return 0;
+    return listening != 0;
+}
+
 int cpoller_set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0) return -errno;

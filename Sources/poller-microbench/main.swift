@@ -9,6 +9,10 @@
 // 3. set-deadline while N descriptors hold deadlines (the timer heap at size N);
 // 4. memory per open descriptor: heap bytes (glibc mallinfo2) and resident bytes (VmRSS) added
 //    by registering 10,000 sockets with the poller, then by wrapping 10,000 more in NetFDs.
+// 5. open+close of a descriptor (register, unblock, close the PollDescriptor, close(2); then the
+//    same through a NetFD) from a task off the poller thread and from a task on it: median and
+//    mean µs per open+close over 10,000 connected stream sockets created beforehand. With --offthread only this,
+//    for both backends in the same run.
 // With --default-executor THREADS the process first installs a group of THREADS pollers as
 // Swift's default executor (PollerGroup.installAsDefaultExecutor) and measures only 2, on a
 // member's executor, from plain `Task {}` tasks, and (THREADS ≥ 2) on another member's
@@ -27,14 +31,16 @@ struct MicroBench {
         var backend: BackendChoice = .epoll
         var descriptors = 100_000
         var defaultExecutorThreads: Int?
+        var offThreadOnly = false
         var args = CommandLine.arguments.dropFirst()
         while let arg = args.popFirst() {
             switch arg {
             case "--backend": backend = try BackendChoice(parsing: args.popFirst() ?? "")
             case "--descriptors": descriptors = Int(args.popFirst() ?? "") ?? descriptors
             case "--default-executor": defaultExecutorThreads = Int(args.popFirst() ?? "") ?? 1
+            case "--offthread": offThreadOnly = true
             default:
-                print("usage: poller-microbench [--backend epoll|io_uring] [--descriptors N] [--default-executor THREADS]")
+                print("usage: poller-microbench [--backend epoll|io_uring] [--descriptors N] [--default-executor THREADS] [--offthread]")
                 exit(2)
             }
         }
@@ -43,7 +49,9 @@ struct MicroBench {
         }
         Task {
             do {
-                if defaultExecutorThreads != nil {
+                if offThreadOnly {
+                    for kind in [BackendChoice.epoll, .ioUring] { try await openCloseSection(backend: kind) }
+                } else if defaultExecutorThreads != nil {
                     try await plainTasks()
                 } else {
                     try await run(backend: backend, descriptors: descriptors)
@@ -116,6 +124,68 @@ struct MicroBench {
             }
         }
         print("memory per open descriptor, NetFD (registration included): \(fmt(netFD.heap, 0)) B heap, \(fmt(netFD.rss, 0)) B resident")
+        try await openCloseSection(backend: backend)
+    }
+
+    /// Section 5: open+close off the poller thread and on it, PollDescriptor and NetFD.
+    static func openCloseSection(backend: BackendChoice) async throws {
+        let poller = try Poller(backend: backend)
+        defer { poller.shutdown() }
+        print("backend: \(poller.backendKind), open+close of a connected stream socket, 10,000 times (median / mean µs)")
+        for (label, executor) in [("off the poller thread", nil), ("on the poller thread ", poller.executor)] as [(String, PollerExecutor?)]
+        {
+            let pd = try await Task(executorPreference: executor) { try await openClose(count: 10_000, poller: poller, netFD: false) }.value
+            print("  open+close \(label), PollDescriptor: \(fmt(pd.median, 2)) / \(fmt(pd.mean, 2)) µs")
+            print("    the peer's EOF after close(2) returned: median \(fmt(pd.eofMedian, 2)) µs, p99 \(fmt(pd.eofP99, 2)) µs")
+            let net = try await Task(executorPreference: executor) { try await openClose(count: 10_000, poller: poller, netFD: true) }.value
+            print("  open+close \(label), NetFD:          \(fmt(net.median, 2)) / \(fmt(net.mean, 2)) µs")
+        }
+    }
+
+    /// Median and mean µs per open+close (registration, unblock, close, close(2); or NetFD
+    /// adopt and close) of one end each of `count` Unix stream socket pairs created beforehand
+    /// (a connection: what a server opens and closes), timed one by one; and how long after
+    /// close(2) returned the peer reads its EOF (median, 99th percentile).
+    nonisolated(nonsending) static func openClose(count: Int, poller: Poller, netFD: Bool) async throws -> (
+        median: Double, mean: Double, eofMedian: Double, eofP99: Double
+    ) {
+        var samples: [Double] = []
+        var eofDelays: [Double] = []
+        samples.reserveCapacity(count)
+        // In batches: two descriptors per pair, and RLIMIT_NOFILE may be 20,000.
+        let batch = 1_000
+        for first in stride(from: 0, to: count, by: batch) {
+            var pairs: [(Int32, Int32)] = []
+            for _ in first..<min(first + batch, count) {
+                var pair: [Int32] = [-1, -1]
+                let r = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair)
+                precondition(r == 0, "socketpair failed: errno \(errno)")
+                pairs.append((pair[0], pair[1]))
+            }
+            for (fd, peer) in pairs {
+                let start = cpoller_now_ns()
+                if netFD {
+                    let netFD = try NetFD(adopting: fd, poller: poller, isStream: true, isSocket: true)
+                    try await netFD.close()
+                } else {
+                    let pd = try poller.register(fd)
+                    pd.unblock()
+                    try pd.close()
+                    close(fd)
+                }
+                let closed = cpoller_now_ns()
+                samples.append(Double(closed - start) / 1000)
+                // The peer's EOF: at once when nothing holds the file any more.
+                var byte: UInt8 = 0
+                while read(peer, &byte, 1) != 0 { precondition(errno == EAGAIN) }
+                eofDelays.append(Double(cpoller_now_ns() - closed) / 1000)
+                close(peer)
+            }
+        }
+        let mean = samples.reduce(0, +) / Double(count)
+        samples.sort()
+        eofDelays.sort()
+        return (samples[count / 2], mean, eofDelays[count / 2], eofDelays[count * 99 / 100])
     }
 
     /// Heap and resident bytes added per descriptor by `open` (which registers one socket and

@@ -274,6 +274,9 @@ uint64_t cpoller_thread_id(void);
 // 0 for a descriptor the poller can watch, EBADF if fd is not open, EPERM for a regular file
 // or a directory (epoll refuses those; io_uring would report them always ready).
 int cpoller_check_pollable(int fd);
+// 1 for a socket whose close must free an address someone may bind again at once: a listening
+// stream socket, or a datagram (or raw) socket; 0 for a connection, a pipe, an eventfd...
+int cpoller_holds_address(int fd);
 int cpoller_set_nonblocking(int fd);
 // accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): the new descriptor, or -1 with errno
 // set (Swift's Glibc module hides accept4).

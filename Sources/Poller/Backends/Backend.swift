@@ -10,10 +10,17 @@ import Glibc
 // Used by the core:
 //   register    Go's netpollopen: arm edge-triggered notification for both directions of
 //               fd, once, tagged with a token. Readiness present at registration is reported.
-//               Callable from any thread. Returns 0 or an errno.
+//               Callable from any thread. Returns 0 or an errno. (io_uring off its owner
+//               thread returns before the poll is armed; a poll that then fails is reported
+//               as an error event to both directions, never lost.)
 //   deregister  Go's netpollclose: stop notifications for fd. Callable from any thread. When
-//               it returns, the kernel holds no reference to fd through this backend, so the
-//               caller may close(2) it and the peer sees the close at once.
+//               it returns, no event for the token will be delivered as current (later ones
+//               are stale by generation) and the caller may close(2) fd. On epoll, and on
+//               io_uring on its owner thread or for a listening or datagram socket, the kernel
+//               then holds no reference to the file through this backend (the peer sees the
+//               close at once, the address is free); on io_uring off the owner thread a
+//               connection's file is released when the owner has cancelled its poll, a
+//               wake-up later.
 //   poll        Go's netpoll(delay): wait at most timeoutNanos (< 0 forever, 0 do not block)
 //               and return readiness events for registered tokens, with `flags` set as
 //               described at `extension cpoller_event` below. Only ever called from one

@@ -302,3 +302,26 @@ func contextSwitches(tid: Int32) -> Int? {
     }
     return found == 2 ? total : nil
 }
+
+/// After a poll failed and was re-armed: the writer retries, gets EAGAIN (`writeEnd` is full),
+/// and parks, and only a live poll can wake it: draining `peer` must. Then `pd` is unblocked
+/// and closed.
+func expectWriterWokenByNextEdgeThenClose(
+    _ poller: Poller, _ pd: PollDescriptor, writeEnd: Int32, peer: Int32, sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    #expect(pd.resetResult(.write) == nil, sourceLocation: sourceLocation)
+    #expect(writeBytes(writeEnd) < 0, sourceLocation: sourceLocation)
+    let writer = startWait(pd, .write)
+    #expect(await waitersParked(poller, 1), sourceLocation: sourceLocation)
+    drain(peer)
+    #expect(await writer.outcome() == .ready, sourceLocation: sourceLocation)
+    pd.unblock()
+    try pd.close()
+}
+
+/// Every submission-queue entry of the ring `ringFD` is refused and every submission fails
+/// with `error`, until the test disarms both points (`CPOLLER_FAULT_GET_SQE`, `..._SUBMIT`).
+func refuseRingSubmissions(ringFD: Int32, error: Int32) {
+    _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_GET_SQE), ringFD, 0, -1)
+    _ = cpoller_fault_inject(Int32(CPOLLER_FAULT_SUBMIT), ringFD, error, -1)
+}
