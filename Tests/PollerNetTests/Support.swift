@@ -74,8 +74,8 @@ func withNetGroup(
 /// registered on any of them, and (after shutdown) the process has the descriptors it had
 /// before. Skips where io_uring cannot run, or where a group is asked for and one CPU is all
 /// there is (a group would have one poller).
-private func withFreshPollers(
-    _ kind: BackendKind, threads: Int, sourceLocation: SourceLocation,
+func withFreshPollers(
+    _ kind: BackendKind, threads: Int, options: Poller.Options? = nil, sourceLocation: SourceLocation,
     _ body: ([Poller], PollerGroup?) async throws -> Void
 ) async throws {
     if kind == .ioUring, let reason = ioUringUnavailableReason {
@@ -92,7 +92,7 @@ private func withFreshPollers(
     let before = await settledFDCount()
     let backend: BackendChoice = kind == .epoll ? .epoll : .ioUring
     let group = threads > 1 ? try PollerGroup(threads: threads, backend: backend) : nil
-    let pollers = try group?.pollers ?? [Poller(backend: backend)]
+    let pollers = try group?.pollers ?? [options.map { try Poller(backend: backend, options: $0) } ?? Poller(backend: backend)]
     do {
         try await body(pollers, group)
     } catch {

@@ -79,9 +79,22 @@ final class URingBackend: PollerBackend {
         /// The environment variable that turns completion receive off: `off` or `0`.
         static let environmentVariable = "POLLER_URING_RECV"
 
+        /// The ring's geometry from the environment: `POLLER_URING_RECV_BUFFERS=COUNTxSIZE`
+        /// (a power of two up to 32768 buffers, each 256 B to 1 MiB; say `128x16384`).
+        static let geometryVariable = "POLLER_URING_RECV_BUFFERS"
+
         static func fromEnvironment() -> ReceiveSettings {
             var settings = ReceiveSettings()
             settings.enabled = !URingBackend.isTurnedOff(environmentVariable)
+            if let value = getenv(geometryVariable) {
+                let parts = String(cString: value).lowercased().split(separator: "x")
+                if parts.count == 2, let count = UInt32(parts[0]), let size = UInt32(parts[1]), count > 0,
+                    count & (count - 1) == 0, count <= 32768, (256...(1 << 20)).contains(size)
+                {
+                    settings.bufferCount = count
+                    settings.bufferSize = size
+                }
+            }
             return settings
         }
     }
@@ -142,8 +155,8 @@ final class URingBackend: PollerBackend {
             /// then. A detached descriptor (handed back, not closed) may meanwhile still have
             /// its old poll pending: its completions carry the old token, stale by generation,
             /// and a poll consumes nothing (a recv, which would, has ended before a detach
-            /// deregisters).
-            case remove
+            /// deregisters). `receives`: it has a recv to cancel too.
+            case remove(receives: Bool)
             /// `starts`: the registration has just started receiving (its poll's mask changes).
             case armReceive(starts: Bool)
             /// `neverArmed`: its arm was still queued here: nothing to cancel, only its ENDED
@@ -376,13 +389,13 @@ final class URingBackend: PollerBackend {
 
     func deregister(fd: Int32, token: PollToken) -> Int32 {
         if onOwnerThread {
-            let found = state.withLockAnnotated { s -> Bool in
-                guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
+            let found = state.withLockAnnotated { s -> Bool? in
+                guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return nil }
                 s.liveFDs.remove(fd)
-                if !s.receiving.isEmpty { s.receiving.remove(token) }
-                return true
+                return !s.receiving.isEmpty && s.receiving.remove(token) != nil
             }
-            return found ? removePoll(token) : 0
+            guard let receives = found else { return 0 }
+            return removePoll(token, receives: receives)
         }
         // A listening or datagram socket's close must free its address when close(2) returns
         // (Go's TestListenCloseListen listens again on it at once): wait for the owner's
@@ -391,8 +404,8 @@ final class URingBackend: PollerBackend {
         let queued = state.withLockAnnotated { s in
             guard let fd = s.live.removeValue(forKey: token), !s.isShutdown else { return false }
             s.liveFDs.remove(fd)
-            if !s.receiving.isEmpty { s.receiving.remove(token) }
-            s.commands.append(Command(kind: .remove, fd: fd, token: token, done: done))
+            let receives = !s.receiving.isEmpty && s.receiving.remove(token) != nil
+            s.commands.append(Command(kind: .remove(receives: receives), fd: fd, token: token, done: done))
             return true
         }
         guard queued else { return 0 }
@@ -785,13 +798,12 @@ final class URingBackend: PollerBackend {
     /// returns the cancelled poll has completed and dropped its file reference (with
     /// DEFER_TASKRUN that happens only when this thread runs its task work): the caller's
     /// close(2) then really closes the file and the peer sees it at once. Owner thread.
-    private func removePoll(_ token: PollToken) -> Int32 {
+    private func removePoll(_ token: PollToken, receives: Bool) -> Int32 {
         owner.trouble[token] = nil
         if !owner.accepting.isEmpty, owner.accepting.remove(token) != nil { cancelAcceptNow(token) }
-        if receiveBuffers != nil {
-            // Its recv, if it has one (a cancel that finds none completes with -ENOENT, unseen).
-            cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT))
-        }
+        // Its recv, if it was receiving (one that has ended already: the cancel completes with
+        // -ENOENT, unseen). A recv stopped for a detach left `receiving` then, and was cancelled.
+        if receives { cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)) }
         var r = queueRequest { cpoller_uring_queue_cancel(ring, token.raw) }
         if r == 0 {
             r = submitQueued()
@@ -857,9 +869,9 @@ final class URingBackend: PollerBackend {
             switch command.kind {
             case .arm:
                 rearmNow(command.token, now: MonotonicClock.now(), first: true)
-            case .remove:
+            case .remove(let receives):
                 // Not `done?.finish(removePoll(...))`: optional chaining would skip the cancel.
-                let r = removePoll(command.token)
+                let r = removePoll(command.token, receives: receives)
                 command.done?.finish(r)
             case .armReceive(let starts):
                 armReceiveNow(command.token, starts: starts)
