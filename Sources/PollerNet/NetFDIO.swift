@@ -89,6 +89,11 @@ extension NetFD {
     /// and close end the wait as for readiness; bytes that arrive meanwhile stay queued for
     /// the next read). After the recv ran out of buffers, read the socket directly until it
     /// says EAGAIN, then resume the recv and wait.
+    ///
+    /// Inlined into `read(into:)`: as a frame of its own it took every parked reader's task
+    /// past the task allocator's first slab, ~1 KiB more per idle connection than on epoll
+    /// (measured at the 10,000-idle point: 5.6 against 4.6 KiB; inlined, 5.0 and 5.0).
+    @inline(__always)
     nonisolated(nonsending) func readReceived(into buffer: UnsafeMutableRawBufferPointer) async throws(NetError) -> Int {
         try prepare(.read)
         while true {
