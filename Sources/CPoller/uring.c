@@ -297,8 +297,10 @@ int cpoller_uring_sendmsg(cpoller_uring *u, int fd, struct msghdr *msg, const st
 int cpoller_uring_update_mask(cpoller_uring *u, uint64_t token, uint32_t mask) {
     struct io_uring_sqe *sqe = get_sqe(&u->ring);
     if (!sqe) return -EBUSY;
-    io_uring_prep_poll_update(sqe, token, token, mask, IORING_POLL_UPDATE_EVENTS | IORING_POLL_ADD_MULTI);
-    io_uring_sqe_set_data64(sqe, token | CPOLLER_URING_CONTROL_BIT);
+    // new_user_data 0: the kernel refuses (EINVAL) a new user_data without
+    // IORING_POLL_UPDATE_USER_DATA. The poll keeps its multishot flag and its user_data.
+    io_uring_prep_poll_update(sqe, token, 0, mask, IORING_POLL_UPDATE_EVENTS);
+    io_uring_sqe_set_data64(sqe, token | CPOLLER_URING_CONTROL_BIT | CPOLLER_URING_UPDATE_TAG);
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     return 0;
 }

@@ -43,6 +43,9 @@ public final class Poller: Sendable {
     /// Set once by ``shutdown()``; from then on registrations fail and waits that ignore
     /// errors end.
     let shutdownStarted = Atomic<Bool>(false)
+    /// How many events the loop's last poll returned: how busy the poller is, for completion
+    /// send's choice (RingSend.swift). Written and read on the poller thread only.
+    nonisolated(unsafe) var lastPollBatch = 0
     #if DEBUG
     /// Test seams (PollerTestSeams.swift); inert unless a test sets them.
     let hooks: TestHooks

@@ -30,6 +30,7 @@ extension Poller {
                 timeout = timeoutUntilNextDeadline()
             }
             let n = backend.poll(into: events, timeoutNanos: timeout)
+            lastPollBatch = n
             if slept {
                 runQueue.awake()
                 timers.withLockAnnotated { $0.sleepUntil = .min }

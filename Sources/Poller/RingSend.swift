@@ -43,15 +43,20 @@ struct SendInFlight {
 }
 
 extension Poller {
-    /// Whether a write from the calling thread goes through the ring: the backend sends
-    /// through completions and this is its owner thread (the only one that may submit). A
-    /// writer elsewhere makes its own send(2): a hop to the poller thread would cost a wake-up,
-    /// more than the system call it saves.
+    /// Whether writes can go through the ring: the backend sends through completions. A write
+    /// does when it is made on the poller thread (the ring's only submitter: a writer
+    /// elsewhere makes its own send(2), since a hop to the poller thread would cost a wake-up,
+    /// more than the system call it saves) while the poller is busy: its last poll returned
+    /// at least `minimumBatch` events (3 unless set; `POLLER_URING_SEND=always` makes it 0).
+    /// On a quiet poller a send on the ring costs the writer a park and the loop a second
+    /// kernel entry per round trip, more than the send(2) it replaces; on a busy one the
+    /// sends ride along with the wait.
     public var sendsThroughCompletions: Bool { backend.sendsThroughCompletions }
 
+    /// The caller's thread first: `lastPollBatch` is the poller thread's alone.
     @inline(__always)
     func canSendThroughRing() -> Bool {
-        backend.sendsThroughCompletions && Poller.current === self
+        backend.sendsThroughCompletions && Poller.current === self && lastPollBatch >= backend.sendMinimumBatch
     }
 
     /// Queues `request` and waits for its completion: the bytes sent

@@ -76,7 +76,7 @@ extension NetFD {
             #if DEBUG  // the test seam exists only where tests run
             if NetTestHooks.active.load(ordering: .relaxed) { injected = NetTestHooks.current.writeCall?(fd, total) }
             #endif
-            var n: Int
+            let n: Int
             var e: Int32 = 0
             if let injected {
                 n = injected

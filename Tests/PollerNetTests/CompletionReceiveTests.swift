@@ -288,6 +288,29 @@ extension PollerNetTests {
             }
         }
 
+        // Regression: the poll update that takes input out of a receiving connection's poll
+        // passed a new user_data without IORING_POLL_UPDATE_USER_DATA, which the kernel
+        // refuses (EINVAL), silently. (Completion receive does not drop input for now: see
+        // `KernelReadiness.receivingInterest`; this drives the update itself.) io_uring only:
+        // epoll has no poll to update.
+        @Test("Regression: an io_uring poll mask update is not refused by the kernel")
+        func maskUpdateIsNotRefused() async throws {
+            try await withReadPathPair(.uringCompletion) { poller, pair in
+                let backend = try #require(poller.backend as? URingBackend)
+                let pd = try pair.server.deadlineDescriptor().pollDescriptor
+                let token = PollToken(slot: pd.slot.index, generation: pd.generation)
+                for i in 0..<20 {
+                    await Task(executorPreference: poller.executor) {
+                        backend.updateMaskForTests(token, i % 2 == 0 ? KernelReadiness.output : KernelReadiness.interest)
+                    }.value
+                    try await pair.client.write([UInt8(i)])
+                    #expect(try await pair.server.read(maxBytes: 10) == [UInt8(i)])
+                }
+                await sleep(ms: 20)
+                #expect(backend.maskUpdatesRefused.load(ordering: .relaxed) == 0)
+            }
+        }
+
         @Test("A completion queue that overflows loses no byte: the recvs it ended are armed again")
         func completionQueueOverflow() async throws {
             var options = Poller.Options()

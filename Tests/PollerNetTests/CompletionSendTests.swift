@@ -24,6 +24,8 @@ enum WritePath: String, CaseIterable, CustomStringConvertible, Sendable {
     var options: Poller.Options {
         var options = readPath.options
         if self == .uringSendOff { options.send.enabled = false }
+        // Every write from the poller thread on the ring, however quiet the poller.
+        if self == .uringSend { options.send.minimumBatch = 0 }
         return options
     }
 }
@@ -193,6 +195,28 @@ extension PollerNetTests {
                 }
                 echo.cancel()
                 _ = await echo.result
+            }
+        }
+
+        @Test("With the default threshold, a quiet poller (one ping-pong connection) writes by send(2), not on the ring")
+        func quietPollerWritesBySend() async throws {
+            try await withReadPath(.uringCompletion) { poller in
+                let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
+                let pair = try await TCPPair.connect(listener, from: "127.0.0.1", poller: poller)
+                let echo = Task(executorPreference: poller.executor) { () async throws -> Void in
+                    while true { try await pair.server.write(try await pair.server.read(maxBytes: 64)) }
+                }
+                // One message in flight: each poll finds one completion, the echo's read.
+                for i in 0..<200 {
+                    try await pair.client.write([UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 64))
+                    var back: [UInt8] = []
+                    try await readExactly(pair.client, 64, into: &back)
+                }
+                echo.cancel()
+                _ = await echo.result
+                // Allow a few: a poll may now and then find a second event (say, write space).
+                #expect(ringSendCount(poller) <= 20, "\(ringSendCount(poller)) of 200 echoes went on the ring")
+                await pair.close()
             }
         }
 

@@ -9,13 +9,16 @@ import Testing
 // and the connection works as before. (On epoll the probes do not exist: the same traffic,
 // readiness throughout.)
 
-/// A poller of `kind` whose io_uring probes answer as `tweak` says.
-private func withProbes(
-    _ kind: BackendKind, _ tweak: (inout Poller.Options) -> Void, _ body: (Poller) async throws -> Void
-) async throws {
+/// A poller of `kind` with `options` (whose io_uring probes answer as the test says).
+private func withProbes(_ kind: BackendKind, _ options: Poller.Options, _ body: (Poller) async throws -> Void) async throws {
+    try await withReadPath(kind == .epoll ? .epoll : .uringReadiness, options: options, body)
+}
+
+/// Default options but for `tweak`.
+private func options(_ tweak: (inout Poller.Options) -> Void) -> Poller.Options {
     var options = Poller.Options()
     tweak(&options)
-    try await withReadPath(kind == .epoll ? .epoll : .uringReadiness, options: options, body)
+    return options
 }
 
 /// Dials `listener` (on `poller`), accepts, sends 256 KiB one way and checks they arrive.
@@ -38,7 +41,7 @@ extension PollerNetTests {
             "A kernel without multishot recv (probe forced to EOPNOTSUPP): reads by recv(2), accepts still on the ring, and the reason says so",
             arguments: BackendKind.allCases)
         func withoutMultishotRecv(kind: BackendKind) async throws {
-            try await withProbes(kind, { $0.receive.probeVerdict = EOPNOTSUPP }) { poller in
+            try await withProbes(kind, options { $0.receive.probeVerdict = EOPNOTSUPP }) { poller in
                 #expect(!poller.receivesThroughCompletions)
                 if kind == .ioUring {
                     #expect(poller.backendReason.contains("completion receive unavailable: the kernel has no multishot recv"))
@@ -52,7 +55,7 @@ extension PollerNetTests {
             "A kernel without provided-buffer rings (probe forced to EINVAL): reads by recv(2), and the reason says so",
             arguments: BackendKind.allCases)
         func withoutBufferRings(kind: BackendKind) async throws {
-            try await withProbes(kind, { $0.receive.probeVerdict = EINVAL }) { poller in
+            try await withProbes(kind, options { $0.receive.probeVerdict = EINVAL }) { poller in
                 #expect(!poller.receivesThroughCompletions)
                 if kind == .ioUring {
                     #expect(poller.backendReason.contains("the kernel has no provided-buffer rings"))
@@ -65,7 +68,7 @@ extension PollerNetTests {
             "A kernel without multishot accept (probe forced to EINVAL): accepts by accept4(2), reads still on the ring, and the reason says so",
             arguments: BackendKind.allCases)
         func withoutMultishotAccept(kind: BackendKind) async throws {
-            try await withProbes(kind, { $0.accept.probeVerdict = EINVAL }) { poller in
+            try await withProbes(kind, options { $0.accept.probeVerdict = EINVAL }) { poller in
                 #expect(!poller.acceptsThroughCompletions)
                 if kind == .ioUring {
                     #expect(poller.backendReason.contains("multishot accept unavailable: the kernel has no multishot accept"))

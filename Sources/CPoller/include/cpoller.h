@@ -159,9 +159,11 @@ void cpoller_uring_buffers_free(cpoller_uring_buffers *buffers);
 // should carry CPOLLER_URING_RECV_BIT). Returns 0, or -EBUSY when the submission queue is full.
 int cpoller_uring_arm_recv(cpoller_uring *ring, int fd, unsigned group, uint64_t token);
 // Queues an update of the multishot poll with user_data = token to the poll(2) bits `mask`
-// (it stays multishot and keeps its token). The update carries token | CPOLLER_URING_CONTROL_BIT
-// and IOSQE_CQE_SKIP_SUCCESS: only a failed update (-ENOENT: the poll is not armed now)
-// completes. Returns 0, or -EBUSY when the submission queue is full.
+// (it stays multishot and keeps its token). The update carries token |
+// CPOLLER_URING_CONTROL_BIT | CPOLLER_URING_UPDATE_TAG and IOSQE_CQE_SKIP_SUCCESS: only a
+// failed update completes (-ENOENT: no poll armed now; -EALREADY: the poll is completing, try
+// again after its completion has been reaped). Returns 0, or -EBUSY when the submission queue
+// is full.
 int cpoller_uring_update_mask(cpoller_uring *ring, uint64_t token, uint32_t mask);
 // Whether completion receive works here: a ring set up with `flags` can register a
 // provided-buffer ring, and a multishot recv on a socket pair completes with a selected
@@ -187,6 +189,9 @@ int cpoller_uring_sendmsg(cpoller_uring *ring, int fd, struct msghdr *msg, const
 // Bit 60 of user_data marks a listener's multishot accept; the poll for the same registration
 // carries the token without it. (Tokens keep bits 60 to 63 clear.)
 static const uint64_t CPOLLER_URING_ACCEPT_BIT = (uint64_t)1 << 60;
+// Bits 60 and 61 together (no request kind has both) mark, with CPOLLER_URING_CONTROL_BIT, a
+// poll mask update (cpoller_uring_update_mask).
+static const uint64_t CPOLLER_URING_UPDATE_TAG = ((uint64_t)1 << 60) | ((uint64_t)1 << 61);
 // Queues one multishot accept on the listening socket fd (accept4 flags SOCK_NONBLOCK |
 // SOCK_CLOEXEC), user_data = token (which should carry CPOLLER_URING_ACCEPT_BIT): each
 // completion's res is an accepted descriptor, now the process's, or -errno. Returns 0, or

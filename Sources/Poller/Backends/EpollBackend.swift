@@ -52,6 +52,7 @@ final class EpollBackend: PollerBackend {
     func armReceive(fd: Int32, token: PollToken) {}
     func cancelReceive(token: PollToken) {}
     var sendsThroughCompletions: Bool { false }
+    var sendMinimumBatch: Int { .max }
     var sendSummary: String { "writes by send(2)" }
     func submitSend(fd: Int32, token: PollToken, request: RingSendRequest) -> Int32 { EOPNOTSUPP }
     func cancelSend(token: PollToken) {}

@@ -61,6 +61,7 @@ final class URingBackend: PollerBackend {
     let receiveBuffers: ReceiveBufferRing?
     let receiveSummary: String
     let sendsThroughCompletions: Bool
+    let sendMinimumBatch: Int
     let sendSummary: String
     /// Whether listeners accept through multishot accept (RingAccept.swift), and why (not).
     let acceptsThroughCompletions: Bool
@@ -104,12 +105,22 @@ final class URingBackend: PollerBackend {
     /// is nothing to probe.
     struct SendSettings: Sendable {
         var enabled = true
+        /// Sends go on the ring only while the poller's last poll returned at least this many
+        /// events (see `Poller.sendsThroughCompletions`); 0: always.
+        var minimumBatch = defaultMinimumBatch
 
-        /// The environment variable that turns completion send off: `off` or `0`.
+        /// 3: one arrival on a quiet poller is two events (the recv's completion and the
+        /// readable event its poll still reports: `KernelReadiness.receivingInterest`), so a
+        /// batch of 3 or more means more than one connection had something.
+        static let defaultMinimumBatch = 3
+
+        /// The environment variable that turns completion send off (`off`, `0`, `no`) or on
+        /// for every write from the poller thread (`always`).
         static let environmentVariable = "POLLER_URING_SEND"
 
         static func fromEnvironment() -> SendSettings {
-            SendSettings(enabled: !isTurnedOff(environmentVariable))
+            let always = getenv(environmentVariable).map { String(cString: $0).lowercased() == "always" } ?? false
+            return SendSettings(enabled: !isTurnedOff(environmentVariable), minimumBatch: always ? 0 : defaultMinimumBatch)
         }
     }
 
@@ -222,6 +233,9 @@ final class URingBackend: PollerBackend {
         var receiveArms: [PollToken] = []
         /// Recvs the kernel ended with data and that were armed again. For tests.
         var receiveRearms = 0
+        /// Mask updates that found their poll completing (-EALREADY): queued again before the
+        /// next wait.
+        var maskUpdates: [PollToken] = []
         /// Recvs cancelled before they could be queued: their ENDED completion, made up, goes
         /// out with the next poll.
         var receiveEndsDue: [PollToken] = []
@@ -266,10 +280,13 @@ final class URingBackend: PollerBackend {
         }
         (receiveBuffers, receiveSummary) = Self.setUpReceive(ring, receive)
         sendsThroughCompletions = send.enabled
+        sendMinimumBatch = send.minimumBatch
         sendSummary =
-            send.enabled
-            ? "writes from the poller thread through the ring (send(2) elsewhere)"
-            : "writes by send(2) (completion send turned off: \(SendSettings.environmentVariable))"
+            !send.enabled
+            ? "writes by send(2) (completion send turned off: \(SendSettings.environmentVariable))"
+            : send.minimumBatch == 0
+                ? "writes from the poller thread through the ring (send(2) elsewhere)"
+                : "writes from the poller thread through the ring while it is busy (send(2) otherwise)"
         (acceptsThroughCompletions, acceptSummary) = Self.setUpAccept(accept)
         probeEpollFD = probe
         self.ring = ring
@@ -501,7 +518,7 @@ final class URingBackend: PollerBackend {
     /// Owner thread.
     private func cancelReceiveNow(_ token: PollToken, neverArmed: Bool = false) {
         // Input is the readers' business again (they read the socket directly, on readiness).
-        updateMask(token, KernelReadiness.interest)
+        if KernelReadiness.receivingInterest != KernelReadiness.interest { updateMask(token, KernelReadiness.interest) }
         if neverArmed {
             owner.receiveEndsDue.append(token)
             return
@@ -519,7 +536,9 @@ final class URingBackend: PollerBackend {
     private func armReceiveNow(_ token: PollToken, starts: Bool = false) {
         let fd: Int32? = state.withLockAnnotated { s in s.receiving.contains(token) ? s.live[token] : nil }
         guard let fd else { return }
-        if starts { updateMask(token, KernelReadiness.receivingInterest) }
+        if starts && KernelReadiness.receivingInterest != KernelReadiness.interest {
+            updateMask(token, KernelReadiness.receivingInterest)
+        }
         let r = queueRequest {
             cpoller_uring_arm_recv(ring, fd, ReceiveBufferRing.group, token.raw | CPOLLER_URING_RECV_BIT)
         }
@@ -529,8 +548,35 @@ final class URingBackend: PollerBackend {
         }
     }
 
+    /// A mask update that completed with `res` (only failures complete). Owner thread.
+    private func noteFailedUpdate(_ token: PollToken, _ res: Int32) {
+        if res == -EALREADY {
+            owner.maskUpdates.append(token)
+        } else if res != -ENOENT {
+            #if DEBUG
+            maskUpdatesRefused.add(1, ordering: .relaxed)
+            #endif
+            faults.report("io_uring poll update", errno: -res, "the poll keeps its mask")
+        }
+    }
+
+    /// Queues again the mask updates that found their poll completing, each with the mask its
+    /// registration wants now. Owner thread.
+    private func retryMaskUpdates() {
+        let tokens = owner.maskUpdates
+        owner.maskUpdates.removeAll(keepingCapacity: true)
+        for token in tokens {
+            let mask: UInt32? = state.withLockAnnotated { s in
+                guard s.live[token] != nil else { return nil }
+                return s.receiving.contains(token) ? KernelReadiness.receivingInterest : KernelReadiness.interest
+            }
+            if let mask { updateMask(token, mask) }
+        }
+    }
+
     func poll(into events: UnsafeMutableBufferPointer<cpoller_event>, timeoutNanos: Int64) -> Int {
         applyCommands()
+        if !owner.maskUpdates.isEmpty { retryMaskUpdates() }
         var timeout = timeoutNanos
         if !owner.receiveArms.isEmpty { retryReceiveArms() }
         if !owner.acceptArms.isEmpty { timeout = retryAcceptArms(timeout) }
@@ -558,8 +604,16 @@ final class URingBackend: PollerBackend {
         var receiveEnded = 0
         for i in 0..<n {
             var event = events[i]
-            // A cancel that failed (-ENOENT, -EALREADY): the poll was gone already.
-            if event.token & CPOLLER_URING_CONTROL_BIT != 0 { continue }
+            if event.token & CPOLLER_URING_CONTROL_BIT != 0 {
+                // A mask update that failed: -EALREADY, the poll was completing: again before
+                // the next wait; -ENOENT, no poll armed (its arm or re-arm takes the mask from
+                // `receiving`). A cancel that failed (-ENOENT, -EALREADY): the request was
+                // gone already.
+                if event.token & CPOLLER_URING_UPDATE_TAG == CPOLLER_URING_UPDATE_TAG {
+                    noteFailedUpdate(PollToken(raw: event.token & ~(CPOLLER_URING_CONTROL_BIT | CPOLLER_URING_UPDATE_TAG)), event.res)
+                }
+                continue
+            }
             seen += 1
             if event.token & CPOLLER_URING_SEND_BIT != 0 {
                 event.token &= ~CPOLLER_URING_SEND_BIT
@@ -1007,6 +1061,10 @@ final class URingBackend: PollerBackend {
     var queuedCommandCount: Int { state.withLockAnnotated { $0.commands.count } }
     /// Completion-queue overflows seen so far. Owner thread only.
     var overflowCount: UInt64 { owner.overflows }
+    /// Points the poll of `token` at `mask` as completion receive would. Owner thread.
+    func updateMaskForTests(_ token: PollToken, _ mask: UInt32) { updateMask(token, mask) }
+    /// Mask updates the kernel refused (neither -ENOENT nor -EALREADY) so far.
+    let maskUpdatesRefused = Atomic<Int>(0)
     /// Recv completions that found the buffer ring empty (-ENOBUFS) so far.
     let receiveStarvations = Atomic<Int>(0)
     /// Sends queued on the ring so far, and cancels asked of them.
