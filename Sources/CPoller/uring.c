@@ -140,7 +140,13 @@ int cpoller_uring_enter(cpoller_uring *u, int64_t timeout_ns) {
     struct io_uring *ring = &u->ring;
     int injected = cpoller_fault_take(CPOLLER_FAULT_WAIT, ring->ring_fd);
     if (injected) return -injected;
-    if (timeout_ns == 0) return io_uring_submit_and_get_events(ring);
+    // Completions already in the ring (left by a reap that filled its batch, or posted
+    // inline by a submit made to free queue space) end the call at once, but liburing then
+    // enters without IORING_ENTER_GETEVENTS, or not at all, and with DEFER_TASKRUN the
+    // deferred task work (poll wake-ups, recv completions) runs only with GETEVENTS: a loop
+    // that always finds a completion waiting would never run it again. So enter with
+    // GETEVENTS and no wait: it submits, runs the task work and returns.
+    if (timeout_ns == 0 || io_uring_cq_ready(ring) > 0) return io_uring_submit_and_get_events(ring);
     struct __kernel_timespec ts, *tsp = NULL;
     if (timeout_ns > 0) {
         ts.tv_sec = timeout_ns / 1000000000;

@@ -47,7 +47,7 @@ extension Poller {
     /// does when it is made on the poller thread (the ring's only submitter: a writer
     /// elsewhere makes its own send(2), since a hop to the poller thread would cost a wake-up,
     /// more than the system call it saves) while the poller is busy: its last poll returned
-    /// at least `minimumBatch` events (3 unless set; `POLLER_URING_SEND=always` makes it 0).
+    /// at least `minimumBatch` events (2 unless set; `POLLER_URING_SEND=always` makes it 0).
     /// On a quiet poller a send on the ring costs the writer a park and the loop a second
     /// kernel entry per round trip, more than the send(2) it replaces; on a busy one the
     /// sends ride along with the wait.

@@ -290,9 +290,8 @@ extension PollerNetTests {
 
         // Regression: the poll update that takes input out of a receiving connection's poll
         // passed a new user_data without IORING_POLL_UPDATE_USER_DATA, which the kernel
-        // refuses (EINVAL), silently. (Completion receive does not drop input for now: see
-        // `KernelReadiness.receivingInterest`; this drives the update itself.) io_uring only:
-        // epoll has no poll to update.
+        // refuses (EINVAL), silently. This drives the update both ways, twenty times, with
+        // bytes after each. io_uring only: epoll has no poll to update.
         @Test("Regression: an io_uring poll mask update is not refused by the kernel")
         func maskUpdateIsNotRefused() async throws {
             try await withReadPathPair(.uringCompletion) { poller, pair in

@@ -157,15 +157,14 @@ enum KernelReadiness {
     /// What a registered descriptor is watched for, by both backends: both directions, the
     /// peer's half-close and urgent data (Go's netpollopen asks epoll for the same).
     static let interest = input | output | readHangup | priority
-    /// What io_uring watches a descriptor for while a multishot recv delivers its input: for
-    /// now, everything (`interest`). Output only would save a readable completion per arrival
-    /// (the recv's completion says it all), and the poll update that drops input works (its
-    /// first form was refused by the kernel, EINVAL, unseen: see the regression test
-    /// "the poll of a receiving connection stops reporting input"). But with input dropped, the
-    /// ten-thousand-connection test hangs when listeners accept through multishot accept (no
-    /// completion comes for connections whose bytes are waiting): some path still relies on
-    /// input readiness, not found yet. Set this to `output` to try again.
-    static let receivingInterest = interest
+    /// What io_uring watches a descriptor for while a multishot recv delivers its input:
+    /// output only. The recv's completions say everything about input (bytes, end of file,
+    /// errors), so a readable event beside each would be a second completion per arrival for
+    /// nothing. (An update of a poll's mask also unmasks hang-ups and errors: the kernel's
+    /// IO_POLL_UNMASK.) A reader never waits on input readiness while its recv is off:
+    /// after -ENOBUFS it re-arms the recv before it waits (`resumeReceiving`), and a detach
+    /// or a cancelled recv puts `interest` back first.
+    static let receivingInterest = output
 }
 
 /// A readiness event in backend-neutral form: `token` names the registration and `flags` holds

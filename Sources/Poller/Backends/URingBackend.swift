@@ -109,10 +109,10 @@ final class URingBackend: PollerBackend {
         /// events (see `Poller.sendsThroughCompletions`); 0: always.
         var minimumBatch = defaultMinimumBatch
 
-        /// 3: one arrival on a quiet poller is two events (the recv's completion and the
-        /// readable event its poll still reports: `KernelReadiness.receivingInterest`), so a
-        /// batch of 3 or more means more than one connection had something.
-        static let defaultMinimumBatch = 3
+        /// 2: one arrival on a quiet poller is one event (the recv's completion: a receiving
+        /// connection's poll does not report input, `KernelReadiness.receivingInterest`), so
+        /// a batch of 2 or more means more than one thing happened.
+        static let defaultMinimumBatch = 2
 
         /// The environment variable that turns completion send off (`off`, `0`, `no`) or on
         /// for every write from the poller thread (`always`).

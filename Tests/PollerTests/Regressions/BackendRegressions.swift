@@ -277,9 +277,55 @@ struct BackendRegressions {
             #expect(await abandoningValue(of: job, within: .seconds(5)) == 7)
         }
     }
+
+    // MARK: io_uring deferred task work
+
+    // Regression: with a completion already in the ring when the backend waited (a reap
+    // that filled its batch left some; a submit made to free queue space posted some inline),
+    // liburing entered without IORING_ENTER_GETEVENTS, or not at all, and with DEFER_TASKRUN
+    // the task work that turns poll wake-ups and recvs into completions runs only with
+    // GETEVENTS. 4,000 receiving connections retried their poll mask updates, each refused
+    // (-EALREADY) while its poll's task work was pending, so a refusal waited at every wait:
+    // the poller spun at 100% CPU and no byte moved. io_uring only: epoll defers nothing.
+    @Test("Regression: completions already waiting do not keep the io_uring poller from running its deferred work")
+    func waitingCompletionsDoNotStarveDeferredWork() throws {
+        try skipIfUnavailable(.ioUring)
+        let backend = try URingBackend()
+        defer { backend.shutdown() }
+        // More mask updates than one poll reaps (16), as with the 4,000 connections.
+        let fds = Descriptors()
+        var pipes: [PollToken: (read: Int32, write: Int32)] = [:]
+        for i in 0..<64 {
+            let token = PollToken(slot: UInt32(i), generation: 1)
+            pipes[token] = fds.pipe()
+            #expect(backend.register(fd: pipes[token]!.read, token: token) == 0)
+        }
+        #expect(pollOnce(backend, capacity: 64, timeoutNanos: 0).isEmpty)
+        // Each armed poll's wake-up is deferred task work now, and holds its poll: an update
+        // of it is refused (-EALREADY) at submission, and retried by the backend.
+        for (_, p) in pipes { #expect(writeBytes(p.write) == 1) }
+        for token in pipes.keys { backend.updateMaskForTests(token, KernelReadiness.interest) }
+        #expect(cpoller_uring_submit(backend.ring) == 64)
+        var readable = Set<PollToken>()
+        for _ in 0..<50 where readable.count < pipes.count {
+            for event in pollOnce(backend, capacity: 16, timeoutNanos: 10_000_000) where event.isReadable {
+                readable.insert(event.pollToken)
+            }
+        }
+        #expect(readable.count == pipes.count, "\(pipes.count - readable.count) of 64 readable pipes never reported in 50 waits")
+        for (token, p) in pipes { #expect(backend.deregister(fd: p.read, token: token) == 0) }
+    }
 }
 
 // MARK: Helpers
+
+/// One poll of `backend` into a batch of `capacity`: the events it returned.
+private func pollOnce(_ backend: any PollerBackend, capacity: Int, timeoutNanos: Int64) -> [cpoller_event] {
+    let buffer = UnsafeMutableBufferPointer<cpoller_event>.allocate(capacity: capacity)
+    defer { buffer.deallocate() }
+    let n = backend.poll(into: buffer, timeoutNanos: timeoutNanos)
+    return Array(buffer[0..<max(n, 0)])
+}
 
 /// CPU time (user + system) the poller thread has used so far, in nanoseconds.
 private func threadCPUNanos(_ poller: Poller) -> Int64? {
