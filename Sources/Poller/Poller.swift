@@ -46,6 +46,10 @@ public final class Poller: Sendable {
     /// How many events the loop's last poll returned: how busy the poller is, for completion
     /// send's choice (RingSend.swift). Written and read on the poller thread only.
     nonisolated(unsafe) var lastPollBatch = 0
+    /// The batch from which a write goes through the ring: the backend's `sendMinimumBatch`,
+    /// or `Int.max` without completion send. A stored copy: every write asks (RingSend.swift),
+    /// and the backend is an existential.
+    let ringSendBatch: Int
     #if DEBUG
     /// Test seams (PollerTestSeams.swift); inert unless a test sets them.
     let hooks: TestHooks
@@ -63,6 +67,7 @@ public final class Poller: Sendable {
     init(kind: BackendKind, reason: String, options: Options) throws(PollerError) {
         let (start, thread, backend) = try PollerThreadStart.launch(kind: kind, options: options)
         self.backend = backend
+        ringSendBatch = backend.sendsThroughCompletions ? backend.sendMinimumBatch : .max
         backendKind = kind
         backendReason = "\(reason); \(backend.receiveSummary); \(backend.sendSummary); \(backend.acceptSummary)"
         runQueue = RunQueue(backend: backend)

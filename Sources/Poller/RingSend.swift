@@ -53,10 +53,11 @@ extension Poller {
     /// sends ride along with the wait.
     public var sendsThroughCompletions: Bool { backend.sendsThroughCompletions }
 
-    /// The caller's thread first: `lastPollBatch` is the poller thread's alone.
+    /// The caller's thread before `lastPollBatch`, which is the poller thread's alone; an
+    /// epoll poller answers from a stored constant, without the thread-local look-up.
     @inline(__always)
     func canSendThroughRing() -> Bool {
-        backend.sendsThroughCompletions && Poller.current === self && lastPollBatch >= backend.sendMinimumBatch
+        ringSendBatch != .max && Poller.current === self && lastPollBatch >= ringSendBatch
     }
 
     /// Queues `request` and waits for its completion: the bytes sent

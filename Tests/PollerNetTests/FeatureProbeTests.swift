@@ -14,13 +14,6 @@ private func withProbes(_ kind: BackendKind, _ options: Poller.Options, _ body: 
     try await withReadPath(kind == .epoll ? .epoll : .uringReadiness, options: options, body)
 }
 
-/// Default options but for `tweak`.
-private func options(_ tweak: (inout Poller.Options) -> Void) -> Poller.Options {
-    var options = Poller.Options()
-    tweak(&options)
-    return options
-}
-
 /// Dials `listener` (on `poller`), accepts, sends 256 KiB one way and checks they arrive.
 private func expectTrafficFlows(_ poller: Poller) async throws {
     let listener = try TCPListener.listen(host: "127.0.0.1", port: 0, poller: poller)
@@ -34,48 +27,79 @@ private func expectTrafficFlows(_ poller: Poller) async throws {
     await pair.close()
 }
 
+/// A feature an older kernel lacks, with the probe's answer there.
+enum MissingFeature: String, CaseIterable, CustomStringConvertible, Sendable {
+    case multishotRecv = "multishot recv (probe forced to EOPNOTSUPP)"
+    case bufferRings = "provided-buffer rings (probe forced to EINVAL)"
+    case multishotAccept = "multishot accept (probe forced to EINVAL)"
+
+    var description: String { rawValue }
+
+    var options: Poller.Options {
+        var options = Poller.Options()
+        switch self {
+        case .multishotRecv: options.receive.probeVerdict = EOPNOTSUPP
+        case .bufferRings: options.receive.probeVerdict = EINVAL
+        case .multishotAccept: options.accept.probeVerdict = EINVAL
+        }
+        return options
+    }
+
+    /// What `backendReason` says on io_uring.
+    var reason: String {
+        switch self {
+        case .multishotRecv: "completion receive unavailable: the kernel has no multishot recv"
+        case .bufferRings: "completion receive unavailable: the kernel has no provided-buffer rings"
+        case .multishotAccept: "multishot accept unavailable: the kernel has no multishot accept"
+        }
+    }
+}
+
 extension PollerNetTests {
     @Suite("Feature probes: what the kernel lacks falls back to readiness, per operation")
     struct FeatureProbeTests {
         @Test(
-            "A kernel without multishot recv (probe forced to EOPNOTSUPP): reads by recv(2), accepts still on the ring, and the reason says so",
-            arguments: BackendKind.allCases)
-        func withoutMultishotRecv(kind: BackendKind) async throws {
-            try await withProbes(kind, options { $0.receive.probeVerdict = EOPNOTSUPP }) { poller in
-                #expect(!poller.receivesThroughCompletions)
-                if kind == .ioUring {
-                    #expect(poller.backendReason.contains("completion receive unavailable: the kernel has no multishot recv"))
-                    #expect(poller.acceptsThroughCompletions == (URingBackend.acceptProbe == 0))
+            "A kernel without a feature: that operation alone falls back to its system call, the reason says so, and traffic flows",
+            arguments: BackendKind.allCases, MissingFeature.allCases)
+        func withoutFeature(kind: BackendKind, missing: MissingFeature) async throws {
+            try await withProbes(kind, missing.options) { poller in
+                if missing == .multishotAccept {
+                    #expect(!poller.acceptsThroughCompletions)
+                    #expect(poller.receivesThroughCompletions == (kind == .ioUring && URingBackend.receiveProbe == 0))
+                } else {
+                    #expect(!poller.receivesThroughCompletions)
+                    #expect(poller.acceptsThroughCompletions == (kind == .ioUring && URingBackend.acceptProbe == 0))
                 }
+                if kind == .ioUring { #expect(poller.backendReason.contains(missing.reason), "\(poller.backendReason)") }
                 try await expectTrafficFlows(poller)
             }
         }
 
         @Test(
-            "A kernel without provided-buffer rings (probe forced to EINVAL): reads by recv(2), and the reason says so",
-            arguments: BackendKind.allCases)
-        func withoutBufferRings(kind: BackendKind) async throws {
-            try await withProbes(kind, options { $0.receive.probeVerdict = EINVAL }) { poller in
-                #expect(!poller.receivesThroughCompletions)
-                if kind == .ioUring {
-                    #expect(poller.backendReason.contains("the kernel has no provided-buffer rings"))
+            "A malformed POLLER_URING_RECV_BUFFERS is ignored for the default ring, and the reason says so",
+            arguments: ["64", "64x", "100x4096", "64x100", "65536x4096", "0x4096", "x", "64x16384x2"])
+        func malformedRingGeometry(value: String) async throws {
+            let settings = URingBackend.ReceiveSettings.fromEnvironment {
+                $0 == URingBackend.ReceiveSettings.geometryVariable ? value : nil
+            }
+            #expect(settings.ignoredGeometry == value)
+            #expect(settings.bufferCount == ReceiveBufferRing.defaultCount && settings.bufferSize == ReceiveBufferRing.defaultSize)
+            var options = Poller.Options()
+            options.receive = settings
+            try await withProbes(.ioUring, options) { poller in
+                if poller.receivesThroughCompletions {
+                    #expect(poller.backendReason.contains("POLLER_URING_RECV_BUFFERS=\(value) ignored"), "\(poller.backendReason)")
                 }
-                try await expectTrafficFlows(poller)
             }
         }
 
-        @Test(
-            "A kernel without multishot accept (probe forced to EINVAL): accepts by accept4(2), reads still on the ring, and the reason says so",
-            arguments: BackendKind.allCases)
-        func withoutMultishotAccept(kind: BackendKind) async throws {
-            try await withProbes(kind, options { $0.accept.probeVerdict = EINVAL }) { poller in
-                #expect(!poller.acceptsThroughCompletions)
-                if kind == .ioUring {
-                    #expect(poller.backendReason.contains("multishot accept unavailable: the kernel has no multishot accept"))
-                    #expect(poller.receivesThroughCompletions == (URingBackend.receiveProbe == 0))
-                }
-                try await expectTrafficFlows(poller)
+        @Test("A well-formed POLLER_URING_RECV_BUFFERS sets the ring's geometry")
+        func ringGeometryFromEnvironment() {
+            let settings = URingBackend.ReceiveSettings.fromEnvironment {
+                $0 == URingBackend.ReceiveSettings.geometryVariable ? "128X4096" : nil
             }
+            #expect(settings.ignoredGeometry == nil)
+            #expect(settings.bufferCount == 128 && settings.bufferSize == 4096)
         }
     }
 }

@@ -76,6 +76,9 @@ final class URingBackend: PollerBackend {
         var probeVerdict: Int32? = nil
         var bufferCount = ReceiveBufferRing.defaultCount
         var bufferSize = ReceiveBufferRing.defaultSize
+        /// A `POLLER_URING_RECV_BUFFERS` value that did not parse (the defaults run, and the
+        /// backend reason says it was ignored).
+        var ignoredGeometry: String? = nil
 
         /// The environment variable that turns completion receive off: `off` or `0`.
         static let environmentVariable = "POLLER_URING_RECV"
@@ -84,16 +87,19 @@ final class URingBackend: PollerBackend {
         /// (a power of two up to 32768 buffers, each 256 B to 1 MiB; say `128x16384`).
         static let geometryVariable = "POLLER_URING_RECV_BUFFERS"
 
-        static func fromEnvironment() -> ReceiveSettings {
+        /// `variable`: the environment's value of a name (tests pass their own).
+        static func fromEnvironment(_ variable: (String) -> String? = URingBackend.environment) -> ReceiveSettings {
             var settings = ReceiveSettings()
-            settings.enabled = !URingBackend.isTurnedOff(environmentVariable)
-            if let value = getenv(geometryVariable) {
-                let parts = String(cString: value).lowercased().split(separator: "x")
+            settings.enabled = !URingBackend.isTurnedOff(variable(environmentVariable))
+            if let value = variable(geometryVariable) {
+                let parts = value.lowercased().split(separator: "x")
                 if parts.count == 2, let count = UInt32(parts[0]), let size = UInt32(parts[1]), count > 0,
                     count & (count - 1) == 0, count <= 32768, (256...(1 << 20)).contains(size)
                 {
                     settings.bufferCount = count
                     settings.bufferSize = size
+                } else {
+                    settings.ignoredGeometry = value
                 }
             }
             return settings
@@ -120,7 +126,8 @@ final class URingBackend: PollerBackend {
 
         static func fromEnvironment() -> SendSettings {
             let always = getenv(environmentVariable).map { String(cString: $0).lowercased() == "always" } ?? false
-            return SendSettings(enabled: !isTurnedOff(environmentVariable), minimumBatch: always ? 0 : defaultMinimumBatch)
+            return SendSettings(
+                enabled: !isTurnedOff(URingBackend.environment(environmentVariable)), minimumBatch: always ? 0 : defaultMinimumBatch)
         }
     }
 
@@ -134,14 +141,17 @@ final class URingBackend: PollerBackend {
         static let environmentVariable = "POLLER_URING_ACCEPT"
 
         static func fromEnvironment() -> AcceptSettings {
-            AcceptSettings(enabled: !isTurnedOff(environmentVariable))
+            AcceptSettings(enabled: !isTurnedOff(URingBackend.environment(environmentVariable)))
         }
     }
 
-    /// Whether the environment variable `name` says `off`, `0` or `no`.
-    static func isTurnedOff(_ name: String) -> Bool {
-        guard let value = getenv(name) else { return false }
-        return ["off", "0", "no"].contains(String(cString: value).lowercased())
+    /// The environment variable `name`'s value, if it is set.
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+    /// Whether an environment variable's `value` says `off`, `0` or `no`.
+    static func isTurnedOff(_ value: String?) -> Bool {
+        guard let value else { return false }
+        return ["off", "0", "no"].contains(value.lowercased())
     }
 
     /// The ring's set-up flags. SINGLE_ISSUER | DEFER_TASKRUN: measured here, a readiness ring
@@ -311,9 +321,13 @@ final class URingBackend: PollerBackend {
         }
         do {
             let buffers = try ReceiveBufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSize)
+            let ignored =
+                settings.ignoredGeometry.map {
+                    "; \(ReceiveSettings.geometryVariable)=\($0) ignored: COUNTxSIZE, a power of two up to 32768 buffers of 256 B to 1 MiB"
+                } ?? ""
             return (
                 buffers,
-                "reads through multishot recv and a provided-buffer ring (\(settings.bufferCount) × \(settings.bufferSize) bytes)"
+                "reads through multishot recv and a provided-buffer ring (\(settings.bufferCount) × \(settings.bufferSize) bytes\(ignored))"
             )
         } catch {
             return (nil, "reads by recv(2) on readiness (completion receive unavailable: \(error))")
