@@ -97,9 +97,38 @@ func serveAndClose(_ connections: inout [Connection]) async throws(NetError) -> 
     return connections.count
 }
 
+/// Poll completions on `poller` that reported input so far; nil on epoll (no poll requests).
+func inputEventCount(_ poller: Poller) -> Int? {
+    (poller.backend as? URingBackend)?.inputEvents.load(ordering: .relaxed)
+}
+
 extension PollerNetTests {
     @Suite("Completion accept: io_uring listeners accept through multishot accept")
     struct CompletionAcceptTests {
+        @Test(
+            "An accepting listener's poll reports no input: its connections come as accept completions alone",
+            arguments: AcceptPath.allCases)
+        func listenerPollReportsNoInput(path: AcceptPath) async throws {
+            try await withArmedListener(path) { poller, listener in
+                // The first pair's closes are input (end of file) for their peers: let them pass.
+                await sleep(ms: 20)
+                let before = inputEventCount(poller)
+                var clients = try await dialClients(20, to: listener, poller: poller)
+                var servers: [Connection] = []
+                for _ in 0..<20 { servers.append(try await listener.accept()) }
+                // Nothing has been written or closed yet: only the listener had input.
+                let inputs = inputEventCount(poller).flatMap { now in before.map { now - $0 } }
+                switch path {
+                case .epoll: #expect(inputs == nil)
+                case .uringReadiness: #expect((inputs ?? 0) > 0, "the listener's poll reported no input: the control failed")
+                case .uringAccept: #expect(inputs == 0, "the listener's poll reported input \(inputs ?? -1) times")
+                }
+                _ = try await serveAndClose(&servers)
+                for client in clients { try await client.close() }
+                clients.removeAll()
+            }
+        }
+
         @Test(
             "The poller says whether listeners accept through multishot accept, and why, in its backend reason",
             arguments: AcceptPath.allCases)

@@ -310,6 +310,31 @@ extension PollerNetTests {
             }
         }
 
+        @Test("A receiving connection's poll reports no input: each arrival is the recv's completion alone", arguments: ReadPath.allCases)
+        func receivingPollReportsNoInput(path: ReadPath) async throws {
+            try await withReadPathPair(path) { poller, pair in
+                // The first reads start the recv and take input out of the poll.
+                for i in 0..<5 {
+                    try await pair.client.write([UInt8(i)])
+                    #expect(try await pair.server.read(maxBytes: 10) == [UInt8(i)])
+                }
+                await sleep(ms: 20)
+                let before = inputEventCount(poller)
+                for i in 0..<50 {
+                    try await pair.client.write([UInt8(i)])
+                    #expect(try await pair.server.read(maxBytes: 10) == [UInt8(i)])
+                }
+                let inputs = inputEventCount(poller).flatMap { now in before.map { now - $0 } }
+                switch path {
+                case .epoll: #expect(inputs == nil)
+                // Not one per arrival: a poll's deferred wake-up finds nothing left to report
+                // when the read took the byte first.
+                case .uringReadiness: #expect((inputs ?? 0) > 0, "no input event for 50 arrivals: the control failed")
+                case .uringCompletion, .uringStarved: #expect(inputs == 0, "the poll reported input \(inputs ?? -1) times")
+                }
+            }
+        }
+
         @Test("A completion queue that overflows loses no byte: the recvs it ended are armed again")
         func completionQueueOverflow() async throws {
             var options = Poller.Options()

@@ -157,13 +157,14 @@ enum KernelReadiness {
     /// What a registered descriptor is watched for, by both backends: both directions, the
     /// peer's half-close and urgent data (Go's netpollopen asks epoll for the same).
     static let interest = input | output | readHangup | priority
-    /// What io_uring watches a descriptor for while a multishot recv delivers its input:
-    /// output only. The recv's completions say everything about input (bytes, end of file,
-    /// errors), so a readable event beside each would be a second completion per arrival for
-    /// nothing. (An update of a poll's mask also unmasks hang-ups and errors: the kernel's
-    /// IO_POLL_UNMASK.) A reader never waits on input readiness while its recv is off:
-    /// after -ENOBUFS it re-arms the recv before it waits (`resumeReceiving`), and a detach
-    /// or a cancelled recv puts `interest` back first.
+    /// What io_uring watches a descriptor for while a multishot recv (or, for a listener,
+    /// accept) delivers its input: output only. The completions say everything about input
+    /// (bytes, end of file, errors; connections), so a readable event beside each would be a
+    /// second completion per arrival for nothing. (An update of a poll's mask also unmasks
+    /// hang-ups and errors: the kernel's IO_POLL_UNMASK.) A reader never waits on input
+    /// readiness while its recv is off: after -ENOBUFS it re-arms the recv before it waits
+    /// (`resumeReceiving`), and a detach or a cancelled recv puts `interest` back first. An
+    /// acceptor waits only with an accept armed, or after a take that arms one.
     static let receivingInterest = output
 }
 

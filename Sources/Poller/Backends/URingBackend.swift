@@ -252,6 +252,10 @@ final class URingBackend: PollerBackend {
         /// Registrations with a multishot accept armed (or due in `acceptArms`): what removal
         /// cancels.
         var accepting: Set<PollToken> = []
+        /// Listeners that have started multishot accept, until they are deregistered: their
+        /// polls watch `KernelReadiness.receivingInterest` (an acceptor never waits on a
+        /// listener's input readiness once its connections come by completions).
+        var listening: Set<PollToken> = []
         /// Multishot accepts that could not be queued yet.
         var acceptArms: [PollToken] = []
     }
@@ -562,6 +566,15 @@ final class URingBackend: PollerBackend {
         }
     }
 
+    /// What the poll of `token` watches: `receivingInterest` while its input comes by
+    /// completions (a receiving connection, an accepting listener), else `interest`. Owner
+    /// thread.
+    @inline(__always)
+    private func pollMask(_ token: PollToken, receiving: Bool) -> UInt32 {
+        receiving || (!owner.listening.isEmpty && owner.listening.contains(token))
+            ? KernelReadiness.receivingInterest : KernelReadiness.interest
+    }
+
     /// A mask update that completed with `res` (only failures complete). Owner thread.
     private func noteFailedUpdate(_ token: PollToken, _ res: Int32) {
         if res == -EALREADY {
@@ -580,11 +593,8 @@ final class URingBackend: PollerBackend {
         let tokens = owner.maskUpdates
         owner.maskUpdates.removeAll(keepingCapacity: true)
         for token in tokens {
-            let mask: UInt32? = state.withLockAnnotated { s in
-                guard s.live[token] != nil else { return nil }
-                return s.receiving.contains(token) ? KernelReadiness.receivingInterest : KernelReadiness.interest
-            }
-            if let mask { updateMask(token, mask) }
+            let receives: Bool? = state.withLockAnnotated { s in s.live[token] != nil ? s.receiving.contains(token) : nil }
+            if let receives { updateMask(token, pollMask(token, receiving: receives)) }
         }
     }
 
@@ -680,6 +690,9 @@ final class URingBackend: PollerBackend {
                 continue
             }
             let token = event.pollToken
+            #if DEBUG
+            if event.res > 0 && UInt32(event.res) & KernelReadiness.input != 0 { inputEvents.add(1, ordering: .relaxed) }
+            #endif
             if event.res < 0 && event.res != -ECANCELED {
                 if event.isEnded { failed.append((token, -event.res)) }
             } else {
@@ -793,16 +806,17 @@ final class URingBackend: PollerBackend {
             r = queueRequest { cpoller_uring_arm(ring, wakeChannel.readFD, KernelReadiness.input, PollToken.wake.raw) }
             if r == 0 { owner.wakeArmed = true }
         } else {
-            let armed: (fd: Int32, mask: UInt32)? = state.withLockAnnotated { s in
+            let armed: (fd: Int32, receives: Bool)? = state.withLockAnnotated { s in
                 guard let fd = s.live[token] else { return nil }
                 if !first { s.rearms += 1 }
-                return (fd, s.receiving.contains(token) ? KernelReadiness.receivingInterest : KernelReadiness.interest)
+                return (fd, s.receiving.contains(token))
             }
             guard let armed else {
                 owner.trouble[token] = nil
                 return
             }
-            r = queueRequest { cpoller_uring_arm(ring, armed.fd, armed.mask, token.raw) }
+            let mask = pollMask(token, receiving: armed.receives)
+            r = queueRequest { cpoller_uring_arm(ring, armed.fd, mask, token.raw) }
         }
         if r == 0 {
             if owner.trouble[token] != nil { owner.trouble[token]!.rearmAt = nil }
@@ -869,6 +883,7 @@ final class URingBackend: PollerBackend {
     private func removePoll(_ token: PollToken, receives: Bool) -> Int32 {
         owner.trouble[token] = nil
         if !owner.accepting.isEmpty, owner.accepting.remove(token) != nil { cancelAcceptNow(token) }
+        if !owner.listening.isEmpty { owner.listening.remove(token) }
         // Its recv, if it was receiving (one that has ended already: the cancel completes with
         // -ENOENT, unseen). A recv stopped for a detach left `receiving` then, and was cancelled.
         if receives { cancelNow(PollToken(raw: token.raw | CPOLLER_URING_RECV_BIT)) }
@@ -1003,6 +1018,7 @@ final class URingBackend: PollerBackend {
     private func armAcceptNow(_ token: PollToken) {
         guard let fd = state.withLockAnnotated({ s in s.live[token] }) else { return }
         owner.accepting.insert(token)
+        if owner.listening.insert(token).inserted { updateMask(token, KernelReadiness.receivingInterest) }
         let r = queueRequest { cpoller_uring_arm_accept(ring, fd, token.raw | CPOLLER_URING_ACCEPT_BIT) }
         if r != 0 {
             faults.report("io_uring submission (accept)", errno: r, "retrying before the next wait")
@@ -1079,6 +1095,8 @@ final class URingBackend: PollerBackend {
     func updateMaskForTests(_ token: PollToken, _ mask: UInt32) { updateMask(token, mask) }
     /// Mask updates the kernel refused (neither -ENOENT nor -EALREADY) so far.
     let maskUpdatesRefused = Atomic<Int>(0)
+    /// Poll completions that reported input (EPOLLIN) for a registration so far.
+    let inputEvents = Atomic<Int>(0)
     /// Recv completions that found the buffer ring empty (-ENOBUFS) so far.
     let receiveStarvations = Atomic<Int>(0)
     /// Sends queued on the ring so far, and cancels asked of them.
