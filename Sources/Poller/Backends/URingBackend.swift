@@ -1074,6 +1074,9 @@ final class URingBackend: PollerBackend {
             for event in events[0..<n]
             where event.token & CPOLLER_URING_ACCEPT_BIT != 0 && event.token & CPOLLER_URING_CONTROL_BIT == 0 && event.res >= 0 {
                 _ = Glibc.close(event.res)
+                #if DEBUG
+                acceptsClosedAtShutdown.add(1, ordering: .relaxed)
+                #endif
             }
             if n < events.count { break }
         }
@@ -1095,6 +1098,8 @@ final class URingBackend: PollerBackend {
     func updateMaskForTests(_ token: PollToken, _ mask: UInt32) { updateMask(token, mask) }
     /// Mask updates the kernel refused (neither -ENOENT nor -EALREADY) so far.
     let maskUpdatesRefused = Atomic<Int>(0)
+    /// Accepted descriptors that shutdown found in the ring, undispatched, and closed.
+    let acceptsClosedAtShutdown = Atomic<Int>(0)
     /// Poll completions that reported input (EPOLLIN) for a registration so far.
     let inputEvents = Atomic<Int>(0)
     /// Recv completions that found the buffer ring empty (-ENOBUFS) so far.

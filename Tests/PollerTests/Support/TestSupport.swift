@@ -277,3 +277,39 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> UInt64 {
 func joinThread(_ thread: UInt64) {
     precondition(cpoller_thread_join(thread) == 0)
 }
+
+/// A raw non-blocking close-on-exec TCP listening socket on 127.0.0.1 (an ephemeral port) and
+/// its port; the caller closes it.
+func makeLoopbackListenerFD() -> (fd: Int32, port: UInt16) {
+    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+    let fd = socket(AF_INET, type, 0)
+    precondition(fd >= 0, "socket: errno \(errno)")
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+            precondition(bind(fd, sa, length) == 0, "bind: errno \(errno)")
+            precondition(getsockname(fd, sa, &length) == 0, "getsockname: errno \(errno)")
+        }
+    }
+    precondition(listen(fd, 64) == 0, "listen: errno \(errno)")
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
+/// A blocking TCP connect to 127.0.0.1:`port` (on loopback it returns once the connection
+/// waits in the listener's backlog); the caller closes it.
+func dialLoopbackFD(port: UInt16) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    precondition(fd >= 0, "socket: errno \(errno)")
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    address.sin_port = port.bigEndian
+    let r = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    precondition(r == 0, "connect: errno \(errno)")
+    return fd
+}
