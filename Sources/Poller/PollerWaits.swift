@@ -74,14 +74,14 @@ extension Poller {
                 reason = await withTaskCancellationHandler {
                     await park(
                         slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors,
-                        afterDrainingRead: afterDrainingRead)
+                        afterDrainingRead: afterDrainingRead, cancellable: true)
                 } onCancel: {
                     cancelWaiter(slot, mode: mode, id: id)
                 }
             } else {
                 reason = await park(
                     slot, generation: generation, mode: mode, id: id, ignoringErrors: ignoringErrors,
-                    afterDrainingRead: afterDrainingRead)
+                    afterDrainingRead: afterDrainingRead, cancellable: false)
             }
             switch reason {
             case .ready: return nil
@@ -106,7 +106,7 @@ extension Poller {
     @inline(__always)
     nonisolated(nonsending) private func park(
         _ slot: DescriptorSlot, generation: UInt32, mode: PollMode, id: UInt64, ignoringErrors: Bool,
-        afterDrainingRead: Bool
+        afterDrainingRead: Bool, cancellable: Bool
     ) async -> WakeReason {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<WakeReason, Never>) in
             let immediate: WakeReason? = slot.state.withLockAnnotated { s in
@@ -120,8 +120,11 @@ extension Poller {
                 case .failed(.doubleWait): return .doubleWait
                 case .failed: return .interrupted  // the caller re-checks and reports it
                 case .mustPark:
-                    // Cancelled before parking: onCancel has run or will find nothing.
-                    if Task.isCancelled { return .cancelled }
+                    // Cancelled before parking: onCancel has run or will find nothing. A wait
+                    // that does not observe cancellation parks anyway (a cancelled task's
+                    // second wait of one write used to end it here: regression test
+                    // "... cancelling a writer's task does not stop its write").
+                    if cancellable && Task.isCancelled { return .cancelled }
                     s.park(.task(continuation), on: mode, id: id)
                     didPark()
                     return nil

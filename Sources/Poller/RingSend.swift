@@ -68,24 +68,34 @@ extension Poller {
         _ slot: DescriptorSlot, generation: UInt32, request: RingSendRequest, cancellable: Bool
     ) async -> Int32 {
         let token = PollToken(slot: slot.index, generation: generation)
+        // No handler when cancellation is not observed: it would add and remove a task status
+        // record per send, under the runtime's status-record lock (the top user-space symbol
+        // of poller-echo on io_uring at 64 connections), as a wait skips it (PollerWaits.swift).
+        guard cancellable else { return await queueSend(slot, generation: generation, token: token, request: request) }
         return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (c: UnsafeContinuation<Int32, Never>) in
-                let refused: Int32? = slot.state.withLockAnnotated { s in
-                    guard s.isCurrent(generation), s.pendingError(.write) == nil else { return -ECANCELED }
-                    // Checked under the lock: a cancellation after this finds the send queued.
-                    if cancellable && Task.isCancelled { return -ECANCELED }
-                    let r = backend.submitSend(fd: s.fd, token: token, request: request)
-                    guard r == 0 else { return -r }
-                    s.sent = SendInFlight(waiter: c)
-                    return nil
-                }
-                if let refused { c.resume(returning: refused) }
-            }
+            await queueSend(slot, generation: generation, token: token, request: request, checkingCancellation: true)
         } onCancel: {
-            guard cancellable else { return }
             slot.state.withLockAnnotated { s in
                 if s.isCurrent(generation), s.sent.needsCancel(true) { backend.cancelSend(token: token) }
             }
+        }
+    }
+
+    /// `sendThroughRing`'s queueing and parking: the send's result, or the -errno that refused it.
+    nonisolated(nonsending) private func queueSend(
+        _ slot: DescriptorSlot, generation: UInt32, token: PollToken, request: RingSendRequest, checkingCancellation: Bool = false
+    ) async -> Int32 {
+        await withUnsafeContinuation { (c: UnsafeContinuation<Int32, Never>) in
+            let refused: Int32? = slot.state.withLockAnnotated { s in
+                guard s.isCurrent(generation), s.pendingError(.write) == nil else { return -ECANCELED }
+                // Checked under the lock: a cancellation after this finds the send queued.
+                if checkingCancellation && Task.isCancelled { return -ECANCELED }
+                let r = backend.submitSend(fd: s.fd, token: token, request: request)
+                guard r == 0 else { return -r }
+                s.sent = SendInFlight(waiter: c)
+                return nil
+            }
+            if let refused { c.resume(returning: refused) }
         }
     }
 

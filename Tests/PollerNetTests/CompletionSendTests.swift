@@ -301,6 +301,28 @@ extension PollerNetTests {
             }
         }
 
+        // Regression: a wait that does not observe cancellation still returned `.cancelled`
+        // when its task was cancelled before it parked, so a write's second wait (epoll, and
+        // io_uring with completion send off) ended the write with `.cancelled` part-way.
+        @Test(
+            "Regression: with task cancellation not observed, cancelling a writer's task does not stop its write: every byte goes out",
+            arguments: WritePath.allCases)
+        func cancellationNotObservedWhileSending(path: WritePath) async throws {
+            try await withWritePathPair(path) { poller, pair in
+                pair.client.observesTaskCancellation = false
+                let bytes = patterned(1 << 20)
+                let writer = await startBlockedWrite(pair.client, bytes, poller)
+                writer.cancel()
+                await sleep(ms: 20)
+                var received: [UInt8] = []
+                try await readExactly(pair.server, bytes.count, into: &received)
+                let result = await writer.value
+                #expect(result.error == nil && result.bytesWritten == bytes.count)
+                #expect(received == bytes)
+                #expect(ringSendCancelCount(poller) == 0, "a send was cancelled")
+            }
+        }
+
         @Test(
             "A peer that resets while a send waits: the write ends with an error, not a hang",
             arguments: WritePath.allCases)
