@@ -125,9 +125,9 @@ final class URingBackend: PollerBackend {
         static let environmentVariable = "POLLER_URING_SEND"
 
         static func fromEnvironment() -> SendSettings {
-            let always = getenv(environmentVariable).map { String(cString: $0).lowercased() == "always" } ?? false
-            return SendSettings(
-                enabled: !isTurnedOff(URingBackend.environment(environmentVariable)), minimumBatch: always ? 0 : defaultMinimumBatch)
+            let value = URingBackend.environment(environmentVariable)
+            let always = value?.lowercased() == "always"
+            return SendSettings(enabled: !isTurnedOff(value), minimumBatch: always ? 0 : defaultMinimumBatch)
         }
     }
 
